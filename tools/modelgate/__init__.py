@@ -1,0 +1,1 @@
+"""modelgate: CI/CD for PyTorch models in a Bazel monorepo."""

@@ -1,0 +1,86 @@
+"""Implementation of model_library, model_test and model_test_suites. Use //tools:defs.bzl."""
+
+load("@pip//:requirements.bzl", "requirement")
+
+_PYTEST_MAIN = "//tools:pytest_main.py"
+
+# GPU variants: excluded by default (.bazelrc: test --test_tag_filters=-gpu), selected by
+# --config=gpu; on remote execution the exec property routes them to a GPU pool.
+GPU_TAGS = ["gpu", "requires-gpu-nvidia"]
+GPU_EXEC_PROPERTIES = {"Pool": "gpu"}
+
+def model_library(*, name, srcs, deps = [], data = [], visibility = None, **kwargs):
+    """A model's code: a py_library with torch (and the given deps) attached.
+
+    Args:
+      name: target name, usually the model's name.
+      srcs: the model's Python sources.
+      deps: other libraries, e.g. requirement("numpy").
+      data: files the model reads at run time.
+      visibility: as for any target.
+      **kwargs: passed to py_library.
+    """
+    if not srcs:
+        fail("model_library(name = %r): srcs is empty; list the model's .py files" % name)
+    native.py_library(
+        name = name,
+        srcs = srcs,
+        deps = deps + [requirement("torch")],
+        data = data,
+        visibility = visibility,
+        **kwargs
+    )
+
+def model_test(*, name, srcs, deps = [], data = [], size = "small", tags = [], gpu = True, **kwargs):
+    """Model-logic tests: one pytest run per variant, from one call.
+
+    Declares `<name>_cpu` (tests not marked `gpu`) and, unless gpu = False, `<name>_gpu`
+    (tests marked `gpu`; tagged gpu and requires-gpu-nvidia; fails with a clear message where
+    no CUDA device is visible). Test files are plain pytest files.
+
+    Args:
+      name: base name of the variants.
+      srcs: pytest files.
+      deps: libraries the tests import.
+      data: files the tests read (golden data, ...).
+      size: Bazel test size of the CPU variant; the GPU variant is one size up (CUDA start-up).
+      tags: extra tags for both variants.
+      gpu: whether to declare the `_gpu` variant.
+      **kwargs: passed to both py_test targets.
+    """
+    if not srcs:
+        fail("model_test(name = %r): srcs is empty; list the pytest files to run" % name)
+    for src in srcs:
+        if not src.endswith(".py"):
+            fail("model_test(name = %r): srcs entry %r is not a .py file" % (name, src))
+    if "gpu" in tags:
+        fail("model_test(name = %r): do not tag it gpu; the macro declares the _gpu variant itself" % name)
+    common = dict(
+        srcs = [_PYTEST_MAIN] + srcs,
+        main = _PYTEST_MAIN,
+        deps = deps + ["//tools:modelgate", requirement("pytest")],
+        data = data + ["//:pytest.ini"],
+        python_version = "PY3",
+        **kwargs
+    )
+    files = ["$(rootpath %s)" % src for src in srcs]
+    native.py_test(
+        name = name + "_cpu",
+        args = ["-m", "'not gpu'"] + files,
+        size = size,
+        tags = tags + ["cpu"],
+        **common
+    )
+    if gpu:
+        native.py_test(
+            name = name + "_gpu",
+            args = ["--modelgate-require-gpu", "-m", "gpu"] + files,
+            size = {"small": "medium", "medium": "large"}.get(size, size),
+            tags = tags + GPU_TAGS,
+            **common
+        )
+
+def model_test_suites():
+    """Per-package suites: `:cpu_tests` and `:gpu_tests` (every test of the package by variant)."""
+    native.test_suite(name = "cpu_tests", tags = ["-gpu"])
+    native.test_suite(name = "gpu_tests", tags = ["gpu"])
