@@ -1,0 +1,135 @@
+"""What a model package tells modelgate about itself: one ModelSpec per model.
+
+Every model lives in models/<name>/ and defines `SPEC` in models/<name>/spec.py. The export
+action, the golden tests, the release gate and the inference service all work from it, so a
+model is described once:
+
+- how to build a fresh instance from its hyperparameters (`build`),
+- how to train or initialize it deterministically on data it generates itself (`train`),
+- its forward signature (`inputs`, `outputs`), for ONNX export and for the service's JSON schema,
+- a small, fixed set of golden inputs (`golden_inputs`),
+- held-out evaluation (`evaluate`) and the floor and regression budget of each metric (`metrics`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input of the forward pass. `shape` uses None for the batch (and any dynamic) axis."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+    # For integer inputs: values must lie in [low, high).
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TensorSpec {self.name}: unknown dtype {self.dtype!r}; expected one of {sorted(DTYPES)}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def check(self, value: torch.Tensor) -> None:
+        """Raises ValueError, naming the input, when `value` does not fit this spec."""
+        if value.dtype != self.torch_dtype:
+            raise ValueError(f"input {self.name!r}: dtype {str(value.dtype).removeprefix('torch.')}, expected {self.dtype}")
+        if value.dim() != len(self.shape):
+            raise ValueError(f"input {self.name!r}: {value.dim()} dimensions, expected {len(self.shape)} {self.shape_text()}")
+        for axis, (got, want) in enumerate(zip(value.shape, self.shape)):
+            if want is not None and got != want:
+                raise ValueError(f"input {self.name!r}: size {got} on axis {axis}, expected {self.shape_text()}")
+        if self.low is not None and value.numel() and (value.min() < self.low or value.max() >= self.high):
+            raise ValueError(f"input {self.name!r}: values must lie in [{self.low}, {self.high})")
+
+    def shape_text(self) -> str:
+        return "(" + ", ".join("N" if d is None else str(d) for d in self.shape) + ")"
+
+
+@dataclass(frozen=True)
+class MetricGate:
+    """A release gate on one evaluation metric.
+
+    floor: the release does not build below it (above it for lower-is-better metrics).
+    max_regression: promotion to a channel refuses a drop larger than this against the build the
+        channel points at now (unless forced).
+    """
+
+    floor: float
+    max_regression: float
+    higher_is_better: bool = True
+
+    def passes_floor(self, value: float) -> bool:
+        return value >= self.floor if self.higher_is_better else value <= self.floor
+
+    def regression(self, baseline: float, candidate: float) -> float:
+        """How much worse the candidate is than the baseline (negative: better)."""
+        return baseline - candidate if self.higher_is_better else candidate - baseline
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    config: Mapping[str, object]
+    build: Callable[[Mapping[str, object]], torch.nn.Module]
+    train: Callable[[torch.nn.Module, Mapping[str, object]], Mapping[str, float]]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    golden_inputs: Callable[[], dict[str, torch.Tensor]]
+    evaluate: Callable[[torch.nn.Module, Mapping[str, object]], dict[str, float]]
+    metrics: Mapping[str, MetricGate] = field(default_factory=dict)
+
+    def with_config(self, overrides: Mapping[str, object]) -> "ModelSpec":
+        """This spec with some hyperparameters replaced; unknown keys are an error."""
+        unknown = sorted(set(overrides) - set(self.config))
+        if unknown:
+            raise ValueError(f"model {self.name}: unknown hyperparameters {unknown}; known: {sorted(self.config)}")
+        merged = dict(self.config)
+        for key, value in overrides.items():
+            merged[key] = type(self.config[key])(value) if self.config[key] is not None else value
+        return ModelSpec(**{**self.__dict__, "config": merged})
+
+    def new_model(self) -> torch.nn.Module:
+        return self.build(self.config)
+
+    def forward(self, model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Runs the model on named inputs and names its outputs."""
+        missing = [t.name for t in self.inputs if t.name not in inputs]
+        if missing:
+            raise ValueError(f"model {self.name}: missing inputs {missing}")
+        result = model(*(inputs[t.name] for t in self.inputs))
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        if len(result) != len(self.outputs):
+            raise ValueError(f"model {self.name}: forward returned {len(result)} outputs, spec names {len(self.outputs)}")
+        return dict(zip(self.outputs, result))
+
+
+def load_spec(model: str) -> ModelSpec:
+    """The SPEC of models/<model>/spec.py."""
+    try:
+        module = importlib.import_module(f"models.{model}.spec")
+    except ModuleNotFoundError as e:
+        raise LookupError(f"no model named {model!r} (models/{model}/spec.py not found: {e})") from None
+    spec = getattr(module, "SPEC", None)
+    if not isinstance(spec, ModelSpec):
+        raise LookupError(f"models/{model}/spec.py defines no SPEC = ModelSpec(...)")
+    return spec
