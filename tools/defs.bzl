@@ -1,12 +1,35 @@
-"""Public macros for model packages: libraries and tests.
+"""Public macros for model packages.
 
-    load("//tools:defs.bzl", "model_library", "model_test")
+    load("//tools:defs.bzl", "golden_test", "golden_update", "model_library", "model_release",
+         "model_test", "model_test_suites", "model_weights")
+
+A model package declares its library and tests, then the export pipeline:
+
+    model_weights(name = "weights", deps = [":my_model"])   # train, safetensors, ONNX, build hash
+    golden_test(name = "golden_test", weights = ":weights")  # exported weights vs golden/<model>/
+    model_release(name = "release", weights = ":weights")    # the gated, promotable bundle
+    golden_update(name = "golden_update", weights = ":weights")
 
 Each is a thin, keyword-only macro; what they expand to lives in //tools/private.
 """
 
 load("//tools/private:model_test.bzl", _model_library = "model_library", _model_test = "model_test", _model_test_suites = "model_test_suites")
+load(
+    "//tools/private:model_weights.bzl",
+    _ReleaseInfo = "ReleaseInfo",
+    _WeightsInfo = "WeightsInfo",
+    _golden_test = "golden_test",
+    _golden_update = "golden_update",
+    _model_release = "model_release",
+    _model_weights = "model_weights",
+)
 
+ReleaseInfo = _ReleaseInfo
+WeightsInfo = _WeightsInfo
+golden_test = _golden_test
+golden_update = _golden_update
 model_library = _model_library
+model_release = _model_release
 model_test = _model_test
 model_test_suites = _model_test_suites
+model_weights = _model_weights

@@ -1,6 +1,8 @@
 """Entry point of every py_test that model_test declares: runs pytest on the given files.
 
-Arguments (set by the macro): optional --modelgate-require-gpu, then pytest's own arguments.
+Leading arguments set by the macro, then pytest's own:
+  --modelgate-env=KEY=VALUE   set an environment variable for the tests (repeatable)
+  --modelgate-require-gpu     fail at once, with a clear message, where no CUDA device is visible
 """
 
 import os
@@ -21,8 +23,18 @@ def _require_cuda() -> None:
 
 def main() -> int:
     args = sys.argv[1:]
-    if args and args[0] == "--modelgate-require-gpu":
-        args = args[1:]
+    require_gpu = False
+    while args and args[0].startswith("--modelgate-"):
+        flag = args.pop(0)
+        if flag.startswith("--modelgate-env="):
+            key, _, value = flag[len("--modelgate-env="):].partition("=")
+            os.environ[key] = value
+        elif flag == "--modelgate-require-gpu":
+            require_gpu = True
+        else:
+            sys.stderr.write(f"pytest_main: unknown flag {flag}\n")
+            return 2
+    if require_gpu:
         _require_cuda()
     import pytest
 

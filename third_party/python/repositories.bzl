@@ -85,6 +85,7 @@ def _pip_repository_impl(rctx):
         fail("modelgate: MODELGATE_TORCH=%s; expected cpu or cuda" % flavor)
     lock_path = rctx.path(lock)
     lock_name = "%s/%s" % (lock.package, lock.name) if lock.package else lock.name
+    rctx.file("requirements_lock.txt", rctx.read(lock_path), executable = False)
     rctx.report_progress("installing %s" % lock_name)
     res = rctx.execute(
         [

@@ -25,13 +25,13 @@ def model_library(*, name, srcs, deps = [], data = [], visibility = None, **kwar
     native.py_library(
         name = name,
         srcs = srcs,
-        deps = deps + [requirement("torch")],
+        deps = deps + ["//tools:spec", requirement("torch")],
         data = data,
         visibility = visibility,
         **kwargs
     )
 
-def model_test(*, name, srcs, deps = [], data = [], size = "small", tags = [], gpu = True, **kwargs):
+def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", tags = [], gpu = True, **kwargs):
     """Model-logic tests: one pytest run per variant, from one call.
 
     Declares `<name>_cpu` (tests not marked `gpu`) and, unless gpu = False, `<name>_gpu`
@@ -43,6 +43,7 @@ def model_test(*, name, srcs, deps = [], data = [], size = "small", tags = [], g
       srcs: pytest files.
       deps: libraries the tests import.
       data: files the tests read (golden data, ...).
+      env: environment variables for the tests; values may use $(rootpath ...) of data.
       size: Bazel test size of the CPU variant; the GPU variant is one size up (CUDA start-up).
       tags: extra tags for both variants.
       gpu: whether to declare the `_gpu` variant.
@@ -58,15 +59,16 @@ def model_test(*, name, srcs, deps = [], data = [], size = "small", tags = [], g
     common = dict(
         srcs = [_PYTEST_MAIN] + srcs,
         main = _PYTEST_MAIN,
-        deps = deps + ["//tools:modelgate", requirement("pytest")],
+        deps = deps + ["//tools:checks", requirement("pytest")],
         data = data + ["//:pytest.ini"],
         python_version = "PY3",
         **kwargs
     )
     files = ["$(rootpath %s)" % src for src in srcs]
+    env_flags = ["--modelgate-env=%s=%s" % (k, v) for k, v in sorted(env.items())]
     native.py_test(
         name = name + "_cpu",
-        args = ["-m", "'not gpu'"] + files,
+        args = env_flags + ["-m", "'not gpu'"] + files,
         size = size,
         tags = tags + ["cpu"],
         **common
@@ -74,7 +76,7 @@ def model_test(*, name, srcs, deps = [], data = [], size = "small", tags = [], g
     if gpu:
         native.py_test(
             name = name + "_gpu",
-            args = ["--modelgate-require-gpu", "-m", "gpu"] + files,
+            args = env_flags + ["--modelgate-require-gpu", "-m", "gpu"] + files,
             size = {"small": "medium", "medium": "large"}.get(size, size),
             tags = tags + GPU_TAGS,
             **common

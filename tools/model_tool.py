@@ -1,0 +1,130 @@
+"""The per-model build tool behind model_weights, model_release and golden_update.
+
+  export         train deterministically, write weights.safetensors, model.onnx, export.json
+  gate           validate the exported files; write the release manifest only if they pass
+  golden-update  regenerate golden/<model>/ from the exported weights (bazel run :golden_update)
+
+Errors are one clear paragraph on stderr and exit status 1; never a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _spec(model: str, hparams: str):
+    from modelgate.spec import load_spec
+
+    return load_spec(model).with_config(json.loads(hparams or "{}"))
+
+
+def cmd_export(args) -> int:
+    from modelgate.export import run_export
+
+    spec = _spec(args.model, args.hparams)
+    inputs = {}
+    for pair in args.input:
+        rel, _, path = pair.partition("=")
+        inputs[rel] = path or rel
+    attributes = {"model": args.model, "hparams": json.loads(args.hparams or "{}")}
+    manifest = run_export(spec, Path(args.out_dir), inputs, attributes)
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(manifest["metrics"].items()))
+    print(f"exported {args.model} build {manifest['build_hash'][:12]} ({metrics})")
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from modelgate import gate
+
+    spec = _spec(args.model, args.hparams)
+    export_dir = Path(args.export_dir)
+    export_manifest = json.loads((export_dir / "export.json").read_text())
+    checks, metrics = gate.run_gate(spec, export_dir, export_manifest, Path(args.golden_dir))
+    if not all(c.passed for c in checks):
+        print(gate.failure_text(args.model, checks), file=sys.stderr)
+        return 1
+    manifest = gate.release_manifest(export_manifest, checks, metrics)
+    Path(args.out).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    print(f"release gate passed for {args.model} build {manifest['build_hash'][:12]}")
+    return 0
+
+
+def cmd_golden_update(args) -> int:
+    import torch
+
+    from modelgate import golden
+    from modelgate.export import load_weights, make_deterministic
+
+    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    if not workspace:
+        print(f"run me with: bazel run //models/{args.model}:golden_update", file=sys.stderr)
+        return 2
+    spec = _spec(args.model, args.hparams)
+    make_deterministic()
+    export_manifest = json.loads(Path(args.export_manifest).read_text())
+    model = load_weights(spec, args.weights)
+    inputs = spec.golden_inputs()
+    with torch.no_grad():
+        outputs = spec.forward(model, inputs)
+    directory = Path(workspace) / "golden" / args.model
+    tolerances = None
+    config_path = directory / golden.CONFIG
+    if config_path.is_file():
+        tolerances = json.loads(config_path.read_text()).get("tolerances")
+    provenance = {
+        "build_hash": export_manifest["build_hash"],
+        "torch": export_manifest["toolchain"]["torch"],
+        "python": export_manifest["toolchain"]["python"],
+        "date": datetime.date.today().isoformat(),
+        "generated_by": f"bazel run //models/{args.model}:golden_update",
+    }
+    summary = golden.write(directory, args.model, inputs, outputs, provenance, tolerances)
+    print(f"golden/{args.model}: regenerated from build {export_manifest['build_hash'][:12]}")
+    for line in summary:
+        print(f"  {line}")
+    print("review with: git diff --stat golden/ && commit golden/ with the change that moved it")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="model_tool", fromfile_prefix_chars="@", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("export")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--input", action="append", default=[], help="REL=PATH of a declared input to hash")
+    p.add_argument("--hparams", default="{}")
+    p.set_defaults(run=cmd_export)
+    p = sub.add_parser("gate")
+    p.add_argument("--model", required=True)
+    p.add_argument("--export-dir", required=True)
+    p.add_argument("--golden-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--hparams", default="{}")
+    p.set_defaults(run=cmd_gate)
+    p = sub.add_parser("golden-update")
+    p.add_argument("--model", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--export-manifest", required=True)
+    p.add_argument("--hparams", default="{}")
+    p.set_defaults(run=cmd_golden_update)
+    args = parser.parse_args(argv)
+
+    from modelgate.export import ExportError
+    from modelgate.golden import GoldenError
+
+    try:
+        return args.run(args)
+    except (ExportError, GoldenError, LookupError, ValueError) as e:
+        print(f"{args.command} {args.model}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    # Resolve runfiles-relative paths for `bazel run` before anything changes directory.
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Export: deterministic training, safetensors + ONNX, and the build hash.
+
+Runs inside a Bazel action (see //tools/private:model_weights.bzl). Everything it writes is a
+function of its declared inputs: seeds are fixed, algorithms deterministic, one thread, and
+serialization canonical, so two clones at different paths produce identical bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from modelgate.hashing import build_hash, canonical_json, digest_inputs, sha256_file
+from modelgate.spec import ModelSpec
+
+WEIGHTS, ONNX, EXPORT_MANIFEST = "weights.safetensors", "model.onnx", "export.json"
+
+
+class ExportError(Exception):
+    """An export that must not produce outputs; the message says what went wrong."""
+
+
+def make_deterministic(seed: int = 0) -> None:
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def toolchain() -> dict[str, str]:
+    import onnx
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__}
+
+
+def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state as contiguous CPU tensors; fails naming the first non-finite tensor."""
+    tensors = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise ExportError(f"weights contain {bad} non-finite values in {name!r}; training diverged or the model is broken")
+        tensors[name] = value
+    return tensors
+
+
+def load_weights(spec: ModelSpec, path: str | Path, device: str = "cpu") -> torch.nn.Module:
+    """A fresh model with the saved weights loaded (strictly: every tensor, no extras)."""
+    model = spec.new_model()
+    state = load_file(str(path), device="cpu")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ExportError(f"{path}: weights do not fit {spec.name}: missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    return model.to(device).eval()
+
+
+def _example_args(spec: ModelSpec) -> tuple:
+    inputs = spec.golden_inputs()
+    return tuple(inputs[t.name] for t in spec.inputs)
+
+
+def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path) -> None:
+    """ONNX through the dynamo exporter, with the batch axis dynamic and provenance props cleared."""
+    import logging
+
+    import onnx
+
+    # The exporter logs one warning per torchvision operator it cannot find; we use none.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    dynamic = {t.name: {0: torch.export.Dim("batch", min=1)} for t in spec.inputs if t.shape and t.shape[0] is None}
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            program = torch.onnx.export(
+                model,
+                _example_args(spec),
+                dynamo=True,
+                input_names=[t.name for t in spec.inputs],
+                output_names=list(spec.outputs),
+                dynamic_shapes={k: v for k, v in dynamic.items()} or None,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as e:
+        raise ExportError(f"ONNX export of {spec.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+    proto = program.model_proto
+    # The exporter stamps every node with the source file and line it came from; those paths
+    # differ per sandbox and would make the bytes depend on where the build ran.
+    for node in _all_nodes(proto.graph):
+        del node.metadata_props[:]
+    del proto.metadata_props[:]
+    for function in proto.functions:
+        for node in function.node:
+            del node.metadata_props[:]
+    proto.producer_name, proto.producer_version = "modelgate", ""
+    onnx.save_model(proto, str(path))
+
+
+def _all_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from _all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _all_nodes(sub)
+
+
+def run_export(spec: ModelSpec, out_dir: Path, inputs: Mapping[str, str], attributes: Mapping[str, object]) -> dict:
+    """Trains, serializes and describes one model. Writes WEIGHTS, ONNX and EXPORT_MANIFEST into
+    out_dir only when every step succeeded; nothing half-written is left behind."""
+    make_deterministic(int(spec.config.get("seed", 0)))
+    tools = toolchain()
+    digests = digest_inputs(inputs.items())
+    bhash = build_hash(digests, attributes, tools)
+
+    model = spec.new_model()
+    train_stats = spec.train(model, spec.config) or {}
+    model.eval()
+    tensors = state_tensors(model)
+    metrics = spec.evaluate(model, spec.config)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
+        tmp = Path(tmp)
+        save_file(tensors, str(tmp / WEIGHTS))
+        export_onnx(spec, model, tmp / ONNX)
+        files = {}
+        for name in (WEIGHTS, ONNX):
+            if not (tmp / name).is_file():
+                raise ExportError(f"export of {spec.name} did not write {name}")
+            files[name] = {"sha256": sha256_file(tmp / name), "size": (tmp / name).stat().st_size}
+        manifest = {
+            "schema": "modelgate/export@1",
+            "model": spec.name,
+            "build_hash": bhash,
+            "files": files,
+            "inputs": digests,
+            "attributes": dict(attributes),
+            "toolchain": tools,
+            "config": dict(spec.config),
+            "metrics": metrics,
+            "training": dict(train_stats),
+            "metric_gates": {k: g.__dict__ for k, g in spec.metrics.items()},
+        }
+        (tmp / EXPORT_MANIFEST).write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+        for name in (WEIGHTS, ONNX, EXPORT_MANIFEST):
+            os.replace(tmp / name, out_dir / name)
+    return manifest
+
+
+__all__ = ["ExportError", "load_weights", "make_deterministic", "run_export", "canonical_json"]

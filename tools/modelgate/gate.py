@@ -1,0 +1,123 @@
+"""The release gate: validates the *exported files*, not the in-memory model.
+
+Checks, each reported with its numbers:
+  golden   the saved safetensors, loaded into a fresh model, reproduce golden/<model>/ within tolerance
+  onnx     onnxruntime on model.onnx matches torch on the saved weights for the golden inputs
+  metrics  held-out evaluation of the saved weights meets every metric's floor
+On success writes the release manifest (the export manifest plus the gate's verdict); on failure
+writes nothing and says which check failed and by how much.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modelgate import golden as golden_lib
+from modelgate.export import WEIGHTS, ONNX, load_weights, make_deterministic
+from modelgate.hashing import sha256_file
+from modelgate.spec import ModelSpec
+
+ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-3
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def as_dict(self):
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+class GateFailed(Exception):
+    pass
+
+
+def check_golden(spec: ModelSpec, model, golden_dir: Path) -> Check:
+    try:
+        golden = golden_lib.load(golden_dir, spec.name, [t.name for t in spec.inputs], spec.outputs)
+    except golden_lib.GoldenError as e:
+        return Check("golden", False, str(e))
+    with torch.no_grad():
+        outputs = spec.forward(model, golden.inputs)
+    reports = golden_lib.compare(golden, outputs)
+    passed = all(r.passed for r in reports)
+    return Check("golden", passed, "; ".join(r.message for r in reports))
+
+
+def check_onnx(spec: ModelSpec, model, onnx_path: Path) -> Check:
+    import onnxruntime as ort
+
+    inputs = spec.golden_inputs()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        feeds = {t.name: inputs[t.name].numpy() for t in spec.inputs}
+        results = dict(zip(spec.outputs, session.run(list(spec.outputs), feeds)))
+    except Exception as e:
+        return Check("onnx", False, f"onnxruntime cannot run {onnx_path.name}: {str(e).splitlines()[0][:200]}")
+    with torch.no_grad():
+        reference = spec.forward(model, inputs)
+    details, passed = [], True
+    for name in spec.outputs:
+        report = golden_lib.compare_output(name, torch.from_numpy(np.asarray(results[name])), reference[name], ONNX_ATOL, ONNX_RTOL)
+        passed &= report.passed
+        details.append(report.message)
+    return Check("onnx", passed, "; ".join(details))
+
+
+def check_metrics(spec: ModelSpec, model) -> tuple[Check, dict]:
+    metrics = spec.evaluate(model, spec.config)
+    failures, parts = [], []
+    for name, gate in sorted(spec.metrics.items()):
+        value = metrics.get(name)
+        if value is None:
+            failures.append(f"{name}: not reported by evaluate()")
+            continue
+        relation = ">=" if gate.higher_is_better else "<="
+        text = f"{name} {value:.4f} (floor {relation} {gate.floor})"
+        parts.append(text)
+        if not gate.passes_floor(value):
+            failures.append(f"{name} {value:.4f} misses its floor {relation} {gate.floor} by {abs(value - gate.floor):.4f}")
+    if failures:
+        return Check("metrics", False, "; ".join(failures)), metrics
+    return Check("metrics", True, "; ".join(parts)), metrics
+
+
+def run_gate(spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_dir: Path) -> tuple[list[Check], dict]:
+    make_deterministic(int(spec.config.get("seed", 0)))
+    checks = []
+    for name, info in export_manifest["files"].items():
+        if sha256_file(export_dir / name) != info["sha256"]:
+            checks.append(Check("digests", False, f"{name} does not match the digest the export recorded"))
+            return checks, {}
+    model = load_weights(spec, export_dir / WEIGHTS)
+    checks.append(check_golden(spec, model, golden_dir))
+    checks.append(check_onnx(spec, model, export_dir / ONNX))
+    metric_check, metrics = check_metrics(spec, model)
+    checks.append(metric_check)
+    return checks, metrics
+
+
+def release_manifest(export_manifest: dict, checks: list[Check], metrics: dict) -> dict:
+    manifest = {k: v for k, v in export_manifest.items() if k not in ("schema", "attributes", "training")}
+    manifest["schema"] = "modelgate/release@1"
+    manifest["metrics"] = metrics
+    manifest["training"] = export_manifest.get("training", {})
+    manifest["gate"] = {"passed": all(c.passed for c in checks), "checks": [c.as_dict() for c in checks]}
+    return manifest
+
+
+def failure_text(model: str, checks: list[Check]) -> str:
+    lines = [f"release gate failed for {model}:"]
+    for c in checks:
+        lines.append(f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""Implementation of model_weights, model_release, golden_test and golden_update. Use //tools:defs.bzl."""
+
+load("//tools/private:model_test.bzl", "model_test")
+
+WeightsInfo = provider(
+    doc = "Exported weights of one model, identified by the build hash inside export_manifest.",
+    fields = {
+        "model": "the model's name (models/<model>/spec.py)",
+        "weights": "File: weights.safetensors",
+        "onnx": "File: model.onnx",
+        "export_manifest": "File: export.json (build hash, digests, inputs, metrics)",
+        "golden": "depset of golden data files",
+        "hparams": "dict of hyperparameter overrides",
+    },
+)
+
+ReleaseInfo = provider(
+    doc = "A release bundle that passed the gate: manifest.json and the files it lists, in one directory.",
+    fields = {
+        "model": "the model's name",
+        "manifest": "File: manifest.json",
+        "files": "list of File in the bundle directory",
+    },
+)
+
+_EXPORT_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "PYTHONHASHSEED": "0",
+    "PYTHONSAFEPATH": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+}
+
+def _relative(f):
+    # short_path is workspace-relative ("models/x/model.py", "../pip/requirements_lock.txt").
+    return f.short_path
+
+def _model_weights_impl(ctx):
+    sources = depset(transitive = [dep[PyInfo].transitive_sources for dep in ctx.attr.deps])
+    hashed = [f for f in sources.to_list() if f.owner.workspace_name == ""]
+    hashed += ctx.files.golden + [ctx.file.lock, ctx.file.interpreter, ctx.file.tool_src]
+    outputs = [ctx.outputs.weights, ctx.outputs.onnx, ctx.outputs.export_manifest]
+
+    args = ctx.actions.args()
+    args.use_param_file("@%s", use_always = True)
+    args.set_param_file_format("multiline")
+    args.add("export")
+    args.add("--model", ctx.attr.model)
+    args.add("--out-dir", ctx.outputs.weights.dirname)
+    args.add("--hparams", json.encode(ctx.attr.hparams))
+    for f in sorted(hashed, key = _relative):
+        args.add("--input", "%s=%s" % (_relative(f), f.path))
+
+    ctx.actions.run(
+        executable = ctx.executable.tool,
+        arguments = [args],
+        inputs = hashed,
+        outputs = outputs,
+        env = _EXPORT_ENV,
+        mnemonic = "ModelExport",
+        progress_message = "Exporting %s (train, safetensors, ONNX, build hash)" % ctx.attr.model,
+    )
+    return [
+        DefaultInfo(files = depset(outputs)),
+        WeightsInfo(
+            model = ctx.attr.model,
+            weights = ctx.outputs.weights,
+            onnx = ctx.outputs.onnx,
+            export_manifest = ctx.outputs.export_manifest,
+            golden = depset(ctx.files.golden),
+            hparams = ctx.attr.hparams,
+        ),
+    ]
+
+_model_weights = rule(
+    implementation = _model_weights_impl,
+    attrs = {
+        "deps": attr.label_list(providers = [PyInfo], doc = "libraries whose sources go into the build hash"),
+        "golden": attr.label_list(allow_files = True),
+        "hparams": attr.string_dict(),
+        "interpreter": attr.label(default = "@python_interpreter//:bin/python3", allow_single_file = True),
+        "lock": attr.label(default = "@pip//:requirements_lock.txt", allow_single_file = True),
+        "model": attr.string(mandatory = True),
+        "tool": attr.label(mandatory = True, executable = True, cfg = "exec"),
+        "tool_src": attr.label(default = "//tools:model_tool.py", allow_single_file = True),
+    },
+    outputs = {
+        "export_manifest": "%{name}/export.json",
+        "onnx": "%{name}/model.onnx",
+        "weights": "%{name}/weights.safetensors",
+    },
+)
+
+def _model_release_impl(ctx):
+    info = ctx.attr.weights[WeightsInfo]
+    bundle = ctx.attr.name
+    manifest = ctx.actions.declare_file(bundle + "/manifest.json")
+    golden = info.golden.to_list()
+    golden_dir = golden[0].dirname if golden else "golden/" + info.model
+
+    args = ctx.actions.args()
+    args.add("gate")
+    args.add("--model", info.model)
+    args.add("--export-dir", info.weights.dirname)
+    args.add("--golden-dir", golden_dir)
+    args.add("--out", manifest)
+    args.add("--hparams", json.encode(info.hparams))
+    ctx.actions.run(
+        executable = ctx.executable.tool,
+        arguments = [args],
+        inputs = [info.weights, info.onnx, info.export_manifest] + golden,
+        outputs = [manifest],
+        env = _EXPORT_ENV,
+        mnemonic = "ReleaseGate",
+        progress_message = "Gating %s release (golden, ONNX parity, metrics)" % info.model,
+    )
+    files = [manifest]
+    for src in (info.weights, info.onnx):
+        link = ctx.actions.declare_file(bundle + "/" + src.basename)
+        ctx.actions.symlink(output = link, target_file = src)
+        files.append(link)
+    return [
+        DefaultInfo(files = depset(files), runfiles = ctx.runfiles(files = files)),
+        ReleaseInfo(model = info.model, manifest = manifest, files = files),
+    ]
+
+_model_release = rule(
+    implementation = _model_release_impl,
+    attrs = {
+        "tool": attr.label(mandatory = True, executable = True, cfg = "exec"),
+        "weights": attr.label(mandatory = True, providers = [WeightsInfo]),
+    },
+)
+
+def _model_name(model):
+    return model or native.package_name().split("/")[-1]
+
+def _tool_name(weights):
+    return "_%s_tool" % weights.lstrip(":")
+
+def _lib_name(weights):
+    return "_%s_lib" % weights.lstrip(":")
+
+def model_weights(*, name, deps, model = None, golden = None, hparams = {}, visibility = None, tags = []):
+    """Exports a model's weights as a hermetic build action.
+
+    Trains (or initializes) the model deterministically from models/<model>/spec.py and writes
+    `<name>/weights.safetensors`, `<name>/model.onnx` and `<name>/export.json`. The build hash in
+    export.json covers every declared input: the model's sources (deps), golden data, the lock,
+    the toolchain and `hparams`.
+
+    Args:
+      name: target name, conventionally "weights".
+      deps: the model's library (model_library), whose sources are hashed and imported.
+      model: the model's name; defaults to the package's last path component.
+      golden: golden data files; defaults to //golden/<model>.
+      hparams: hyperparameter overrides (strings), applied over the spec's config; part of the hash.
+      visibility: as for any target.
+      tags: as for any target.
+    """
+    model = _model_name(model)
+    if golden == None:
+        golden = ["//golden/%s" % model]
+    tool = _tool_name(name)
+    native.py_library(
+        name = _lib_name(name),
+        deps = deps + ["//tools:export"],
+        visibility = ["//visibility:private"],
+        tags = tags,
+    )
+    native.py_binary(
+        name = tool,
+        srcs = ["//tools:model_tool.py"],
+        main = "//tools:model_tool.py",
+        deps = [":" + _lib_name(name)],
+        visibility = ["//visibility:private"],
+        tags = tags,
+    )
+    _model_weights(
+        name = name,
+        model = model,
+        deps = deps + ["//tools:export"],
+        golden = golden,
+        hparams = hparams,
+        tool = ":" + tool,
+        visibility = visibility,
+        tags = tags,
+    )
+
+def model_release(*, name, weights, visibility = None, tags = []):
+    """The promotable bundle: `<name>/{manifest.json, weights.safetensors, model.onnx}`.
+
+    Builds only if the exported files pass the gate: golden data reproduced from the saved
+    safetensors, ONNX (onnxruntime) matching torch on the golden inputs, and every metric above
+    its floor. A failing check fails the build with the check's name and numbers.
+
+    Args:
+      name: target name, conventionally "release".
+      weights: the model_weights target.
+      visibility: as for any target.
+      tags: as for any target.
+    """
+    _model_release(
+        name = name,
+        weights = weights,
+        tool = ":" + _tool_name(weights),
+        visibility = visibility,
+        tags = tags,
+    )
+
+def golden_test(*, name, weights, model = None, golden = None, **kwargs):
+    """Compares the exported weights against golden/<model>/ (CPU; CUDA and autocast in `_gpu`).
+
+    On failure, reports per output the worst absolute and relative error and their indices.
+
+    Args:
+      name: base name of the `_cpu` / `_gpu` variants.
+      weights: the model_weights target.
+      model: the model's name; defaults to the package's last path component.
+      golden: golden data files; defaults to //golden/<model>.
+      **kwargs: passed to model_test.
+    """
+    model = _model_name(model)
+    golden_label = golden or "//golden/%s" % model
+    weights_file = "%s/weights.safetensors" % weights
+    model_test(
+        name = name,
+        srcs = ["//tools:golden_test.py"],
+        deps = kwargs.pop("deps", []) + [":" + _lib_name(weights)],
+        data = [weights_file, golden_label],
+        env = {
+            "MODELGATE_GOLDEN_DIR": "golden/" + model,
+            "MODELGATE_MODEL": model,
+            "MODELGATE_WEIGHTS": "$(rootpath %s)" % weights_file,
+        },
+        **kwargs
+    )
+
+def golden_update(*, name, weights, model = None, visibility = None):
+    """`bazel run :<name>`: regenerates golden/<model>/ from the exported weights and prints, per
+    output, how far the expected values moved, for review before committing.
+
+    Args:
+      name: target name, conventionally "golden_update".
+      weights: the model_weights target.
+      model: the model's name; defaults to the package's last path component.
+      visibility: as for any target.
+    """
+    model = _model_name(model)
+    native.py_binary(
+        name = name,
+        srcs = ["//tools:model_tool.py"],
+        main = "//tools:model_tool.py",
+        args = [
+            "golden-update",
+            "--model",
+            model,
+            "--weights",
+            "$(rootpath %s/weights.safetensors)" % weights,
+            "--export-manifest",
+            "$(rootpath %s/export.json)" % weights,
+        ],
+        data = ["%s/weights.safetensors" % weights, "%s/export.json" % weights],
+        deps = [":" + _lib_name(weights)],
+        visibility = visibility,
+    )
