@@ -1,0 +1,104 @@
+"""registry: what is where, and since when; roll a channel back.
+
+    registry ls [--json]
+    registry show MODEL [--json]
+    registry history MODEL [--json]
+    registry rollback MODEL --tag=TAG [--reason=TEXT] [--notify=URL ...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from modelgate.cli import Parser, add_registry_flag, open_registry, run, short, warner
+from modelgate.registry import api
+from modelgate.registry.uri import workspace_dir
+
+PROG = "registry"
+
+
+def build_parser() -> Parser:
+    common = argparse.ArgumentParser(add_help=False)
+    add_registry_flag(common)
+    common.add_argument("--json", action="store_true", help="print JSON")
+    p = Parser(prog=PROG, description="Inspect the model registry; roll a channel tag back.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{ls,show,history,rollback}", parser_class=Parser)
+    sub.add_parser("ls", parents=[common], help="models and their tags")
+    show = sub.add_parser("show", parents=[common], help="a model's tags and the builds they name")
+    show.add_argument("model", metavar="MODEL")
+    history = sub.add_parser("history", parents=[common], help="a model's promotions, oldest first")
+    history.add_argument("model", metavar="MODEL")
+    rollback = sub.add_parser("rollback", parents=[common], help="move a channel tag back to its previous build")
+    rollback.add_argument("model", metavar="MODEL")
+    rollback.add_argument("--tag", required=True)
+    rollback.add_argument("--reason", metavar="TEXT", help="why; recorded in the history")
+    rollback.add_argument("--notify", action="append", default=[], metavar="URL")
+    return p
+
+
+def _metrics(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in sorted(metrics.items()))
+
+
+def _print_ls(uri, models: list[dict]) -> None:
+    if not models:
+        print(f"no models in {uri}")
+    for m in models:
+        tags = " ".join(f"{tag}={short(t['build_hash'])}" for tag, t in sorted(m["tags"].items())) or "(no tags)"
+        print(f"{m['model']}  {tags}")
+
+
+def _print_show(info: dict) -> None:
+    print(f"{info['model']} in {info['registry']}: {info['builds']} build(s)")
+    for tag, t in sorted(info["tags"].items()):
+        detail = info["tagged_builds"].get(t["build_hash"], {})
+        commit = f"  commit {detail['git_commit'][:12]}" if detail.get("git_commit") else ""
+        pending = "  (pointer update pending; the next promote completes it)" if t["pending"] else ""
+        print(f"  {tag:<14} {short(t['build_hash'])}  since {t['since']}  {_metrics(detail.get('metrics', {}))}{commit}{pending}")
+
+
+def _print_history(events: list[dict]) -> None:
+    for e in events:
+        was = f"was {short(e.get('previous'))}" if e.get("previous") else "first"
+        forced = "  FORCED" if e.get("forced") else ""
+        reason = f"  reason: {e['reason']}" if e.get("reason") else ""
+        print(f"{e['seq']:>5}  {e.get('time')}  {e.get('action'):<8} {e.get('tag'):<14} {short(e.get('build_hash'))}  ({was})  by {e.get('user')}{forced}{reason}")
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    uri, registry = open_registry(args.registry)
+    if args.command == "ls":
+        models = api.list_models(registry)
+        print(json.dumps({"registry": str(uri), "models": models}, indent=2)) if args.json else _print_ls(uri, models)
+    elif args.command == "show":
+        info = api.show(registry, args.model)
+        print(json.dumps(info, indent=2)) if args.json else _print_show(info)
+    elif args.command == "history":
+        events = api.history(registry, args.model)
+        print(json.dumps({"model": args.model, "events": events}, indent=2)) if args.json else _print_history(events)
+    else:
+        result = api.rollback(
+            registry,
+            args.model,
+            args.tag,
+            reason=args.reason,
+            commit=api.git_commit(workspace_dir()),
+            notify_urls=tuple(args.notify),
+            warn=warner(PROG),
+        )
+        if args.json:
+            print(json.dumps(result.to_json(), indent=2))
+        else:
+            print(f"rolled {result.model} {result.tag} back to {short(result.build_hash)} (was {short(result.previous)})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+"""What the commands do, independent of argument parsing: promote, rollback, fetch, ls, show, history.
+
+Every function takes an open Registry and plain values and returns dataclasses (or raises a
+ModelgateError); printing is the CLI's job.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from modelgate import notify
+
+from . import bundle as bundles
+from . import gates, signing, tags
+from .errors import BundleError, GateError, StorageError, UsageError, VerificationError
+from .registry import BUILD_SCHEMA, EVENT_SCHEMA, Registry, TagState, backoff
+
+Warn = Callable[[str], None]
+# progress(description, total_bytes) -> an object with update(n) and close(), e.g. a tqdm bar.
+ProgressFactory = Callable[[str, int], object]
+MAX_COMMIT_ATTEMPTS = 200
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def git_commit(workspace: Path) -> str | None:
+    """HEAD of the workspace's git checkout, if there is one: recorded beside the build hash."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) in (40, 64) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# promote
+
+
+@dataclass
+class PromoteResult:
+    model: str
+    build_hash: str
+    tag: str
+    previous: str | None
+    bytes_uploaded: int
+    files_uploaded: int
+    status: str  # "promoted", "unchanged" (the tag already named this build) or "dry-run"
+    seq: int | None = None  # the history event, when one was written
+    first: bool = False  # no baseline: the first build this tag names
+    forced: bool = False
+    reason: str | None = None
+    checks: list[dict] = field(default_factory=list)
+    notified: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Decision:
+    unchanged: bool
+    checks: list[gates.MetricCheck]
+    first: bool
+    forced: bool
+
+
+def select_bundles(directories: list[Path], models: list[str]) -> list[bundles.Bundle]:
+    """Reads every --release bundle; keeps those named by --model (all when none is named)."""
+    if not directories:
+        raise UsageError("no release bundle: pass --release=DIR (bazel run //tools:promote passes one per model)")
+    found: dict[str, bundles.Bundle] = {}
+    for directory in directories:
+        b = bundles.read(directory)
+        if b.model in found:
+            raise UsageError(f"two release bundles for model {b.model}: {found[b.model].directory} and {directory}")
+        found[b.model] = b
+    for model in models:
+        if model not in found:
+            raise UsageError(f"unknown model {model!r}; the release bundles hold: {', '.join(sorted(found))}")
+    return [found[m] for m in sorted(found) if not models or m in models]
+
+
+def _decide(
+    registry: Registry, b: bundles.Bundle, tag: str, kind: tags.TagKind, state: TagState, force: bool
+) -> _Decision:
+    """Raises GateError when this promotion must not happen (unless forced, where that is allowed)."""
+    if state.build_hash == b.build_hash:
+        return _Decision(True, [], False, False)
+    if state.build_hash is not None and not kind.movable:
+        raise GateError(
+            f"{b.model}: version tag {tag} already names build {state.build_hash[:12]}; "
+            "version tags never move (choose a new version)"
+        )
+    if state.build_hash is None or not kind.movable:
+        return _Decision(False, [], state.build_hash is None, False)
+    baseline = registry.read_build(b.model, state.build_hash)
+    if baseline is None:
+        if force:
+            return _Decision(False, [], False, True)
+        raise GateError(
+            f"{b.model}: {tag} points at build {state.build_hash[:12]}, whose manifest is missing from "
+            f"{registry.uri}; cannot compare metrics (pass --force --reason=TEXT to promote anyway)"
+        )
+    checks = gates.compare(b.manifest.get("metrics", {}), baseline.get("metrics", {}), b.manifest.get("metric_gates", {}))
+    failed = gates.failures(checks)
+    if failed and not force:
+        raise GateError(
+            f"refusing to promote {b.model} {b.build_hash[:12]} to {tag}: "
+            + "; ".join(c.describe() for c in failed)
+            + f" against {state.build_hash[:12]} (pass --force --reason=TEXT to override)"
+        )
+    return _Decision(False, checks, False, bool(failed))
+
+
+def _build_document(b: bundles.Bundle, commit: str | None) -> dict:
+    """The registry's manifest: the release manifest plus what is known only at promotion time."""
+    doc = dict(b.manifest)
+    doc["registry"] = {"schema": BUILD_SCHEMA, "git_commit": commit, "created_at": _now(), "created_by": _user()}
+    return doc
+
+
+def _store_build(registry: Registry, b: bundles.Bundle, signed: dict | None) -> None:
+    """Writes builds/<hash>.json once; a later promotion of the same build reuses the stored one."""
+    if signed is not None and registry.create_build(b.model, b.build_hash, signed):
+        return
+    existing = registry.read_build(b.model, b.build_hash)
+    if existing is None or existing.get("files") != b.manifest["files"]:
+        raise BundleError(
+            f"{registry.uri} already holds build {b.build_hash[:12]} of {b.model} with different files; "
+            "a build hash must always name the same bytes"
+        )
+
+
+def _upload(registry: Registry, b: bundles.Bundle, progress: ProgressFactory | None) -> tuple[int, int]:
+    uploaded_bytes = uploaded_files = 0
+    for f in b.files:
+        if registry.has_blob(f.sha256):
+            continue
+        bar = progress(f"{b.model}/{f.name}", f.size) if progress and f.size else None
+        try:
+            if registry.put_blob(f, bar.update if bar else None):
+                uploaded_bytes += f.size
+                uploaded_files += 1
+        finally:
+            if bar:
+                bar.close()
+    return uploaded_bytes, uploaded_files
+
+
+def _commit(
+    registry: Registry,
+    b: bundles.Bundle,
+    tag: str,
+    kind: tags.TagKind,
+    *,
+    action: str,
+    force: bool,
+    reason: str | None,
+    commit: str | None,
+) -> tuple[TagState, _Decision, dict | None]:
+    """Appends the history event that moves `tag` to this build, then moves the pointer."""
+    for attempt in range(MAX_COMMIT_ATTEMPTS):
+        seqs = registry.history_seqs(b.model)
+        state = registry.tag_state(b.model, tag, seqs)
+        decision = _decide(registry, b, tag, kind, state, force)
+        if decision.unchanged:
+            registry.materialize(b.model, tag, state.seq, state.build_hash, _now())
+            return state, decision, None
+        event = {
+            "schema": EVENT_SCHEMA,
+            "seq": (seqs[-1] if seqs else 0) + 1,
+            "id": uuid.uuid4().hex,
+            "action": action,
+            "model": b.model,
+            "tag": tag,
+            "build_hash": b.build_hash,
+            "previous": state.build_hash,
+            "time": _now(),
+            "user": _user(),
+            "git_commit": commit,
+            "forced": decision.forced,
+            "reason": reason,
+            "checks": [c.to_json() for c in decision.checks],
+        }
+        if registry.append_event(event):
+            registry.materialize(b.model, tag, event["seq"], b.build_hash, event["time"])
+            return state, decision, event
+        backoff(attempt)
+    raise StorageError(f"{b.model}: gave up moving {tag} after {MAX_COMMIT_ATTEMPTS} concurrent attempts")
+
+
+def promote(
+    registry: Registry,
+    selected: list[bundles.Bundle],
+    tag: str,
+    *,
+    signing_key: Callable[[], str] | None,
+    force: bool = False,
+    reason: str | None = None,
+    dry_run: bool = False,
+    commit: str | None = None,
+    progress: ProgressFactory | None = None,
+    notify_urls: tuple[str, ...] = (),
+    warn: Warn = lambda message: None,
+) -> list[PromoteResult]:
+    """Uploads each bundle (blobs, then manifest) and moves `tag` to it, model by model.
+
+    Everything that can be checked before writing is checked first, for all bundles: the tag's
+    grammar, every file's digest, and the metric gate against the build the tag names now. The
+    gate is checked again at commit time, against whatever the tag names then.
+    `signing_key` is called (once) only if a manifest must be signed: it may create the
+    workspace's development key.
+    """
+    kind = tags.tag_kind(tag)
+    if force and not reason:
+        raise UsageError("--force needs --reason=TEXT (it is recorded in the history)")
+    for b in selected:
+        bundles.verify_files(b)
+    planned = {}
+    for b in selected:
+        state = registry.tag_state(b.model, tag)
+        planned[b.model] = (state, _decide(registry, b, tag, kind, state, force))
+
+    if dry_run:
+        results = []
+        for b in selected:
+            state, decision = planned[b.model]
+            missing = [f for f in b.files if not registry.has_blob(f.sha256)]
+            results.append(
+                PromoteResult(
+                    b.model, b.build_hash, tag, state.build_hash, sum(f.size for f in missing), len(missing),
+                    "unchanged" if decision.unchanged else "dry-run", first=decision.first,
+                    forced=decision.forced, reason=reason, checks=[c.to_json() for c in decision.checks],
+                )
+            )  # fmt: skip
+        return results
+
+    # Sign before uploading anything, so that a missing or unusable key writes nothing.
+    signed: dict[str, dict | None] = {}
+    key = None
+    for b in selected:
+        signed[b.model] = None
+        if registry.read_build(b.model, b.build_hash) is None:
+            if signing_key is None:
+                raise UsageError("no signing key configured")
+            key = key or signing_key()
+            doc = _build_document(b, commit)
+            doc["signature"] = signing.sign(doc, key)
+            signed[b.model] = doc
+
+    endpoints = list(notify_urls) + registry.notify_endpoints()
+    results = []
+    for b in selected:
+        uploaded_bytes, uploaded_files = _upload(registry, b, progress)
+        _store_build(registry, b, signed[b.model])
+        state, decision, event = _commit(
+            registry, b, tag, kind, action="promote", force=force, reason=reason, commit=commit
+        )
+        result = PromoteResult(
+            b.model, b.build_hash, tag, state.build_hash, uploaded_bytes, uploaded_files,
+            "unchanged" if event is None else "promoted", seq=event["seq"] if event else None,
+            first=decision.first, forced=decision.forced, reason=reason,
+            checks=[c.to_json() for c in decision.checks],
+        )  # fmt: skip
+        if event is not None:
+            message = notify.make_event(b.model, tag, b.build_hash, state.build_hash, registry.uri)
+            result.notified = notify.send_all(endpoints, message, warn)
+        results.append(result)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# rollback
+
+
+def rollback(
+    registry: Registry,
+    model: str,
+    tag: str,
+    *,
+    reason: str | None = None,
+    commit: str | None = None,
+    notify_urls: tuple[str, ...] = (),
+    warn: Warn = lambda message: None,
+) -> PromoteResult:
+    """Moves a channel tag back to the build it named before its current build was promoted."""
+    tags.check_model_name(model)
+    kind = tags.tag_kind(tag)
+    if not kind.movable:
+        raise GateError(f"{tag} is a version tag: version tags never move, so there is nothing to roll back")
+    for attempt in range(MAX_COMMIT_ATTEMPTS):
+        seqs = registry.history_seqs(model)
+        state = registry.tag_state(model, tag, seqs)
+        if state.build_hash is None:
+            raise UsageError(_no_tag_message(registry, model, tag))
+        target = _rollback_target(registry, model, tag, state.build_hash)
+        if target is None:
+            raise GateError(f"{model}: nothing to roll {tag} back to: {state.build_hash[:12]} is the first build it named")
+        if registry.read_build(model, target) is None:
+            raise StorageError(f"{model}: the previous build {target[:12]} has no manifest in {registry.uri}")
+        event = {
+            "schema": EVENT_SCHEMA,
+            "seq": (seqs[-1] if seqs else 0) + 1,
+            "id": uuid.uuid4().hex,
+            "action": "rollback",
+            "model": model,
+            "tag": tag,
+            "build_hash": target,
+            "previous": state.build_hash,
+            "time": _now(),
+            "user": _user(),
+            "git_commit": commit,
+            "forced": False,
+            "reason": reason,
+            "checks": [],
+        }
+        if registry.append_event(event):
+            registry.materialize(model, tag, event["seq"], target, event["time"])
+            result = PromoteResult(model, target, tag, state.build_hash, 0, 0, "rolled-back", seq=event["seq"], reason=reason)
+            message = notify.make_event(model, tag, target, state.build_hash, registry.uri)
+            endpoints = list(notify_urls) + registry.notify_endpoints()
+            result.notified = notify.send_all(endpoints, message, warn)
+            return result
+        backoff(attempt)
+    raise StorageError(f"{model}: gave up rolling back {tag} after {MAX_COMMIT_ATTEMPTS} concurrent attempts")
+
+
+def _rollback_target(registry: Registry, model: str, tag: str, current: str) -> str | None:
+    """The build before the most recent promotion of `current` to `tag`.
+
+    Rollbacks are skipped when looking, so two rollbacks in a row go back two promotions
+    instead of toggling between two builds.
+    """
+    for event in reversed(registry.events(model)):
+        if event.get("tag") == tag and event.get("action") == "promote" and event.get("build_hash") == current:
+            return event.get("previous")
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# fetch
+
+
+@dataclass
+class FetchResult:
+    model: str
+    build_hash: str
+    tag: str | None
+    out: str
+    files: int
+    bytes: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class _VerifyingWriter:
+    """Writes a download to disk while checking it against the manifest's size and sha256."""
+
+    def __init__(self, f, name: str, size: int):
+        self.f, self.name, self.expected = f, name, size
+        self.size = 0
+        self.hash = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.expected:
+            raise VerificationError(f"{self.name} is larger than its manifest says ({self.expected} bytes)")
+        self.hash.update(chunk)
+        self.f.write(chunk)
+
+
+def resolve_build(registry: Registry, model: str, build: str) -> str:
+    """A full build hash, or a unique prefix of at least 8 hex digits."""
+    if tags.BUILD_HASH.fullmatch(build):
+        return build
+    if len(build) < 8 or not all(c in "0123456789abcdef" for c in build):
+        raise UsageError(f"invalid build {build!r}: a build hash (64 hex digits) or a prefix of at least 8")
+    matches = [h for h in registry.list_builds(model) if h.startswith(build)]
+    if len(matches) != 1:
+        found = "no build" if not matches else f"{len(matches)} builds"
+        raise UsageError(f"{found} of {model} in {registry.uri} start with {build}")
+    return matches[0]
+
+
+def _no_tag_message(registry: Registry, model: str, tag: str) -> str:
+    known = registry.list_tags(model)
+    if not known:
+        models = registry.list_models()
+        if model not in models:
+            listing = ", ".join(models) if models else "none"
+            return f"model {model!r} is not in registry {registry.uri} (models: {listing})"
+    return f"{model} has no tag {tag!r} in {registry.uri} (tags: {', '.join(known) or 'none'})"
+
+
+def fetch(
+    registry: Registry,
+    model: str,
+    *,
+    out: Path,
+    public_key: str,
+    tag: str | None = None,
+    build: str | None = None,
+) -> FetchResult:
+    """Downloads a build into `out`, verified; on any failure nothing is left behind.
+
+    The manifest's signature is checked before any byte is downloaded; each file is hashed as it
+    streams into a temporary directory next to `out`, which is renamed into place only when every
+    file matched.
+    """
+    tags.check_model_name(model)
+    if (tag is None) == (build is None):
+        raise UsageError("pass exactly one of --tag=TAG and --build=HASH")
+    if tag is not None:
+        tags.tag_kind(tag)
+        pointer = registry.read_pointer(model, tag)
+        if pointer is None:
+            raise UsageError(_no_tag_message(registry, model, tag))
+        build_hash = pointer.build_hash
+    else:
+        build_hash = resolve_build(registry, model, build)
+    doc = registry.read_build(model, build_hash)
+    if doc is None:
+        raise UsageError(f"{model} has no build {build_hash[:12]} in {registry.uri}")
+    signing.verify(doc, public_key)
+    if doc.get("model") != model or doc.get("build_hash") != build_hash:
+        raise VerificationError(f"the manifest stored as {model}/{build_hash[:12]} describes another build")
+    try:
+        bundles.check_manifest(doc, f"{model}/{build_hash[:12]}")
+    except BundleError as e:
+        raise VerificationError(str(e)) from None
+
+    out = Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"output directory {out} already exists and is not empty")
+    created_parents = _missing_parents(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.fetch-", dir=out.parent))
+    total = 0
+    try:
+        for name, spec in sorted(doc["files"].items()):
+            with open(temp / name, "wb") as f:
+                writer = _VerifyingWriter(f, name, spec["size"])
+                if not registry.read_blob_into(spec["sha256"], writer.write):
+                    raise VerificationError(f"{name}: blob {spec['sha256'][:12]} is missing from {registry.uri}")
+                if writer.size != spec["size"] or writer.hash.hexdigest() != spec["sha256"]:
+                    raise VerificationError(
+                        f"{name} does not match the signed manifest (got {writer.size} bytes, "
+                        f"sha256 {writer.hash.hexdigest()[:12]}; expected {spec['size']} bytes, "
+                        f"sha256 {spec['sha256'][:12]})"
+                    )
+                f.flush()
+                os.fsync(f.fileno())
+            total += spec["size"]
+        (temp / "manifest.json").write_bytes(signing.signed_bytes(doc))
+        (temp / "manifest.sig").write_bytes(signing.signature_file_bytes(doc))
+        for path in temp.iterdir():
+            path.chmod(0o644)
+        temp.chmod(0o755)
+        os.replace(temp, out)  # replaces an empty directory atomically
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        for parent in created_parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
+    return FetchResult(model, build_hash, tag, str(out), len(doc["files"]), total)
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The directories fetch would create, deepest first (so that a failure can remove them)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+# --------------------------------------------------------------------------------------------------
+# ls / show / history
+
+
+def list_models(registry: Registry) -> list[dict]:
+    models = []
+    for model in registry.list_models():
+        pointers = {}
+        for tag in registry.list_tags(model):
+            pointer = registry.read_pointer(model, tag)
+            if pointer:
+                pointers[tag] = {"build_hash": pointer.build_hash, "since": pointer.doc.get("time")}
+        models.append({"model": model, "tags": pointers})
+    return models
+
+
+def show(registry: Registry, model: str) -> dict:
+    tags.check_model_name(model)
+    builds = registry.list_builds(model)
+    if not builds:
+        models = registry.list_models()
+        raise UsageError(f"model {model!r} is not in registry {registry.uri} (models: {', '.join(models) or 'none'})")
+    seqs = registry.history_seqs(model)
+    shown_tags = {}
+    details = {}
+    for tag in registry.list_tags(model):
+        state = registry.tag_state(model, tag, seqs)
+        shown_tags[tag] = {
+            "build_hash": state.build_hash,
+            "seq": state.seq,
+            "since": (state.event or {}).get("time") or (state.pointer.doc.get("time") if state.pointer else None),
+            "pending": state.pending,
+        }
+        if state.build_hash and state.build_hash not in details:
+            doc = registry.read_build(model, state.build_hash) or {}
+            details[state.build_hash] = {
+                "metrics": doc.get("metrics", {}),
+                "git_commit": doc.get("registry", {}).get("git_commit"),
+                "created_at": doc.get("registry", {}).get("created_at"),
+                "files": {name: spec.get("size") for name, spec in doc.get("files", {}).items()},
+            }
+    return {"model": model, "registry": registry.uri, "tags": shown_tags, "builds": len(builds), "tagged_builds": details}
+
+
+def history(registry: Registry, model: str) -> list[dict]:
+    tags.check_model_name(model)
+    events = registry.events(model)
+    if not events and model not in registry.list_models():
+        models = registry.list_models()
+        raise UsageError(f"model {model!r} is not in registry {registry.uri} (models: {', '.join(models) or 'none'})")
+    return events

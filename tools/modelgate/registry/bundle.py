@@ -1,0 +1,142 @@
+"""Release bundles: what a model's `release` target produces and promote uploads.
+
+A bundle is a directory holding manifest.json and the files it lists:
+    {"schema": "modelgate/release@1", "model": ..., "build_hash": <64 hex>,
+     "files": {"weights.safetensors": {"sha256": ..., "size": ...}, ...},
+     "inputs": {...}, "toolchain": {...}, "config": {...}, "metrics": {...},
+     "metric_gates": {"accuracy": {"floor": ..., "max_regression": ..., "higher_is_better": true}},
+     "gate": {"passed": true, "checks": [...]}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import tags
+from .errors import BundleError, UsageError
+from .storage import CHUNK
+
+RELEASE_SCHEMA = "modelgate/release@1"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    name: str
+    sha256: str
+    size: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class Bundle:
+    directory: Path
+    manifest: dict
+
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]
+
+    @property
+    def build_hash(self) -> str:
+        return self.manifest["build_hash"]
+
+    @property
+    def files(self) -> list[ReleaseFile]:
+        return [
+            ReleaseFile(name, spec["sha256"], spec["size"], self.directory / name)
+            for name, spec in sorted(self.manifest["files"].items())
+        ]
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def read(directory: Path) -> Bundle:
+    """Reads and checks a bundle's manifest (not yet its files' bytes: see `verify_files`)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    where = str(directory)
+    if not directory.is_dir():
+        raise UsageError(f"release bundle {where} is not a directory")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise BundleError(f"release bundle {where} has no {MANIFEST}") from None
+    except (OSError, ValueError) as e:
+        raise BundleError(f"release bundle {where}: cannot read {MANIFEST}: {e}") from None
+    check_manifest(manifest, where)
+    return Bundle(directory, manifest)
+
+
+def check_manifest(manifest, where: str) -> None:
+    """Raises BundleError unless `manifest` is a promotable release manifest."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"release bundle {where}: {MANIFEST} is not a JSON object")
+    schema = manifest.get("schema")
+    if schema != RELEASE_SCHEMA:
+        raise BundleError(f"release bundle {where}: unknown schema {schema!r} (this promote reads {RELEASE_SCHEMA})")
+    try:
+        tags.check_model_name(manifest.get("model"))
+        tags.check_build_hash(manifest.get("build_hash"))
+    except UsageError as e:
+        raise BundleError(f"release bundle {where}: {e}") from None
+    gate = manifest.get("gate")
+    if not isinstance(gate, dict) or gate.get("passed") is not True:
+        failed = [c.get("name") for c in (gate or {}).get("checks", []) if isinstance(c, dict) and not c.get("passed")]
+        detail = f" (failed checks: {', '.join(map(str, failed))})" if failed else ""
+        raise BundleError(f"release bundle {where}: its release gate did not pass{detail}; refusing to promote it")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"release bundle {where}: 'files' must list at least one file")
+    for name, spec in files.items():
+        try:
+            tags.check_file_name(name)
+        except UsageError as e:
+            raise BundleError(f"release bundle {where}: {e}") from None
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("sha256"), str)
+            or not tags.BUILD_HASH.fullmatch(spec["sha256"])
+            or not isinstance(spec.get("size"), int)
+            or spec["size"] < 0
+        ):
+            raise BundleError(f"release bundle {where}: files[{name!r}] needs a hex 'sha256' and an integer 'size'")
+    for field in ("metrics", "metric_gates"):
+        if not isinstance(manifest.get(field, {}), dict):
+            raise BundleError(f"release bundle {where}: '{field}' must be an object")
+    for name, value in manifest.get("metrics", {}).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise BundleError(f"release bundle {where}: metric {name!r} is not a finite number")
+    for name, gate_spec in manifest.get("metric_gates", {}).items():
+        if not isinstance(gate_spec, dict) or not isinstance(gate_spec.get("max_regression"), (int, float)):
+            raise BundleError(f"release bundle {where}: metric_gates[{name!r}] needs a numeric 'max_regression'")
+
+
+def verify_files(bundle: Bundle) -> None:
+    """Hashes every listed file; raises BundleError on a missing file or a size or digest mismatch."""
+    for f in bundle.files:
+        try:
+            size, digest = file_digest(f.path)
+        except FileNotFoundError:
+            raise BundleError(f"release bundle {bundle.directory}: {f.name} is listed but missing") from None
+        if size != f.size or digest != f.sha256:
+            raise BundleError(
+                f"release bundle {bundle.directory}: {f.name} does not match its manifest "
+                f"(size {size} vs {f.size}, sha256 {digest[:12]} vs {f.sha256[:12]})"
+            )
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()

@@ -1,0 +1,217 @@
+"""Signing and verifying build manifests with OpenSSF model-signing and a local EC key (offline).
+
+What is signed is the build manifest (builds/<hash>.json without its "signature" field, as canonical
+JSON). The manifest lists the sha256 and size of every file, so the signature covers the weights
+too, the way an OCI image signature covers its layers; fetch checks each file against the manifest.
+
+model-signing signs directories, so the manifest is written as the only file of a temporary
+directory named `manifest`. The signature is model-signing's own bundle (a DSSE envelope), stored
+inline in the build manifest and written next to the fetched files as manifest.sig, so a deployed
+directory can be re-checked with the upstream tool:
+    model_signing verify key DIR --signature DIR/manifest.sig --public_key KEY --ignore_unsigned_files
+
+Only the key methods are used: model-signing's default (Sigstore) method needs the internet.
+Keys are EC P-256/384/521 PEM files; model-signing refuses ed25519.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelgateError, UsageError, VerificationError
+
+ENV_SIGNING_KEY = "MODELGATE_SIGNING_KEY"
+ENV_PUBLIC_KEY = "MODELGATE_PUBLIC_KEY"
+SIGNATURE_FORMAT = "model-signing/ec-key@1"
+DEV_KEY_DIR = Path(".modelgate") / "keys"
+DEV_PRIVATE_KEY = "dev-signing-key.pem"
+DEV_PUBLIC_KEY = "dev-signing-key.pub.pem"
+_SIGNED_FILE = "manifest.json"
+
+
+def canonical_json(obj) -> bytes:
+    """The one byte encoding of a JSON value that signatures and digests are computed over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def signed_bytes(build: dict) -> bytes:
+    """What the signature of a build manifest covers: everything but the signature itself."""
+    return canonical_json({k: v for k, v in build.items() if k != "signature"})
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_key: Path
+    public_key: Path
+
+
+def _key_from_setting(value: str, what: str, tmp: Path) -> Path:
+    """A key setting is a path to a PEM file or, from the environment, the PEM text itself."""
+    if value.lstrip().startswith("-----BEGIN"):
+        path = tmp / what
+        path.write_text(value)
+        return path
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{what} {value!r} does not exist or is not a file")
+    return path
+
+
+@contextlib.contextmanager
+def _staged(content: bytes):
+    with tempfile.TemporaryDirectory(prefix="modelgate-sign-") as tmp:
+        model_dir = Path(tmp) / "manifest"
+        model_dir.mkdir()
+        (model_dir / _SIGNED_FILE).write_bytes(content)
+        yield Path(tmp), model_dir
+
+
+def _model_signing():
+    try:
+        from model_signing import signing, verifying
+    except ImportError as e:  # pyopenssl is an undeclared dependency of model-signing
+        raise ModelgateError(f"model-signing is not usable here ({e}); install model-signing and pyopenssl") from e
+    return signing, verifying
+
+
+def sign(build: dict, private_key: str) -> dict:
+    """The signature record to store under build["signature"]."""
+    signing, _ = _model_signing()
+    with _staged(signed_bytes(build)) as (tmp, model_dir):
+        key = _key_from_setting(private_key, "signing key", tmp)
+        signature = tmp / "manifest.sig"
+        try:
+            signing.Config().use_elliptic_key_signer(private_key=key).sign(model_dir, signature)
+        except (ValueError, TypeError) as e:
+            raise UsageError(
+                f"cannot sign with {private_key if not private_key.lstrip().startswith('-----') else 'the key in $' + ENV_SIGNING_KEY}: "
+                f"{e} (an unencrypted EC P-256/384/521 private key in PEM is expected)"
+            ) from e
+        bundle = json.loads(signature.read_bytes())
+    return {"format": SIGNATURE_FORMAT, "key_hint": _key_hint(bundle), "bundle": bundle}
+
+
+def verify(build: dict, public_key: str) -> None:
+    """Raises VerificationError unless build["signature"] is a valid signature of this manifest."""
+    record = build.get("signature")
+    if not isinstance(record, dict) or not record.get("bundle"):
+        raise VerificationError("the manifest is not signed")
+    if record.get("format") != SIGNATURE_FORMAT:
+        raise VerificationError(f"unknown signature format {record.get('format')!r}")
+    _, verifying = _model_signing()
+    with _staged(signed_bytes(build)) as (tmp, model_dir):
+        key = _key_from_setting(public_key, "public key", tmp)
+        signature = tmp / "manifest.sig"
+        signature.write_bytes(canonical_json(record["bundle"]))
+        try:
+            verifying.Config().use_elliptic_key_verifier(public_key=key).verify(model_dir, signature)
+        except Exception as e:  # noqa: BLE001 - model-signing raises ValueError and friends on any mismatch
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            if "Hash mismatch" in reason or "Signature mismatch" in reason:
+                reason = "the manifest was changed after it was signed"
+            raise VerificationError(f"the manifest signature does not verify with {_describe(public_key)}: {reason}") from e
+
+
+def signature_file_bytes(build: dict) -> bytes:
+    return canonical_json(build["signature"]["bundle"])
+
+
+def _key_hint(bundle: dict) -> str:
+    return bundle.get("verificationMaterial", {}).get("publicKey", {}).get("hint", "")
+
+
+def _describe(key: str) -> str:
+    return f"${ENV_PUBLIC_KEY}" if key.lstrip().startswith("-----BEGIN") else key
+
+
+# --------------------------------------------------------------------------------------------------
+# Which keys to use
+
+
+def dev_keypair(workspace: Path) -> KeyPair:
+    d = workspace / DEV_KEY_DIR
+    return KeyPair(d / DEV_PRIVATE_KEY, d / DEV_PUBLIC_KEY)
+
+
+def ensure_dev_keypair(workspace: Path) -> tuple[KeyPair, bool]:
+    """The workspace's development key pair, created on first use. Returns (keys, created_now)."""
+    keys = dev_keypair(workspace)
+    if keys.private_key.is_file() and keys.public_key.is_file():
+        return keys, False
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys.private_key.parent.mkdir(parents=True, exist_ok=True)
+    with open(keys.private_key.parent / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two first promotions at once must not mix two key pairs
+        if keys.private_key.is_file() and keys.public_key.is_file():
+            return keys, False
+        key = ec.generate_private_key(ec.SECP256R1())
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        _write_private(keys.private_key, private)
+        keys.public_key.write_bytes(public)
+    return keys, True
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def signing_key_setting(flag: str | None, *, allow_dev_key: bool, workspace: Path, warn) -> str:
+    """--signing-key, else $MODELGATE_SIGNING_KEY, else (local default registry only) the dev key."""
+    value = flag or os.environ.get(ENV_SIGNING_KEY)
+    if value:
+        return value
+    if not allow_dev_key:
+        raise UsageError(
+            f"no signing key: pass --signing-key=PEM or set ${ENV_SIGNING_KEY} "
+            "(an EC P-256 private key; development keys are only generated for the workspace's own registry)"
+        )
+    keys, created = ensure_dev_keypair(workspace)
+    if created:
+        warn(
+            f"generated a development signing key pair in {keys.private_key.parent} (git-ignored); "
+            f"fetch from this registry verifies with {keys.public_key.name}"
+        )
+    return str(keys.private_key)
+
+
+def public_key_setting(flag: str | None, *, allow_dev_key: bool, workspace: Path) -> str:
+    """--public-key, else $MODELGATE_PUBLIC_KEY, else (local default registry only) the dev public key."""
+    value = flag or os.environ.get(ENV_PUBLIC_KEY)
+    if value:
+        return value
+    if allow_dev_key:
+        keys = dev_keypair(workspace)
+        if keys.public_key.is_file():
+            return str(keys.public_key)
+        raise UsageError(
+            f"no public key: pass --public-key=PEM or set ${ENV_PUBLIC_KEY} "
+            f"(the development key {keys.public_key} is created by the first promote to this registry)"
+        )
+    raise UsageError(f"no public key to verify signatures with: pass --public-key=PEM or set ${ENV_PUBLIC_KEY}")
+
+
+def fingerprint(public_key_pem: bytes) -> str:
+    return hashlib.sha256(public_key_pem).hexdigest()
+
+
+def _stderr_warn(message: str) -> None:
+    print(f"modelgate: warning: {message}", file=sys.stderr)

@@ -1,0 +1,69 @@
+"""Fabricated release bundles (synthetic bytes, no torch) and small helpers for the registry tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from modelgate.registry.bundle import RELEASE_SCHEMA
+
+GATES = {
+    "accuracy": {"floor": 0.5, "max_regression": 0.02, "higher_is_better": True},
+    "loss": {"floor": 2.0, "max_regression": 0.05, "higher_is_better": False},
+}
+
+
+def make_bundle(
+    root: Path,
+    model: str = "tiny_transformer",
+    *,
+    seed: int = 0,
+    accuracy: float = 0.95,
+    loss: float = 0.10,
+    weights_size: int = 4096,
+    onnx_size: int = 2048,
+    shared_onnx: bool = False,
+    gate_passed: bool = True,
+    schema: str = RELEASE_SCHEMA,
+) -> Path:
+    """Writes a release bundle directory like the Bazel release rule's and returns it.
+
+    Different seeds give different weights (and build hashes); shared_onnx keeps model.onnx equal
+    across seeds, as when only the weights change.
+    """
+    rng = random.Random(f"{model}/{seed}")
+    contents = {
+        "weights.safetensors": rng.randbytes(weights_size),
+        "model.onnx": random.Random(f"{model}/onnx").randbytes(onnx_size) if shared_onnx else rng.randbytes(onnx_size),
+    }
+    directory = Path(root) / f"{model}-{seed}"
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, data in contents.items():
+        (directory / name).write_bytes(data)
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    inputs = {f"models/{model}/model.py": hashlib.sha256(f"{model}/{seed}".encode()).hexdigest()}
+    manifest = {
+        "schema": schema,
+        "model": model,
+        "build_hash": hashlib.sha256(json.dumps([files, inputs], sort_keys=True).encode()).hexdigest(),
+        "files": files,
+        "inputs": inputs,
+        "toolchain": {"python": "3.11.2", "torch": "2.13.0+cpu"},
+        "config": {"seed": seed},
+        "metrics": {"accuracy": accuracy, "loss": loss},
+        "metric_gates": GATES,
+        "gate": {"passed": gate_passed, "checks": [{"name": "golden", "passed": gate_passed, "detail": "synthetic"}]},
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return directory
+
+
+def build_hash(bundle_dir: Path) -> str:
+    return json.loads((Path(bundle_dir) / "manifest.json").read_text())["build_hash"]
+
+
+def file_digests(bundle_dir: Path) -> dict[str, str]:
+    return {n: s["sha256"] for n, s in json.loads((Path(bundle_dir) / "manifest.json").read_text())["files"].items()}
