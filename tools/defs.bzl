@@ -13,7 +13,13 @@ A model package declares its library and tests, then the export pipeline:
 Each is a thin, keyword-only macro; what they expand to lives in //tools/private.
 """
 
-load("//tools/private:model_test.bzl", _model_library = "model_library", _model_test = "model_test", _model_test_suites = "model_test_suites")
+load(
+    "//tools/private:model_test.bzl",
+    _model_library = "model_library",
+    _model_test = "model_test",
+    _model_test_suites = "model_test_suites",
+    _pytest_test = "pytest_test",
+)
 load(
     "//tools/private:model_weights.bzl",
     _ReleaseInfo = "ReleaseInfo",
@@ -33,3 +39,4 @@ model_release = _model_release
 model_test = _model_test
 model_test_suites = _model_test_suites
 model_weights = _model_weights
+pytest_test = _pytest_test

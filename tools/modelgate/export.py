@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Mapping
@@ -96,7 +97,8 @@ def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path) -> None:
                 verbose=False,
             )
     except Exception as e:
-        raise ExportError(f"ONNX export of {spec.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0] if str(e) else "")
+        raise ExportError(f"ONNX export of {spec.name} failed: {type(e).__name__}: {first_line[:300]}") from None
     proto = program.model_proto
     # The exporter stamps every node with the source file and line it came from; those paths
     # differ per sandbox and would make the bytes depend on where the build ran.

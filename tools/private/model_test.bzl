@@ -1,4 +1,4 @@
-"""Implementation of model_library, model_test and model_test_suites. Use //tools:defs.bzl."""
+"""Implementation of model_library, model_test, pytest_test and model_test_suites. Use //tools:defs.bzl."""
 
 load("@pip//:requirements.bzl", "requirement")
 
@@ -31,6 +31,42 @@ def model_library(*, name, srcs, deps = [], data = [], visibility = None, **kwar
         **kwargs
     )
 
+def _check_srcs(macro, name, srcs):
+    if not srcs:
+        fail("%s(name = %r): srcs is empty; list the pytest files to run" % (macro, name))
+    for src in srcs:
+        if not src.endswith(".py"):
+            fail("%s(name = %r): srcs entry %r is not a .py file" % (macro, name, src))
+
+def _pytest(*, name, srcs, deps, data, env, pytest_args, **kwargs):
+    """One py_test that runs pytest on `srcs` through //tools:pytest_main.py."""
+    env_flags = ["--modelgate-env=%s=%s" % (k, v) for k, v in sorted(env.items())]
+    native.py_test(
+        name = name,
+        srcs = [_PYTEST_MAIN] + srcs,
+        main = _PYTEST_MAIN,
+        args = env_flags + pytest_args + ["$(rootpath %s)" % src for src in srcs],
+        deps = deps + [requirement("pytest")],
+        data = data + ["//:pytest.ini"],
+        python_version = "PY3",
+        **kwargs
+    )
+
+def pytest_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", **kwargs):
+    """A plain pytest file (or several) as one Bazel test, for tests that are not per-model.
+
+    Args:
+      name: target name.
+      srcs: pytest files.
+      deps: libraries the tests import.
+      data: files the tests read.
+      env: environment variables for the tests; values may use $(rootpath ...) of data.
+      size: Bazel test size.
+      **kwargs: passed to py_test.
+    """
+    _check_srcs("pytest_test", name, srcs)
+    _pytest(name = name, srcs = srcs, deps = deps, data = data, env = env, pytest_args = [], size = size, **kwargs)
+
 def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", tags = [], gpu = True, **kwargs):
     """Model-logic tests: one pytest run per variant, from one call.
 
@@ -49,37 +85,32 @@ def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", ta
       gpu: whether to declare the `_gpu` variant.
       **kwargs: passed to both py_test targets.
     """
-    if not srcs:
-        fail("model_test(name = %r): srcs is empty; list the pytest files to run" % name)
-    for src in srcs:
-        if not src.endswith(".py"):
-            fail("model_test(name = %r): srcs entry %r is not a .py file" % (name, src))
+    _check_srcs("model_test", name, srcs)
     if "gpu" in tags:
         fail("model_test(name = %r): do not tag it gpu; the macro declares the _gpu variant itself" % name)
-    common = dict(
-        srcs = [_PYTEST_MAIN] + srcs,
-        main = _PYTEST_MAIN,
-        deps = deps + ["//tools:checks", requirement("pytest")],
-        data = data + ["//:pytest.ini"],
-        python_version = "PY3",
-        **kwargs
-    )
-    files = ["$(rootpath %s)" % src for src in srcs]
-    env_flags = ["--modelgate-env=%s=%s" % (k, v) for k, v in sorted(env.items())]
-    native.py_test(
+    deps = deps + ["//tools:checks"]
+    _pytest(
         name = name + "_cpu",
-        args = env_flags + ["-m", "'not gpu'"] + files,
+        srcs = srcs,
+        deps = deps,
+        data = data,
+        env = env,
+        pytest_args = ["-m", "'not gpu'"],
         size = size,
         tags = tags + ["cpu"],
-        **common
+        **kwargs
     )
     if gpu:
-        native.py_test(
+        _pytest(
             name = name + "_gpu",
-            args = env_flags + ["--modelgate-require-gpu", "-m", "gpu"] + files,
+            srcs = srcs,
+            deps = deps,
+            data = data,
+            env = env,
+            pytest_args = ["--modelgate-require-gpu", "-m", "gpu"],
             size = {"small": "medium", "medium": "large"}.get(size, size),
             tags = tags + GPU_TAGS,
-            **common
+            **kwargs
         )
 
 def model_test_suites():

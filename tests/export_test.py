@@ -1,0 +1,79 @@
+"""Export's answers to broken models: a clear error and nothing half-written."""
+
+import pytest
+import torch
+
+from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, ExportError, run_export
+from modelgate.spec import MetricGate, ModelSpec, TensorSpec
+
+
+class Linear(torch.nn.Module):
+    def __init__(self, scale: float):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.fc(x) * self.scale
+
+
+class NotExportable(Linear):
+    def forward(self, x):
+        # Control flow on a tensor's value: torch.export cannot capture it as one graph.
+        y = self.fc(x)
+        return y * 2 if y.sum() > 0 else y
+
+
+def _spec(model_cls=Linear, train=None, scale=1.0):
+    def build(config):
+        torch.manual_seed(int(config["seed"]))
+        return model_cls(float(config["scale"]))
+
+    return ModelSpec(
+        name="toy",
+        config={"seed": 0, "scale": scale},
+        build=build,
+        train=train or (lambda model, config: {}),
+        inputs=(TensorSpec("x", "float32", (None, 4)),),
+        outputs=("y",),
+        golden_inputs=lambda: {"x": torch.ones(3, 4)},
+        evaluate=lambda model, config: {"accuracy": 1.0},
+        metrics={"accuracy": MetricGate(floor=0.5, max_regression=0.1)},
+    )
+
+
+def _poison(model, config):
+    with torch.no_grad():
+        model.fc.weight[0, 1] = float("nan")
+    return {}
+
+
+def _inputs(tmp_path):
+    src = tmp_path / "toy.py"
+    src.write_text("# model source\n")
+    return {"models/toy/toy.py": str(src)}
+
+
+def test_export_writes_three_files_and_a_stable_hash(tmp_path):
+    first = run_export(_spec(), tmp_path / "a", _inputs(tmp_path), {"model": "toy"})
+    second = run_export(_spec(), tmp_path / "b", _inputs(tmp_path), {"model": "toy"})
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([WEIGHTS, ONNX, EXPORT_MANIFEST])
+    assert first["build_hash"] == second["build_hash"]
+    assert first["files"] == second["files"]  # byte-identical weights and ONNX
+    third = run_export(_spec(), tmp_path / "c", _inputs(tmp_path), {"model": "toy", "hparams": {"lr": "1"}})
+    assert third["build_hash"] != first["build_hash"]
+
+
+def test_nan_weights_fail_and_write_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=r"non-finite values in 'fc.weight'"):
+        run_export(_spec(train=_poison), out, _inputs(tmp_path), {"model": "toy"})
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_onnx_failure_fails_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=r"ONNX export of toy failed: TorchExportError: Failed to export the model with torch.export") as info:
+        run_export(_spec(model_cls=NotExportable), out, _inputs(tmp_path), {"model": "toy"})
+    assert "\x1b" not in str(info.value)  # no terminal colour codes in the message
+    assert not out.exists() or list(out.iterdir()) == []

@@ -1,0 +1,111 @@
+"""The lock tooling's answers to bad input: stale locks, missing hashes, pip's errors."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lock_check
+import pip_generate
+
+LOCK = textwrap.dedent(
+    """\
+    numpy==2.4.6 \\
+        --hash=sha256:{h}
+        # via -r third_party/requirements.in
+    tqdm==4.70.1 \\
+        --hash=sha256:{h}
+        # via
+        #   -r third_party/requirements.in
+        #   other
+    colorama==0.4.6 \\
+        --hash=sha256:{h}
+        # via tqdm
+    """
+).format(h="a" * 64)
+
+
+def _files(tmp_path, requirements, lock=LOCK):
+    req = tmp_path / "requirements.in"
+    req.write_text(requirements)
+    path = tmp_path / "requirements_lock.txt"
+    path.write_text(lock)
+    return req, path
+
+
+def test_the_repository_locks_are_current():
+    root = Path("third_party")
+    assert lock_check.main([str(root / "requirements.in"), str(root / "requirements_lock.txt"), str(root / "requirements_lock_cuda.txt")]) == 0
+
+
+def test_matching_lock_passes(tmp_path):
+    req, lock = _files(tmp_path, "numpy\ntqdm>=4\n")
+    assert lock_check.check(req, lock) == []
+
+
+def test_new_requirement_not_in_lock(tmp_path):
+    req, lock = _files(tmp_path, "numpy\ntqdm\nrich\n")
+    (problem,) = lock_check.check(req, lock)
+    assert f"{lock}: rich is in requirements.in but not pinned" in problem
+    assert "bazel run //third_party:requirements.update" in problem
+
+
+def test_version_no_longer_satisfied(tmp_path):
+    req, lock = _files(tmp_path, "numpy<2\ntqdm\n")
+    (problem,) = lock_check.check(req, lock)
+    assert "numpy==2.4.6 does not satisfy numpy<2" in problem
+
+
+def test_removed_requirement(tmp_path):
+    req, lock = _files(tmp_path, "numpy\n")
+    (problem,) = lock_check.check(req, lock)
+    assert "tqdm is pinned as a direct requirement but is no longer in requirements.in" in problem
+
+
+def test_pin_without_hash(tmp_path):
+    req, lock = _files(tmp_path, "numpy\n", "numpy==2.4.6\n    # via -r third_party/requirements.in\n")
+    (problem,) = lock_check.check(req, lock)
+    assert "numpy==2.4.6 has no --hash pin" in problem
+
+
+def test_cli_exit_codes(tmp_path):
+    req, lock = _files(tmp_path, "numpy\ntqdm\nrich\n")
+    result = subprocess.run([sys.executable, lock_check.__file__, str(req), str(lock)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stdout.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+PIP_HASH_ERROR = """\
+ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. If you have updated the package versions, please update the hashes. Otherwise, examine the package contents carefully; someone may have tampered with them.
+    tqdm==4.70.1 from https://files.example/tqdm-4.70.1-py3-none-any.whl#sha256=ff:
+        Expected sha256 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+             Got        bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
+"""
+
+
+def test_wrong_hash_is_one_line_naming_the_lock(monkeypatch, capsys):
+    monkeypatch.setenv("PIP_OUTPUT", PIP_HASH_ERROR)
+    pip_generate.explain_pip_error("third_party/requirements_lock.txt")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [
+        "third_party/requirements_lock.txt: tqdm==4.70.1: sha256 mismatch (lock pins aaaaaaaaaaaa…, the download is bbbbbbbbbbbb…); "
+        "fix the lock with: bazel run //third_party:requirements.update"
+    ]
+
+
+def test_package_missing_from_lock(tmp_path, capsys):
+    site = tmp_path / "site"
+    for name, requires in (("alpha", ["beta>=1", "gamma; python_version < '3'"]), ("packaging", [])):
+        info = site / f"{name}-1.0.dist-info"
+        info.mkdir(parents=True)
+        lines = [f"Name: {name}", "Version: 1.0"] + [f"Requires-Dist: {r}" for r in requires]
+        (info / "METADATA").write_text("\n".join(lines) + "\n")
+        (info / "RECORD").write_text(f"{name}-1.0.dist-info/METADATA,,\n")
+    # The generator imports packaging from the site it inspects; lend it the real one.
+    import packaging
+
+    (site / "packaging").symlink_to(Path(packaging.__file__).parent)
+    assert pip_generate.generate("third_party/requirements_lock.txt", str(site), str(tmp_path)) == 1
+    out = capsys.readouterr().out
+    assert "third_party/requirements_lock.txt: package 'beta' (required by alpha) is missing from the lock" in out
+    assert "gamma" not in out  # its marker does not apply here
