@@ -28,6 +28,7 @@ load(
     _golden_update = "golden_update",
     _model_release = "model_release",
     _model_weights = "model_weights",
+    _release_set = "release_set",
 )
 
 ReleaseInfo = _ReleaseInfo
@@ -40,3 +41,4 @@ model_test = _model_test
 model_test_suites = _model_test_suites
 model_weights = _model_weights
 pytest_test = _pytest_test
+release_set = _release_set

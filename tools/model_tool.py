@@ -48,7 +48,7 @@ def cmd_gate(args) -> int:
     if not all(c.passed for c in checks):
         print(gate.failure_text(args.model, checks), file=sys.stderr)
         return 1
-    manifest = gate.release_manifest(export_manifest, checks, metrics)
+    manifest = gate.release_manifest(export_manifest, checks, metrics, Path(args.golden_dir))
     Path(args.out).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"release gate passed for {args.model} build {manifest['build_hash'][:12]}")
     return 0

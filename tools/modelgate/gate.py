@@ -23,6 +23,12 @@ from modelgate.hashing import sha256_file
 from modelgate.spec import ModelSpec
 
 ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-3
+# golden/<model>/<file> -> its name in a release bundle (kept in step with model_weights.bzl).
+GOLDEN_BUNDLE_NAMES = {
+    golden_lib.INPUTS: "golden.inputs.safetensors",
+    golden_lib.EXPECTED: "golden.expected.safetensors",
+    golden_lib.CONFIG: "golden.json",
+}
 
 
 @dataclass
@@ -107,8 +113,12 @@ def run_gate(spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_di
     return checks, metrics
 
 
-def release_manifest(export_manifest: dict, checks: list[Check], metrics: dict) -> dict:
+def release_manifest(export_manifest: dict, checks: list[Check], metrics: dict, golden_dir: Path) -> dict:
     manifest = {k: v for k, v in export_manifest.items() if k not in ("schema", "attributes", "training")}
+    manifest["files"] = dict(manifest["files"])
+    for source, name in sorted(GOLDEN_BUNDLE_NAMES.items()):
+        path = Path(golden_dir) / source
+        manifest["files"][name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     manifest["schema"] = "modelgate/release@1"
     manifest["metrics"] = metrics
     manifest["training"] = export_manifest.get("training", {})

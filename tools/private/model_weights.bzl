@@ -32,6 +32,13 @@ _EXPORT_ENV = {
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
 }
 
+# golden/<model>/<file> -> its name inside a release bundle (see modelgate.gate.GOLDEN_BUNDLE_NAMES).
+_GOLDEN_BUNDLE_NAMES = {
+    "expected.safetensors": "golden.expected.safetensors",
+    "golden.json": "golden.json",
+    "inputs.safetensors": "golden.inputs.safetensors",
+}
+
 def _relative(f):
     # short_path is workspace-relative ("models/x/model.py", "../pip/requirements_lock.txt").
     return f.short_path
@@ -116,8 +123,16 @@ def _model_release_impl(ctx):
         progress_message = "Gating %s release (golden, ONNX parity, metrics)" % info.model,
     )
     files = [manifest]
-    for src in (info.weights, info.onnx):
-        link = ctx.actions.declare_file(bundle + "/" + src.basename)
+
+    # The bundle carries its golden data, so that a deployment can check the model it loaded
+    # against the same expectations the gate used.
+    for src in [info.weights, info.onnx] + golden:
+        basename = src.basename
+        if src in golden:
+            basename = _GOLDEN_BUNDLE_NAMES.get(src.basename)
+            if not basename:
+                continue
+        link = ctx.actions.declare_file(bundle + "/" + basename)
         ctx.actions.symlink(output = link, target_file = src)
         files.append(link)
     return [
@@ -265,3 +280,33 @@ def golden_update(*, name, weights, model = None, visibility = None):
         deps = [":" + _lib_name(weights)],
         visibility = visibility,
     )
+
+def _release_set_impl(ctx):
+    entries, files = [], []
+    for release in ctx.attr.releases:
+        info = release[ReleaseInfo]
+        entries.append({"dir": info.manifest.short_path.rpartition("/")[0], "model": info.model})
+        files.extend(info.files)
+    index = ctx.actions.declare_file(ctx.label.name + ".json")
+    ctx.actions.write(index, json.encode_indent({"releases": entries}) + "\n")
+    return [DefaultInfo(files = depset([index] + files), runfiles = ctx.runfiles(files = [index] + files))]
+
+_release_set = rule(
+    implementation = _release_set_impl,
+    attrs = {"releases": attr.label_list(mandatory = True, providers = [ReleaseInfo])},
+)
+
+def release_set(*, name, releases, visibility = None):
+    """The release bundles that `bazel run //tools:promote` promotes, and an index of them.
+
+    Writes `<name>.json` ({"releases": [{"model", "dir"}]}, dirs relative to the runfiles root);
+    building it builds (and so gates) every release.
+
+    Args:
+      name: target name.
+      releases: model_release targets.
+      visibility: as for any target.
+    """
+    if not releases:
+        fail("release_set(name = %r): releases is empty" % name)
+    _release_set(name = name, releases = releases, visibility = visibility)
