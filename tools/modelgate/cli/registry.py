@@ -72,13 +72,22 @@ def _main(argv: list[str]) -> int:
     uri, registry = open_registry(args.registry)
     if args.command == "ls":
         models = api.list_models(registry)
-        print(json.dumps({"registry": str(uri), "models": models}, indent=2)) if args.json else _print_ls(uri, models)
+        if args.json:
+            print(json.dumps({"registry": str(uri), "models": models}, indent=2))
+        else:
+            _print_ls(uri, models)
     elif args.command == "show":
         info = api.show(registry, args.model)
-        print(json.dumps(info, indent=2)) if args.json else _print_show(info)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            _print_show(info)
     elif args.command == "history":
         events = api.history(registry, args.model)
-        print(json.dumps({"model": args.model, "events": events}, indent=2)) if args.json else _print_history(events)
+        if args.json:
+            print(json.dumps({"model": args.model, "events": events}, indent=2))
+        else:
+            _print_history(events)
     else:
         result = api.rollback(
             registry,

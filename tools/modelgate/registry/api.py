@@ -183,6 +183,7 @@ def _commit(
     """Appends the history event that moves `tag` to this build, then moves the pointer."""
     for attempt in range(MAX_COMMIT_ATTEMPTS):
         seqs = registry.history_seqs(b.model)
+        registry.settle(b.model, seqs)
         state = registry.tag_state(b.model, tag, seqs)
         decision = _decide(registry, b, tag, kind, state, force)
         if decision.unchanged:
@@ -312,6 +313,7 @@ def rollback(
         raise GateError(f"{tag} is a version tag: version tags never move, so there is nothing to roll back")
     for attempt in range(MAX_COMMIT_ATTEMPTS):
         seqs = registry.history_seqs(model)
+        registry.settle(model, seqs)
         state = registry.tag_state(model, tag, seqs)
         if state.build_hash is None:
             raise UsageError(_no_tag_message(registry, model, tag))

@@ -11,9 +11,12 @@ committed when its history object is created, and seq slots are claimed create-o
 writer that has seen every earlier slot (it lists the history and claims max+1). So events are
 totally ordered and each one was decided against the complete state before it. Tag pointers
 are a materialized view of that log: after committing, the writer swaps the pointer forward to its
-event's seq, and a pointer never moves back to a lower seq. A writer killed between the two steps
-leaves the pointer one event behind (still naming a complete build); the next writer to that tag
-sees the newer event in the log, decides against it, and moves the pointer on.
+event's seq, and a pointer never moves back to a lower seq.
+
+A writer killed between the two steps leaves one pointer behind the log, still naming a complete
+build. Before claiming a slot, every writer first settles the newest event (moves its tag's
+pointer forward if needed), so only the newest event can ever be unsettled: finding a tag's true
+state takes one pointer read and one event read, however long the history is.
 """
 
 from __future__ import annotations
@@ -140,20 +143,27 @@ class Registry:
             raise StorageError(f"the tag pointer {key} in {self.uri} is corrupt") from None
 
     def tag_state(self, model: str, tag: str, seqs: list[int] | None = None) -> TagState:
-        """The tag's build according to the log: its pointer, or a newer event not yet materialized."""
+        """The tag's build according to the log: its pointer, or the newest event if that is for
+        this tag and not yet materialized (every older event is: see `settle`)."""
         pointer = self.read_pointer(model, tag)
         if seqs is None:
             seqs = self.history_seqs(model)
-        floor = pointer.seq if pointer else 0
-        for seq in reversed(seqs):  # newest first; stop at the pointer's own event
-            if seq <= floor:
-                break
-            event = self.read_event(model, seq)
-            if event.get("tag") == tag:
-                return TagState(event["build_hash"], seq, event, pointer)
+        if seqs and (pointer is None or pointer.seq < seqs[-1]):
+            newest = self.read_event(model, seqs[-1])
+            if newest.get("tag") == tag:
+                return TagState(newest["build_hash"], newest["seq"], newest, pointer)
         if pointer:
             return TagState(pointer.build_hash, pointer.seq, None, pointer)
         return TagState(None, 0, None, None)
+
+    def settle(self, model: str, seqs: list[int]) -> None:
+        """Materializes the newest event, completing the work of a writer that died after committing it.
+
+        Every writer calls this before claiming the next slot, so all older events are settled.
+        """
+        if seqs:
+            newest = self.read_event(model, seqs[-1])
+            self.materialize(model, newest["tag"], newest["seq"], newest["build_hash"], newest["time"])
 
     def materialize(self, model: str, tag: str, seq: int, build_hash: str, when: str) -> None:
         """Moves the tag pointer forward to event `seq`; never back. Safe to repeat."""

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,10 +206,3 @@ def public_key_setting(flag: str | None, *, allow_dev_key: bool, workspace: Path
         )
     raise UsageError(f"no public key to verify signatures with: pass --public-key=PEM or set ${ENV_PUBLIC_KEY}")
 
-
-def fingerprint(public_key_pem: bytes) -> str:
-    return hashlib.sha256(public_key_pem).hexdigest()
-
-
-def _stderr_warn(message: str) -> None:
-    print(f"modelgate: warning: {message}", file=sys.stderr)

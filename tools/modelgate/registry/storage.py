@@ -21,7 +21,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from .errors import StorageError
 from .uri import RegistryURI
@@ -445,8 +445,3 @@ def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]
 
-
-def iter_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk

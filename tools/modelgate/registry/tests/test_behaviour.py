@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -375,25 +376,41 @@ def test_ls_show_history(capsys, registry_uri, tmp_path):
     assert rc == 2 and "not in registry" in one_line_error(err)
 
 
+def _promote_without_moving_the_pointer(capsys, registry_uri, bundle, tag="stable"):
+    """A promote killed between committing its history event and moving the tag pointer."""
+    from modelgate.registry.registry import Registry as RegistryClass
+
+    original = RegistryClass.materialize
+    RegistryClass.materialize = lambda self, *args, **kwargs: None
+    try:
+        promote_ok(capsys, registry_uri, bundle, tag=tag)
+    finally:
+        RegistryClass.materialize = original
+
+
 def test_a_committed_event_whose_pointer_was_not_moved_is_completed_by_the_next_promote(capsys, registry_uri, registry, tmp_path):
-    """A promote killed between writing its history event and moving the pointer."""
     a = make_bundle(tmp_path / "b", seed=1)
     b = make_bundle(tmp_path / "b", seed=2, accuracy=0.96)
     c = make_bundle(tmp_path / "b", seed=3, accuracy=0.97)
     promote_ok(capsys, registry_uri, a)
-    original = registry.materialize
-    registry_module = __import__("modelgate.registry.registry", fromlist=["Registry"])
-    registry_module.Registry.materialize = lambda self, *args, **kwargs: None
-    try:
-        promote_ok(capsys, registry_uri, b)
-    finally:
-        registry_module.Registry.materialize = original.__func__
+    _promote_without_moving_the_pointer(capsys, registry_uri, b)
     assert registry.read_pointer("tiny_transformer", "stable").build_hash == build_hash(a)  # readers: the old build
     info = json.loads(run(capsys, registry_cli.main, "show", "tiny_transformer", f"--registry={registry_uri}", "--json")[1])
     assert info["tags"]["stable"]["pending"] and info["tags"]["stable"]["build_hash"] == build_hash(b)
     result = promote_ok(capsys, registry_uri, c)[0]
     assert result["previous"] == build_hash(b)  # decided against the committed event, not the stale pointer
     assert registry.read_pointer("tiny_transformer", "stable").build_hash == build_hash(c)
+
+
+def test_a_promote_to_another_tag_also_completes_a_pending_pointer(capsys, registry_uri, registry, tmp_path):
+    a = make_bundle(tmp_path / "b", seed=1)
+    b = make_bundle(tmp_path / "b", seed=2, accuracy=0.96)
+    promote_ok(capsys, registry_uri, a)
+    _promote_without_moving_the_pointer(capsys, registry_uri, b)
+    promote_ok(capsys, registry_uri, a, tag="canary")
+    pointer = registry.read_pointer("tiny_transformer", "stable")
+    assert (pointer.build_hash, pointer.seq) == (build_hash(b), 2)
+    assert registry.read_pointer("tiny_transformer", "canary").seq == 3
 
 
 def test_embedded_default_registry_generates_a_dev_key_once(capsys, monkeypatch, clean_env, tmp_path):
@@ -432,3 +449,21 @@ def test_relative_paths_are_taken_from_where_bazel_run_was_started(capsys, monke
     assert rc == 0, err
     assert (user_dir / "weights" / "weights.safetensors").is_file()
     assert not (Path(os.getcwd()) / "weights").exists()
+
+
+def test_progress_bars_only_on_a_terminal(capsys, monkeypatch, registry_uri, tmp_path):
+    rc, _, err = run(capsys, promote.main, "--tag=stable", f"--release={make_bundle(tmp_path / 'b', seed=1)}", f"--registry={registry_uri}")
+    assert rc == 0 and err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    rc, _, err = run(capsys, promote.main, "--tag=stable", f"--release={make_bundle(tmp_path / 'b', seed=2)}", f"--registry={registry_uri}")
+    assert rc == 0 and "tiny_transformer/weights.safetensors" in err and "4.10k" in err
+
+
+def test_fetch_into_an_existing_empty_directory(capsys, registry_uri, tmp_path):
+    promote_ok(capsys, registry_uri, make_bundle(tmp_path / "b"))
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, _, err = run(capsys, fetch.main, "--model=tiny_transformer", "--tag=stable", f"--out={out}", f"--registry={registry_uri}")
+    assert rc == 0, err
+    assert (out / "weights.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.fetch-")]  # no temporary left
