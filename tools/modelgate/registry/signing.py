@@ -63,6 +63,27 @@ def _key_from_setting(value: str, what: str, tmp: Path) -> Path:
     return path
 
 
+_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
+def _check_key(path: Path, setting: str, *, private: bool) -> None:
+    """Refuses, in one line, a key that model-signing cannot use (it would fail with a traceback)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        data = path.read_bytes()
+        key = serialization.load_pem_private_key(data, None) if private else serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, OSError) as e:
+        reason = str(e).split(". ")[0] if str(e) else type(e).__name__
+        kind = "an unencrypted private" if private else "a public"
+        raise UsageError(f"{setting} is not {kind} key in PEM ({reason})") from None
+    curve = getattr(getattr(key, "curve", None), "name", None)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) or curve not in _CURVES:
+        kind = curve or type(key).__name__.replace("PrivateKey", "").replace("PublicKey", "")
+        raise UsageError(f"{setting}: {kind} keys are not supported; model-signing needs an EC P-256/384/521 key")
+
+
 @contextlib.contextmanager
 def _staged(content: bytes):
     with tempfile.TemporaryDirectory(prefix="modelgate-sign-") as tmp:
@@ -85,14 +106,9 @@ def sign(build: dict, private_key: str) -> dict:
     signing, _ = _model_signing()
     with _staged(signed_bytes(build)) as (tmp, model_dir):
         key = _key_from_setting(private_key, "signing key", tmp)
+        _check_key(key, f"signing key {_describe(private_key, ENV_SIGNING_KEY)}", private=True)
         signature = tmp / "manifest.sig"
-        try:
-            signing.Config().use_elliptic_key_signer(private_key=key).sign(model_dir, signature)
-        except (ValueError, TypeError) as e:
-            raise UsageError(
-                f"cannot sign with {private_key if not private_key.lstrip().startswith('-----') else 'the key in $' + ENV_SIGNING_KEY}: "
-                f"{e} (an unencrypted EC P-256/384/521 private key in PEM is expected)"
-            ) from e
+        signing.Config().use_elliptic_key_signer(private_key=key).sign(model_dir, signature)
         bundle = json.loads(signature.read_bytes())
     return {"format": SIGNATURE_FORMAT, "key_hint": _key_hint(bundle), "bundle": bundle}
 
@@ -107,6 +123,7 @@ def verify(build: dict, public_key: str) -> None:
     _, verifying = _model_signing()
     with _staged(signed_bytes(build)) as (tmp, model_dir):
         key = _key_from_setting(public_key, "public key", tmp)
+        _check_key(key, f"public key {_describe(public_key, ENV_PUBLIC_KEY)}", private=False)
         signature = tmp / "manifest.sig"
         signature.write_bytes(canonical_json(record["bundle"]))
         try:
@@ -115,7 +132,9 @@ def verify(build: dict, public_key: str) -> None:
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             if "Hash mismatch" in reason or "Signature mismatch" in reason:
                 reason = "the manifest was changed after it was signed"
-            raise VerificationError(f"the manifest signature does not verify with {_describe(public_key)}: {reason}") from e
+            raise VerificationError(
+                f"the manifest signature does not verify with public key {_describe(public_key, ENV_PUBLIC_KEY)}: {reason}"
+            ) from e
 
 
 def signature_file_bytes(build: dict) -> bytes:
@@ -126,8 +145,8 @@ def _key_hint(bundle: dict) -> str:
     return bundle.get("verificationMaterial", {}).get("publicKey", {}).get("hint", "")
 
 
-def _describe(key: str) -> str:
-    return f"${ENV_PUBLIC_KEY}" if key.lstrip().startswith("-----BEGIN") else key
+def _describe(key: str, env: str) -> str:
+    return f"${env}" if key.lstrip().startswith("-----BEGIN") else key
 
 
 # --------------------------------------------------------------------------------------------------

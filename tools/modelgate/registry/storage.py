@@ -100,7 +100,7 @@ class LocalStorage(Storage):
         try:
             yield
         except OSError as e:
-            raise StorageError(f"registry {self.uri}: cannot {what}: {e.strerror or e}") from e
+            raise StorageError(f"{self.uri}: cannot {what}: {e.strerror or e}") from e
 
     def read(self, key: str) -> bytes | None:
         with self._errors(f"read {key}"):
@@ -288,7 +288,7 @@ class GCSStorage(Storage):
             message = _gcs_error_message(e, self._budget)
             if message is None:
                 raise
-            raise StorageError(f"registry {self.uri}: cannot {what}: {message}") from e
+            raise StorageError(f"{self.uri}: cannot {what}: {message}") from e
 
     def read(self, key: str) -> bytes | None:
         found = self.read_versioned(key)

@@ -122,3 +122,26 @@ def test_without_a_secret_promote_warns_and_does_not_notify(capsys, registry_uri
                      f"--registry={registry_uri}", f"--notify={receiver}")  # fmt: skip
     assert rc == 0 and "MODELGATE_NOTIFY_SECRET is not set" in err
     assert _Receiver.received == []
+
+
+def test_unusable_keys_are_one_line_and_write_nothing(capsys, monkeypatch, registry_uri, registry, tmp_path, keys):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    ed = tmp_path / "ed25519.pem"
+    ed.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    bundle = make_bundle(tmp_path / "b")
+    for key, message in [(ed, "Ed25519 keys are not supported"), (keys["signer_public"], "not an unencrypted private key")]:
+        rc, _, err = run(capsys, promote.main, "--tag=stable", f"--release={bundle}", f"--registry={registry_uri}", f"--signing-key={key}")
+        assert rc == 2 and message in one_line_error(err)
+    assert registry.storage.list("") == []
+    # The key itself may come from the environment as PEM text (a CI secret).
+    monkeypatch.setenv("MODELGATE_SIGNING_KEY", keys["signer"].read_text())
+    monkeypatch.setenv("MODELGATE_PUBLIC_KEY", keys["signer_public"].read_text())
+    promote_ok(capsys, registry_uri, bundle)
+    rc, _, err = run(capsys, fetch.main, "--model=tiny_transformer", "--tag=stable", f"--out={tmp_path / 'o'}", f"--registry={registry_uri}")
+    assert rc == 0, err
