@@ -22,7 +22,7 @@ from modelgate import notify
 
 from . import bundle as bundles
 from . import gates, signing, tags
-from .errors import BundleError, GateError, StorageError, UsageError, VerificationError
+from .errors import BundleError, GateError, ModelgateError, StorageError, UsageError, VerificationError
 from .registry import BUILD_SCHEMA, EVENT_SCHEMA, Registry, TagState, backoff
 
 Warn = Callable[[str], None]
@@ -113,8 +113,8 @@ def _decide(
             f"{b.model}: version tag {tag} already names build {state.build_hash[:12]}; "
             "version tags never move (choose a new version)"
         )
-    if state.build_hash is None or not kind.movable:
-        return _Decision(False, [], state.build_hash is None, False)
+    if state.build_hash is None:
+        return _Decision(False, [], kind.movable, False)  # a channel's first build has no baseline
     baseline = registry.read_build(b.model, state.build_hash)
     if baseline is None:
         if force:
@@ -169,13 +169,44 @@ def _upload(registry: Registry, b: bundles.Bundle, progress: ProgressFactory | N
     return uploaded_bytes, uploaded_files
 
 
+def _event(
+    seqs: list[int],
+    action: str,
+    model: str,
+    tag: str,
+    build_hash: str,
+    previous: str | None,
+    commit: str | None,
+    reason: str | None,
+    *,
+    forced: bool = False,
+    checks: list[gates.MetricCheck] = (),
+) -> dict:
+    """A history event claiming the slot after the newest one the writer has seen."""
+    return {
+        "schema": EVENT_SCHEMA,
+        "seq": (seqs[-1] if seqs else 0) + 1,
+        "id": uuid.uuid4().hex,  # lets a retried create recognize its own first attempt
+        "action": action,
+        "model": model,
+        "tag": tag,
+        "build_hash": build_hash,
+        "previous": previous,
+        "time": _now(),
+        "user": _user(),
+        "git_commit": commit,
+        "forced": forced,
+        "reason": reason,
+        "checks": [c.to_json() for c in checks],
+    }
+
+
 def _commit(
     registry: Registry,
     b: bundles.Bundle,
     tag: str,
     kind: tags.TagKind,
     *,
-    action: str,
     force: bool,
     reason: str | None,
     commit: str | None,
@@ -189,22 +220,10 @@ def _commit(
         if decision.unchanged:
             registry.materialize(b.model, tag, state.seq, state.build_hash, _now())
             return state, decision, None
-        event = {
-            "schema": EVENT_SCHEMA,
-            "seq": (seqs[-1] if seqs else 0) + 1,
-            "id": uuid.uuid4().hex,
-            "action": action,
-            "model": b.model,
-            "tag": tag,
-            "build_hash": b.build_hash,
-            "previous": state.build_hash,
-            "time": _now(),
-            "user": _user(),
-            "git_commit": commit,
-            "forced": decision.forced,
-            "reason": reason,
-            "checks": [c.to_json() for c in decision.checks],
-        }
+        event = _event(
+            seqs, "promote", b.model, tag, b.build_hash, state.build_hash, commit, reason,
+            forced=decision.forced, checks=decision.checks,
+        )  # fmt: skip
         if registry.append_event(event):
             registry.materialize(b.model, tag, event["seq"], b.build_hash, event["time"])
             return state, decision, event
@@ -274,22 +293,43 @@ def promote(
     endpoints = list(notify_urls) + registry.notify_endpoints()
     results = []
     for b in selected:
-        uploaded_bytes, uploaded_files = _upload(registry, b, progress)
-        _store_build(registry, b, signed[b.model])
-        state, decision, event = _commit(
-            registry, b, tag, kind, action="promote", force=force, reason=reason, commit=commit
-        )
-        result = PromoteResult(
-            b.model, b.build_hash, tag, state.build_hash, uploaded_bytes, uploaded_files,
-            "unchanged" if event is None else "promoted", seq=event["seq"] if event else None,
-            first=decision.first, forced=decision.forced, reason=reason,
-            checks=[c.to_json() for c in decision.checks],
-        )  # fmt: skip
-        if event is not None:
-            message = notify.make_event(b.model, tag, b.build_hash, state.build_hash, registry.uri)
-            result.notified = notify.send_all(endpoints, message, warn)
-        results.append(result)
+        try:
+            results.append(_promote_one(registry, b, tag, kind, signed[b.model], force, reason, commit, progress, endpoints, warn))
+        except ModelgateError as e:
+            if results:  # say what did happen: the models before this one stay promoted
+                done = ", ".join(f"{r.model} {r.build_hash[:12]}" for r in results)
+                e.args = (f"{e} (already done: {done})",)
+            raise
     return results
+
+
+def _promote_one(
+    registry: Registry,
+    b: bundles.Bundle,
+    tag: str,
+    kind: tags.TagKind,
+    signed: dict | None,
+    force: bool,
+    reason: str | None,
+    commit: str | None,
+    progress: ProgressFactory | None,
+    endpoints: list[str],
+    warn: Warn,
+) -> PromoteResult:
+    """Blobs, then the manifest, then the tag: a reader can never reach a build that is not complete."""
+    uploaded_bytes, uploaded_files = _upload(registry, b, progress)
+    _store_build(registry, b, signed)
+    state, decision, event = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit)
+    result = PromoteResult(
+        b.model, b.build_hash, tag, state.build_hash, uploaded_bytes, uploaded_files,
+        "unchanged" if event is None else "promoted", seq=event["seq"] if event else None,
+        first=decision.first, forced=decision.forced, reason=reason,
+        checks=[c.to_json() for c in decision.checks],
+    )  # fmt: skip
+    if event is not None:
+        message = notify.make_event(b.model, tag, b.build_hash, state.build_hash, registry.uri)
+        result.notified = notify.send_all(endpoints, message, warn)
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,22 +362,7 @@ def rollback(
             raise GateError(f"{model}: nothing to roll {tag} back to: {state.build_hash[:12]} is the first build it named")
         if registry.read_build(model, target) is None:
             raise StorageError(f"{model}: the previous build {target[:12]} has no manifest in {registry.uri}")
-        event = {
-            "schema": EVENT_SCHEMA,
-            "seq": (seqs[-1] if seqs else 0) + 1,
-            "id": uuid.uuid4().hex,
-            "action": "rollback",
-            "model": model,
-            "tag": tag,
-            "build_hash": target,
-            "previous": state.build_hash,
-            "time": _now(),
-            "user": _user(),
-            "git_commit": commit,
-            "forced": False,
-            "reason": reason,
-            "checks": [],
-        }
+        event = _event(seqs, "rollback", model, tag, target, state.build_hash, commit, reason)
         if registry.append_event(event):
             registry.materialize(model, tag, event["seq"], target, event["time"])
             result = PromoteResult(model, target, tag, state.build_hash, 0, 0, "rolled-back", seq=event["seq"], reason=reason)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelgate import notify
@@ -37,6 +37,7 @@ def test_rc_without_dot_gets_a_hint():
         tags.tag_kind("v1.2.0-rc1")
 
 
+@settings(database=None)
 @given(st.text(max_size=20))
 def test_every_string_is_one_kind_or_refused(text):
     try:

@@ -1,0 +1,98 @@
+"""serve: the reference inference service for one model and one tag.
+
+    serve --model=NAME --tag=TAG [--registry=URI] [--port=P] [--host=ADDR] [--public-key=PEM]
+          [--poll-interval=SECONDS] [--state-dir=DIR] [--max-body-bytes=N] [--threads=N]
+
+Pulls the tag's build at start, again when a signed notification arrives on POST /notify
+(secret: $MODELGATE_NOTIFY_SECRET) and every --poll-interval seconds; verifies the signature and
+digests, warms up on the build's golden data and swaps it in. See modelgate/serve/.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from modelgate.cli import Parser, add_registry_flag, open_registry, run, user_path
+from modelgate.registry import signing, tags
+from modelgate.registry.errors import UsageError
+from modelgate.registry.uri import workspace_dir
+
+PROG = "serve"
+DEFAULT_STATE_DIR = Path(".modelgate") / "serve"
+
+
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description="Serve a model's tag; pull, verify, warm up and swap on promotion.")
+    p.add_argument("--model", required=True, metavar="NAME", help="a model under models/")
+    p.add_argument("--tag", required=True, metavar="TAG", help="the tag to follow (stable, canary, v1.2.0)")
+    add_registry_flag(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument("--public-key", metavar="PEM", help=f"EC public key for manifest signatures (default: ${signing.ENV_PUBLIC_KEY})")
+    p.add_argument("--poll-interval", type=float, default=30.0, metavar="SECONDS", help="look at the tag this often even without notifications (default: 30)")
+    p.add_argument("--retry-refused", type=float, default=300.0, metavar="SECONDS", help="poll a refused build again after this long (default: 300)")
+    p.add_argument("--notify-tolerance", type=float, default=300.0, metavar="SECONDS", help="refuse notifications signed further from now (default: 300)")
+    p.add_argument("--state-dir", metavar="DIR", help="where fetched builds go (default: <workspace>/.modelgate/serve/<model>/<tag>)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest /predict body (default: 1 MiB)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch intra-op threads (default: 1)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    return p
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    tags.tag_kind(args.tag)
+    for flag, value in (("--poll-interval", args.poll_interval), ("--max-body-bytes", args.max_body_bytes), ("--threads", args.threads)):
+        if value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s serve %(levelname)s %(message)s", stream=sys.stderr)
+
+    from modelgate.spec import load_spec
+
+    try:
+        spec = load_spec(args.model)
+    except LookupError as e:
+        raise UsageError(str(e).strip("'\"")) from None
+    uri, registry = open_registry(args.registry)
+    workspace = workspace_dir()
+    public_key = signing.public_key_setting(user_path(args.public_key), allow_dev_key=uri.is_default, workspace=workspace)
+    state_dir = Path(user_path(args.state_dir)) if args.state_dir else workspace / DEFAULT_STATE_DIR / args.model / args.tag
+
+    import torch
+    import uvicorn
+
+    from modelgate import notify
+    from modelgate.serve.app import create_app
+    from modelgate.serve.deployment import Deployment
+    from modelgate.serve.notifications import NotificationGuard
+
+    torch.set_num_threads(args.threads)
+    secret = notify.secret_from_env()
+    if secret is None:
+        logging.getLogger("modelgate.serve").warning(
+            "$%s is not set: POST /notify refuses everything; polling %s every %g s", notify.ENV_SECRET, args.tag, args.poll_interval
+        )
+    deployment = Deployment(
+        spec, args.tag, registry, public_key, state_dir, poll_interval_s=args.poll_interval, retry_refused_s=args.retry_refused
+    )
+    deployment.claim()  # fail here, in one line, if another service uses the state directory
+    guard = NotificationGuard(secret, tolerance_s=args.notify_tolerance)
+    app = create_app(deployment, guard, max_body_bytes=args.max_body_bytes)
+    logging.getLogger("modelgate.serve").info(
+        "serving %s:%s from %s on http://%s:%d (state in %s)", args.model, args.tag, uri, args.host, args.port, state_dir
+    )
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
