@@ -1,0 +1,53 @@
+"""Real release bundles for the serving tests, made the way the Bazel release rule makes them.
+
+`make_release(spec, hparams, root)` trains and exports the model (modelgate.export.run_export),
+writes golden data from the exported weights' own outputs, runs the release gate and assembles
+the bundle directory that promote uploads:
+    manifest.json  weights.safetensors  model.onnx
+    golden.inputs.safetensors  golden.expected.safetensors  golden.json
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from modelgate import gate, golden
+from modelgate.export import load_weights, run_export
+from modelgate.spec import ModelSpec
+
+
+def make_release(spec: ModelSpec, hparams: dict, root: Path) -> Path:
+    """Builds one release bundle under root/<name>/ and returns its directory."""
+    spec = spec.with_config(hparams)
+    label = "-".join(f"{k}{v}" for k, v in sorted(hparams.items())) or "default"
+    work = Path(root) / f"{spec.name}-{label}"
+    export_dir, golden_dir, bundle = work / "export", work / "golden", work / "bundle"
+    attributes = {"model": spec.name, "hparams": dict(hparams)}
+    export_manifest = run_export(spec, export_dir, inputs={}, attributes=attributes)
+
+    model = load_weights(spec, export_dir / "weights.safetensors")
+    inputs = spec.golden_inputs()
+    with torch.no_grad():
+        outputs = spec.forward(model, inputs)
+    provenance = {"build_hash": export_manifest["build_hash"], "generated_by": "tests/serve/bundles.py"}
+    golden.write(golden_dir, spec.name, inputs, outputs, provenance)
+
+    checks, metrics = gate.run_gate(spec, export_dir, export_manifest, golden_dir)
+    if not all(c.passed for c in checks):
+        raise RuntimeError(gate.failure_text(spec.name, checks))
+    manifest = gate.release_manifest(export_manifest, checks, metrics, golden_dir)
+    bundle.mkdir(parents=True)
+    for name in export_manifest["files"]:
+        shutil.copy(export_dir / name, bundle / name)
+    for source, name in gate.GOLDEN_BUNDLE_NAMES.items():
+        shutil.copy(golden_dir / source, bundle / name)
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return bundle
+
+
+def build_hash(bundle: Path) -> str:
+    return json.loads((Path(bundle) / "manifest.json").read_text())["build_hash"]

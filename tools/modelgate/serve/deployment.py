@@ -1,0 +1,370 @@
+"""What the service serves, and how it changes: fetch -> verify -> load -> warm up -> swap.
+
+One model instance is served at a time, held in `Deployment.current` (an immutable `Served`).
+A request takes that reference once and uses it to the end, so requests in flight finish on the
+build they started on; a rollout replaces the reference in one assignment (atomic under the GIL).
+
+Rollouts run on one worker thread, one at a time. The worker wakes when a notification asks it
+to (`request_check`) and every `poll_interval_s` otherwise, so a lost notification delays a
+rollout but never blocks it. Each rollout:
+  1. resolves the tag to a build hash in the registry;
+  2. fetches that build into a fresh directory under the state directory, verifying the manifest
+     signature and every file's sha256 and size (modelgate.registry.api.fetch);
+  3. loads weights.safetensors strictly into a new model instance built from the manifest's config;
+  4. runs the build's own golden inputs and requires its golden outputs within golden.json's
+     float32 tolerance;
+  5. swaps, then removes the directories of older builds.
+If any step fails, the old build keeps serving; the reason is logged and shown on /version. A
+refused build is not downloaded again by every poll: only by a notification, or after
+`retry_refused_s`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from modelgate import golden as golden_lib
+from modelgate.export import WEIGHTS, load_weights
+from modelgate.gate import GOLDEN_BUNDLE_NAMES
+from modelgate.registry import api
+from modelgate.registry.errors import ModelgateError
+from modelgate.registry.registry import Registry
+from modelgate.spec import ModelSpec
+
+log = logging.getLogger("modelgate.serve")
+
+WARMUP_ROUNDS = 3
+_LOCK_FILE = ".lock"
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def short(build_hash: str | None) -> str:
+    return build_hash[:12] if build_hash else "-"
+
+
+class RolloutError(Exception):
+    """A build that must not be served; the message says which step refused it and why."""
+
+
+class StateDirBusy(ModelgateError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded, warmed-up build. Immutable: a rollout makes a new one."""
+
+    model_name: str
+    tag: str
+    build_hash: str
+    spec: ModelSpec
+    model: torch.nn.Module
+    files: dict[str, str]  # file name -> sha256, from the verified manifest
+    since: str  # when this build started serving (ISO 8601, UTC)
+    directory: Path
+    git_commit: str | None
+    created_at: str | None
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            return self.spec.forward(self.model, inputs)
+
+
+@dataclass
+class Attempt:
+    """The latest rollout attempt, as /version shows it."""
+
+    build_hash: str
+    trigger: str
+    started: str
+    outcome: str = "in progress"  # "in progress", "serving", "refused"
+    error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "build_hash": self.build_hash,
+            "trigger": self.trigger,
+            "started": self.started,
+            "outcome": self.outcome,
+            "error": self.error,
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        }
+
+
+class Deployment:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        tag: str,
+        registry: Registry,
+        public_key: str,
+        state_dir: Path,
+        *,
+        poll_interval_s: float = 30.0,
+        retry_refused_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.spec = spec
+        self.model_name = spec.name
+        self.tag = tag
+        self.registry = registry
+        self.public_key = public_key
+        self.state_dir = Path(state_dir)
+        self.poll_interval_s = poll_interval_s
+        self.retry_refused_s = retry_refused_s
+        self._clock = clock
+        self._current: Served | None = None
+        self._rollout_lock = threading.Lock()  # one rollout at a time, whoever asks
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._triggers: set[str] = set()
+        self._triggers_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._lock_fd = None
+        self._refused: dict[str, float] = {}  # build hash -> when it was refused (clock)
+        self.last_attempt: Attempt | None = None
+        self.problem: str | None = None  # why the tag's build is not the one serving, if it is not
+        self.last_check: str | None = None
+        self.checks = 0
+
+    # ---- reading
+
+    @property
+    def current(self) -> Served | None:
+        return self._current
+
+    def version(self) -> dict:
+        served = self._current
+        doc = {
+            "model": self.model_name,
+            "tag": self.tag,
+            "registry": self.registry.uri,
+            "status": "serving" if served else "not serving",
+            "build_hash": served.build_hash if served else None,
+            "since": served.since if served else None,
+            "files": dict(served.files) if served else {},
+            "git_commit": served.git_commit if served else None,
+            "created_at": served.created_at if served else None,
+            "error": self.problem,
+            "last_check": self.last_check,
+            "checks": self.checks,
+            "poll_interval_s": self.poll_interval_s,
+            "last_rollout": self.last_attempt.to_json() if self.last_attempt else None,
+        }
+        return doc
+
+    # ---- lifecycle
+
+    def claim(self) -> None:
+        """Locks the state directory (one service per directory) and clears what an earlier run left."""
+        if self._lock_fd is not None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = open(self.state_dir / _LOCK_FILE, "a")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fd.close()
+            raise StateDirBusy(
+                f"state directory {self.state_dir} is in use by another service; pass --state-dir=DIR"
+            ) from None
+        self._lock_fd = fd
+        self._remove_builds(keep=None)
+
+    def start(self) -> None:
+        """Claims the state directory and starts the rollout worker, which looks at the tag at once."""
+        self.claim()
+        self._stop.clear()
+        self.request_check("startup")
+        self._thread = threading.Thread(target=self._run, name="modelgate-rollout", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if self._lock_fd is not None:
+            self._lock_fd.close()
+            self._lock_fd = None
+
+    def request_check(self, trigger: str) -> None:
+        """Asks the worker to look at the tag now (a notification, or startup)."""
+        with self._triggers_lock:
+            self._triggers.add(trigger)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_interval_s)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            with self._triggers_lock:
+                triggers, self._triggers = self._triggers, set()
+            trigger = "notify" if "notify" in triggers else "startup" if "startup" in triggers else "poll"
+            try:
+                self.check(trigger)
+            except Exception:  # noqa: BLE001 - the worker must outlive any one bad rollout
+                log.exception("%s:%s: unexpected error while checking the tag; will retry", self.model_name, self.tag)
+
+    # ---- rolling out
+
+    def check(self, trigger: str = "poll") -> Attempt | None:
+        """Looks up the tag and rolls out its build if it is not the one serving.
+
+        Returns the rollout attempt, or None when there was nothing to do."""
+        with self._rollout_lock:
+            try:
+                return self._check(trigger)
+            finally:
+                self.checks += 1  # completed checks: /version readers wait on this
+                self.last_check = _now_iso()
+
+    def _check(self, trigger: str) -> Attempt | None:
+        served = self._current
+        try:
+            pointer = self.registry.read_pointer(self.model_name, self.tag)
+        except Exception as e:  # noqa: BLE001 - a registry outage must not stop serving
+            self._report_problem(f"cannot read tag {self.tag} from {self.registry.uri}: {_first_line(e)}")
+            return None
+        if pointer is None:
+            self._report_problem(f"tag {self.tag} of {self.model_name} does not exist in {self.registry.uri} (yet)")
+            return None
+        target = pointer.build_hash
+        if served is not None and served.build_hash == target:
+            self.problem = None
+            return None
+        refused_at = self._refused.get(target)
+        if refused_at is not None and trigger == "poll" and self._clock() - refused_at < self.retry_refused_s:
+            return None
+        return self._rollout(target, trigger)
+
+    def _rollout(self, target: str, trigger: str) -> Attempt:
+        attempt = Attempt(target, trigger, _now_iso())
+        self.last_attempt = attempt
+        old = self._current
+        log.info(
+            "%s:%s: rolling out %s (was %s; trigger: %s)", self.model_name, self.tag, short(target), short(old.build_hash if old else None), trigger
+        )
+        directory = self.state_dir / f"{target[:16]}-{uuid.uuid4().hex[:8]}"
+        try:
+            served = self._prepare(target, directory, attempt.seconds)
+        except Exception as e:  # noqa: BLE001 - any failure refuses the build; the old one keeps serving
+            shutil.rmtree(directory, ignore_errors=True)
+            reason = str(e) if isinstance(e, (RolloutError, ModelgateError)) else f"{type(e).__name__}: {_first_line(e)}"
+            attempt.outcome, attempt.error = "refused", reason
+            self._refused[target] = self._clock()
+            keeping = f"still serving {short(old.build_hash)}" if old else "nothing is being served"
+            self.problem = f"build {short(target)} (tag {self.tag}) refused: {reason}; {keeping}"
+            log.error("%s:%s: %s", self.model_name, self.tag, self.problem)
+            return attempt
+        self._current = served  # the swap: new requests see the new build from here on
+        self._refused.pop(target, None)
+        attempt.outcome = "serving"
+        self.problem = None
+        self._remove_builds(keep=directory)
+        timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in attempt.seconds.items())
+        log.info("%s:%s: now serving %s (%s)", self.model_name, self.tag, short(target), timings)
+        return attempt
+
+    def _prepare(self, target: str, directory: Path, seconds: dict[str, float]) -> Served:
+        start = time.perf_counter()
+        api.fetch(self.registry, self.model_name, out=directory, public_key=self.public_key, build=target)
+        seconds["fetch_verify"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        manifest = json.loads((directory / "manifest.json").read_text())
+        try:
+            spec = self.spec.with_config(manifest.get("config") or {})
+        except ValueError as e:
+            raise RolloutError(f"the build's config does not fit this service's model code: {e}") from None
+        if WEIGHTS not in manifest["files"]:
+            raise RolloutError(f"the build has no {WEIGHTS}")
+        try:
+            model = load_weights(spec, directory / WEIGHTS)
+        except Exception as e:  # noqa: BLE001 - ExportError, safetensors errors, shape mismatches
+            raise RolloutError(f"cannot load {WEIGHTS}: {_first_line(e)}") from None
+        seconds["load"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        warm_up(spec, model, directory)
+        seconds["warmup"] = time.perf_counter() - start
+        registry_info = manifest.get("registry") or {}
+        return Served(
+            model_name=self.model_name,
+            tag=self.tag,
+            build_hash=target,
+            spec=spec,
+            model=model,
+            files={name: f["sha256"] for name, f in sorted(manifest["files"].items())},
+            since=_now_iso(),
+            directory=directory,
+            git_commit=registry_info.get("git_commit"),
+            created_at=registry_info.get("created_at"),
+        )
+
+    def _report_problem(self, message: str) -> None:
+        if message != self.problem:
+            log.warning("%s:%s: %s", self.model_name, self.tag, message)
+        self.problem = message
+
+    def _remove_builds(self, keep: Path | None) -> None:
+        """Deletes every build directory (and fetch leftovers) but `keep`: a loaded model needs
+        no files, so only the serving build's directory is kept, for inspection."""
+        for path in self.state_dir.iterdir():
+            if path.name == _LOCK_FILE or path == keep:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def warm_up(spec: ModelSpec, model: torch.nn.Module, directory: Path) -> None:
+    """Runs the build's golden inputs; raises RolloutError unless the outputs match its golden
+    outputs within the float32 tolerance of its golden.json."""
+    missing = [name for name in GOLDEN_BUNDLE_NAMES.values() if not (directory / name).is_file()]
+    if missing:
+        raise RolloutError(f"the build carries no golden data ({', '.join(missing)} missing), so it cannot be warmed up")
+    # golden.load reads golden/<model>/ names; the bundle prefixes them. Link them under those names.
+    with tempfile.TemporaryDirectory(prefix="warmup-", dir=directory.parent) as tmp:
+        for source, bundled in GOLDEN_BUNDLE_NAMES.items():
+            (Path(tmp) / source).symlink_to(directory / bundled)
+        try:
+            data = golden_lib.load(tmp, spec.name, [t.name for t in spec.inputs], spec.outputs)
+        except golden_lib.GoldenError as e:
+            raise RolloutError(f"unusable golden data: {str(e).replace(tmp + '/', '')}") from None
+    with torch.inference_mode():
+        try:
+            for _ in range(WARMUP_ROUNDS):
+                outputs = spec.forward(model, data.inputs)
+        except Exception as e:  # noqa: BLE001
+            raise RolloutError(f"the model fails on its golden inputs: {type(e).__name__}: {_first_line(e)}") from None
+    reports = golden_lib.compare(data, outputs, "float32")
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        raise RolloutError("warm-up output does not match the build's golden data: " + "; ".join(r.message for r in failed))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
