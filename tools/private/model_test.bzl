@@ -110,6 +110,7 @@ def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", ta
             pytest_args = ["--modelgate-require-gpu", "-m", "gpu"],
             size = {"small": "medium", "medium": "large"}.get(size, size),
             tags = tags + GPU_TAGS,
+            exec_properties = GPU_EXEC_PROPERTIES,
             **kwargs
         )
 
