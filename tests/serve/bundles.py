@@ -51,3 +51,21 @@ def make_release(spec: ModelSpec, hparams: dict, root: Path) -> Path:
 
 def build_hash(bundle: Path) -> str:
     return json.loads((Path(bundle) / "manifest.json").read_text())["build_hash"]
+
+
+def with_golden_expected_of(bundle: Path, other: Path, out: Path) -> Path:
+    """A copy of `bundle` whose golden outputs are `other`'s: a release that cannot pass warm-up.
+
+    It gets its own build hash and a manifest that lists the swapped file's digest, so only the
+    warm-up can catch it (signature and digests are fine)."""
+    import hashlib
+
+    out = Path(out)
+    shutil.copytree(bundle, out)
+    shutil.copy(Path(other) / "golden.expected.safetensors", out / "golden.expected.safetensors")
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = (out / "golden.expected.safetensors").read_bytes()
+    manifest["files"]["golden.expected.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    manifest["build_hash"] = hashlib.sha256(f"{manifest['build_hash']}/golden-of/{build_hash(other)}".encode()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return out

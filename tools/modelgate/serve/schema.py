@@ -108,8 +108,10 @@ def _tensor(t: TensorSpec, value: object) -> torch.Tensor:
             raise InputError(422, f"input {t.name!r}: expected {word} ({t.dtype}), found {found} at {t.name}{where}")
     try:
         tensor = torch.tensor(leaves, dtype=t.torch_dtype).reshape(shape)
-    except (OverflowError, RuntimeError) as e:
+    except (OverflowError, RuntimeError, ValueError) as e:
         raise InputError(422, f"input {t.name!r}: a value does not fit {t.dtype} ({e})") from None
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise InputError(422, f"input {t.name!r}: values must be finite in {t.dtype} (1e400 and the like overflow)")
     try:
         t.check(tensor)
     except ValueError as e:

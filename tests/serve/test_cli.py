@@ -1,0 +1,59 @@
+"""serve's command line: a user's mistake is one line on stderr and a non-zero exit, before listening."""
+
+from __future__ import annotations
+
+import fcntl
+
+import pytest
+
+from modelgate.cli import serve
+
+
+@pytest.fixture(autouse=True)
+def workspace(monkeypatch, tmp_path, keys):
+    for name in ("MODELGATE_REGISTRY", "MODELGATE_PUBLIC_KEY", "BUILD_WORKING_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BUILD_WORKSPACE_DIRECTORY", str(tmp_path))
+    return tmp_path
+
+
+def one_line_error(capsys, rc_expected: int, *argv) -> str:
+    rc = serve.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert rc == rc_expected, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_unknown_model(capsys, keys):
+    line = one_line_error(capsys, 2, "--model=no_such_model", "--tag=stable", f"--public-key={keys['signer_public']}")
+    assert line.startswith("serve: no model named 'no_such_model'")
+
+
+def test_invalid_tag(capsys):
+    assert "invalid tag 'v1-rc1'" in one_line_error(capsys, 2, "--model=tiny_transformer", "--tag=v1-rc1")
+
+
+def test_no_public_key_for_the_workspace_registry(capsys):
+    assert "no public key" in one_line_error(capsys, 2, "--model=tiny_transformer", "--tag=stable")
+
+
+def test_mistyped_registry(capsys, keys):
+    line = one_line_error(capsys, 2, "--model=tiny_transformer", "--tag=stable", "--registry=s3://bucket", f"--public-key={keys['signer_public']}")
+    assert "unsupported registry scheme 's3'" in line
+
+
+def test_a_state_directory_in_use(capsys, keys, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    with open(state / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        line = one_line_error(
+            capsys, 2, "--model=tiny_transformer", "--tag=stable", f"--registry=file://{tmp_path}/registry",
+            f"--public-key={keys['signer_public']}", f"--state-dir={state}",
+        )  # fmt: skip
+    assert "is in use by another service" in line
+
+
+def test_non_positive_settings(capsys):
+    assert "--poll-interval must be positive" in one_line_error(capsys, 2, "--model=tiny_transformer", "--tag=stable", "--poll-interval=0")
