@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from models.tiny_transformer.model import MaskedSelfAttention, TinyTransformer, TinyTransformerConfig, padding_mask
+from modelgate import checks
 
 CONFIG = TinyTransformerConfig()
 
@@ -25,39 +26,37 @@ def test_attention_output_shape():
     attn = MaskedSelfAttention(d_model=64, num_heads=4)
     x = torch.randn(2, 10, 64)
     mask = torch.ones(2, 10, dtype=torch.bool)
-    assert attn(x, mask).shape == (2, 10, 64)
+    checks.assert_shape(attn(x, mask), (2, 10, 64), "attention output")
 
 
 def test_model_output_shape():
     tokens, mask = _batch()
-    assert _model()(tokens, mask).shape == (3, CONFIG.num_classes)
+    checks.assert_shape(_model()(tokens, mask), (3, CONFIG.num_classes), "logits")
+
+
+def _real_tokens(value, masked, generator):
+    """Padding replaced by real (non-pad) token ids."""
+    return torch.where(masked, torch.randint(1, CONFIG.vocab_size, value.shape, generator=generator), value)
 
 
 def test_padded_positions_do_not_change_real_outputs():
     model = _model()
     tokens, mask = _batch()
-    noisy = tokens.clone()
-    noisy[~mask] = torch.randint(1, CONFIG.vocab_size, (int((~mask).sum()),))
-    with torch.no_grad():
-        clean_features = model.encode(tokens, mask)
-        noisy_features = model.encode(noisy, mask)
-        clean_logits = model(tokens, mask)
-        noisy_logits = model(noisy, mask)
-    torch.testing.assert_close(noisy_features[mask], clean_features[mask], rtol=0, atol=1e-6)
-    torch.testing.assert_close(noisy_logits, clean_logits, rtol=0, atol=1e-6)
+    inputs = {"tokens": tokens, "mask": mask}
+    # Per-token features are compared at real positions, the pooled logits whole.
+    checks.assert_mask_invariance(model.encode, inputs, mask, perturb=_real_tokens, name="features")
+    checks.assert_mask_invariance(model, inputs, mask, perturb=_real_tokens, name="logits")
 
 
 def test_mask_is_applied_to_keys():
     """Without the mask, padding would leak in: the test above must be able to fail."""
     model = _model()
     tokens, mask = _batch()
-    noisy = tokens.clone()
-    noisy[~mask] = (tokens[~mask] % (CONFIG.vocab_size - 1)) + 1
-    with torch.no_grad():
-        unmasked = torch.ones_like(mask)
-        a = model.encode(tokens, unmasked)[mask]
-        b = model.encode(noisy, unmasked)[mask]
-    assert (a - b).abs().max() > 1e-4
+    unmasked = torch.ones_like(mask)
+    with pytest.raises(AssertionError, match="features changed when masked-out positions of input 'tokens'"):
+        checks.assert_mask_invariance(
+            model.encode, {"tokens": tokens, "mask": unmasked}, mask, perturb=_real_tokens, atol=1e-4, name="features"
+        )
 
 
 def test_fully_padded_row_is_finite():
@@ -68,8 +67,8 @@ def test_fully_padded_row_is_finite():
     with torch.no_grad():
         logits = model(tokens, mask)
         features = model.encode(tokens, mask)
-    assert torch.isfinite(logits).all(), f"non-finite logits: {logits}"
-    assert torch.isfinite(features).all()
+    checks.assert_finite(logits, "logits with a fully padded row")
+    checks.assert_finite(features, "features with a fully padded row")
 
 
 def test_gradients_are_finite_and_reach_every_parameter():
@@ -78,23 +77,44 @@ def test_gradients_are_finite_and_reach_every_parameter():
     tokens[2] = CONFIG.pad_id  # include a fully padded row
     mask[2] = False
     loss = torch.nn.functional.cross_entropy(model(tokens, mask), torch.tensor([0, 1, 2]))
-    loss.backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None, f"{name} received no gradient"
-        assert torch.isfinite(param.grad).all(), f"{name} has non-finite gradients"
+    checks.assert_gradients_finite(model, loss)
 
 
 def test_same_seed_same_output():
     tokens, mask = _batch()
-    with torch.no_grad():
-        first = _model(seed=7)(tokens, mask)
-        second = _model(seed=7)(tokens, mask)
-        other = _model(seed=8)(tokens, mask)
-    assert torch.equal(first, second)
-    assert not torch.equal(first, other)
+
+    def forward(seed=7):
+        with torch.no_grad():
+            return _model(seed)(tokens, mask)
+
+    checks.assert_deterministic(forward)
+    assert not torch.equal(forward(7), forward(8))
 
 
 def test_rejects_sequences_longer_than_max_len():
     tokens = torch.ones(1, CONFIG.max_len + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="exceeds max_len"):
         _model()(tokens)
+
+
+def _golden_like_batch():
+    """Padded rows of several lengths and a fully padded one, as in the golden data."""
+    tokens, mask = _batch(seed=5)
+    return {
+        "tokens": torch.cat([tokens, torch.zeros_like(tokens[:1])]),
+        "mask": torch.cat([mask, torch.zeros_like(mask[:1])]),
+    }
+
+
+def test_bfloat16_autocast_on_cpu_stays_close_to_float32():
+    checks.dtype_sweep(_model(), _golden_like_batch(), dtypes=("float32", "bfloat16"), device="cpu", name="logits")
+
+
+@checks.cuda_test
+def test_cpu_cuda_parity_in_float32():
+    checks.assert_cpu_cuda_parity(_model(), _golden_like_batch(), name="logits")
+
+
+@checks.cuda_test
+def test_autocast_dtype_sweep_on_cuda():
+    checks.dtype_sweep(_model(), _golden_like_batch(), device="cuda", name="logits")
