@@ -174,3 +174,28 @@ def test_one_service_per_state_directory(deploy, tmp_path):
     deploy(state_dir=tmp_path / "shared")
     with pytest.raises(StateDirBusy, match="is in use by another service; pass --state-dir"):
         deploy(state_dir=tmp_path / "shared")
+
+
+def test_a_registry_outage_keeps_serving_and_is_retried_at_the_next_poll(deploy, local_registry, releases, keys):
+    from modelgate.registry.errors import StorageError
+
+    v1, v2 = releases["v1"], releases["v2"]
+    harness.promote(local_registry, v1, keys["signer"])
+    deployment = deploy()
+    deployment.check("startup")
+    harness.promote(local_registry, v2, keys["signer"])
+
+    storage = deployment.registry.storage
+    real_read_into = storage.read_into
+
+    def unreachable(*args, **kwargs):
+        raise StorageError("no answer from the registry")
+
+    storage.read_into = unreachable
+    attempt = deployment.check("poll")
+    assert attempt.outcome == "failed" and attempt.error == "no answer from the registry"
+    assert deployment.current.build_hash == build_hash(v1)
+    assert "failed: no answer from the registry; still serving" in deployment.version()["error"]
+    storage.read_into = real_read_into
+    assert deployment.check("poll").outcome == "serving"  # an outage is not held against the build
+    assert deployment.current.build_hash == build_hash(v2) and deployment.version()["error"] is None

@@ -15,8 +15,9 @@ rollout but never blocks it. Each rollout:
      float32 tolerance;
   5. swaps, then removes the directories of older builds.
 If any step fails, the old build keeps serving; the reason is logged and shown on /version. A
-refused build is not downloaded again by every poll: only by a notification, or after
-`retry_refused_s`.
+refused build (bad signature or digests, unloadable weights, a warm-up mismatch) is not
+downloaded again by every poll: only by a notification, or after `retry_refused_s`. A failure
+that says nothing about the build (registry or disk unreachable) is retried at the next poll.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from modelgate import golden as golden_lib
 from modelgate.export import WEIGHTS, load_weights
 from modelgate.gate import GOLDEN_BUNDLE_NAMES
 from modelgate.registry import api
-from modelgate.registry.errors import ModelgateError
+from modelgate.registry.errors import ModelgateError, StorageError
 from modelgate.registry.registry import Registry
 from modelgate.spec import ModelSpec
 
@@ -93,7 +94,7 @@ class Attempt:
     build_hash: str
     trigger: str
     started: str
-    outcome: str = "in progress"  # "in progress", "serving", "refused"
+    outcome: str = "in progress"  # "in progress", "serving", "refused" (remembered), "failed" (an outage: retried)
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -271,10 +272,13 @@ class Deployment:
         except Exception as e:  # noqa: BLE001 - any failure refuses the build; the old one keeps serving
             shutil.rmtree(directory, ignore_errors=True)
             reason = str(e) if isinstance(e, (RolloutError, ModelgateError)) else f"{type(e).__name__}: {_first_line(e)}"
-            attempt.outcome, attempt.error = "refused", reason
-            self._refused[target] = self._clock()
+            # A verdict on the build is remembered; an outage (registry, disk) is retried at the next poll.
+            transient = isinstance(e, (StorageError, OSError))
+            attempt.outcome, attempt.error = ("failed" if transient else "refused"), reason
+            if not transient:
+                self._refused[target] = self._clock()
             keeping = f"still serving {short(old.build_hash)}" if old else "nothing is being served"
-            self.problem = f"build {short(target)} (tag {self.tag}) refused: {reason}; {keeping}"
+            self.problem = f"build {short(target)} (tag {self.tag}) {attempt.outcome}: {reason}; {keeping}"
             log.error("%s:%s: %s", self.model_name, self.tag, self.problem)
             return attempt
         self._current = served  # the swap: new requests see the new build from here on
