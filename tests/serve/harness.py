@@ -25,6 +25,11 @@ MODEL = "tiny_transformer"
 SECRET = "test-notify-secret"
 
 
+def child_pythonpath() -> str:
+    """The workspace and everything this process imports from (under Bazel: the pip repositories)."""
+    return os.pathsep.join(dict.fromkeys([str(REPO), str(REPO / "tools"), *(p for p in sys.path if p)]))
+
+
 def make_keys(directory: Path) -> dict[str, Path]:
     """An EC P-256 key pair ("signer") and one that signed nothing ("stranger")."""
     from cryptography.hazmat.primitives import serialization
@@ -164,7 +169,7 @@ def start_server(
     log_path = work / f"serve-{port}.log"
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tools")]),
+        "PYTHONPATH": child_pythonpath(),
         "OMP_NUM_THREADS": "1",
         "MODELGATE_NOTIFY_SECRET": SECRET,
         **(extra_env or {}),

@@ -274,7 +274,7 @@ def main() -> int:
             inputs = load_file(str(v1 / "golden.inputs.safetensors"))
             args.rows = len(next(iter(inputs.values())))
             body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tools")])}
+            env = {**os.environ, "PYTHONPATH": harness.child_pythonpath()}
             notify_flag = [] if args.poll else [f"--notify={server.notify_url}"]
             command = [
                 sys.executable, "-c",

@@ -215,3 +215,18 @@ def test_bad_input_is_a_clear_4xx_and_the_service_keeps_serving(local_registry, 
     assert "exceeds the limit of 65536 bytes" in cases["chunked too large"][1]["detail"]
     assert server.process.poll() is None
     assert_answers_like(server, v1)
+
+
+def test_endpoints_configured_in_the_registry_are_notified(local_registry, releases, keys, servers):
+    v1, v2 = releases["v1"], releases["v2"]
+    harness.promote(local_registry, v1, keys["signer"])
+    server = servers(local_registry, keys["signer_public"])
+    server.wait_serving(build_hash(v1), ROLLOUT_TIMEOUT_S)
+    config = Path(local_registry[len("file://") :]) / "config" / "notify.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"endpoints": [server.notify_url]}))
+
+    result = harness.promote(local_registry, v2, keys["signer"])  # no --notify: the registry's own list
+    assert result.notified == 1
+    version = server.wait_serving(build_hash(v2), ROLLOUT_TIMEOUT_S)
+    assert version["last_rollout"]["trigger"] == "notify" and version["notifications"]["accepted"] == 1

@@ -153,7 +153,7 @@ class Deployment:
 
     def version(self) -> dict:
         served = self._current
-        doc = {
+        return {
             "model": self.model_name,
             "tag": self.tag,
             "registry": self.registry.uri,
@@ -169,7 +169,6 @@ class Deployment:
             "poll_interval_s": self.poll_interval_s,
             "last_rollout": self.last_attempt.to_json() if self.last_attempt else None,
         }
-        return doc
 
     # ---- lifecycle
 
