@@ -60,6 +60,9 @@ def check_golden(spec: ModelSpec, model, golden_dir: Path) -> Check:
 def check_onnx(spec: ModelSpec, model, onnx_path: Path) -> Check:
     import onnxruntime as ort
 
+    # No telemetry from a build action (it tries to persist a device id in $HOME), and only errors.
+    ort.disable_telemetry_events()
+    ort.set_default_logger_severity(3)
     inputs = spec.golden_inputs()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
