@@ -213,14 +213,14 @@ def model_release(*, name, weights, visibility = None, tags = []):
     Args:
       name: target name, conventionally "release".
       weights: the model_weights target.
-      visibility: as for any target.
+      visibility: defaults to public: //models:releases and deploy tooling consume it.
       tags: as for any target.
     """
     _model_release(
         name = name,
         weights = weights,
         tool = ":" + _tool_name(weights),
-        visibility = visibility,
+        visibility = visibility or ["//visibility:public"],
         tags = tags,
     )
 
