@@ -17,7 +17,7 @@ failures=0
 
 cleanup() {
   for ws in "$clone" "$work/shallow"; do
-    [[ -d "$ws" ]] && (cd "$ws" && timeout 120 bazel clean --expunge >/dev/null 2>&1; timeout 60 bazel shutdown >/dev/null 2>&1)
+    [[ -d "$ws" ]] && (cd "$ws" && timeout 120 bazel clean --expunge_async >/dev/null 2>&1; timeout 60 bazel shutdown >/dev/null 2>&1)
   done
   rm -rf "$work"
 }

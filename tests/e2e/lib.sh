@@ -25,7 +25,7 @@ e2e_cleanup_clones() {
   local ws
   for ws in "${E2E_CLONES[@]}"; do
     [[ -d "$ws" ]] || continue
-    (cd "$ws" && timeout 120 bazel clean --expunge >/dev/null 2>&1; timeout 60 bazel shutdown >/dev/null 2>&1)
+    (cd "$ws" && timeout 120 bazel clean --expunge_async >/dev/null 2>&1; timeout 60 bazel shutdown >/dev/null 2>&1)
   done
 }
 
@@ -48,6 +48,7 @@ test_lines() { grep -E '^//[^ ]+ +' "$1"; }
 count_tests() { test_lines "$1" | grep -cE "$2" || true; }
 
 e2e_finish() {
+  echo "machine load (1, 5, 15 min): $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
   echo
   if ((E2E_FAILURES)); then
     echo "$1: $E2E_FAILURES check(s) failed"
