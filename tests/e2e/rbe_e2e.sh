@@ -11,8 +11,8 @@
 #   2. clone B, another path: --config=remote-cache against the worker -- every test (cached),
 #      every process a remote cache hit
 #   3. the executor down: a clear message, a failed build (no silent local fallback)
-# Prints the wall times. About 4-5 minutes: the worker copies every input of every action
-# (~22k files of the pinned packages per test) and the first upload is ~1 GB.
+# Prints the wall times. About 5-7 minutes on a busy 2-core machine: the worker copies every input
+# of every action (~22k files of the pinned packages per test) and the first upload is ~1 GB.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -53,7 +53,7 @@ test_lines "$work/a.log" | sed 's/^/   | /'
 remote=$(count_of "$work/a.log" 'remote')
 [[ $remote -gt 0 && -z "$(local_runs "$work/a.log")" ]] && ok "$remote processes executed by the worker, none here" ||
   bad "processes ran here: $(local_runs "$work/a.log")"
-echo "   worker: $(grep -c 'Completed' "$work/rbe/worker.log" 2>/dev/null || echo '?') log lines 'Completed'; CAS $(du -sh "$work/rbe/cas" | cut -f1)"
+echo "   the worker's CAS now holds $(du -sh "$work/rbe/cas" | cut -f1) (it grows without bound)"
 
 echo "== 2. clone B, another path: the worker's cache, read only"
 (cd "$work/a" && timeout 60 bazel shutdown >/dev/null 2>&1)

@@ -10,8 +10,8 @@
 #   2. clone B, as a developer (read only): bazel test //models/...  -- every test (cached),
 #      every process a remote cache hit, none executed
 #   3. clone B with the cache down: the build completes locally and says so
-# Prints the wall times. About 3-4 minutes (two first fetches of the pinned packages run side by
-# side, then a cold test run). Cleans up its servers, clones and their output bases.
+# Prints the wall times. About 5 minutes on a busy 2-core machine (two first fetches of the
+# pinned packages side by side, then a cold test run that trains three small models). Cleans up its servers, clones and their output bases.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
