@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from modelgate import affected as lib
 
 # --- a workspace with three models --------------------------------------------------------------
@@ -228,7 +227,9 @@ def test_a_renamed_bzl_file_fails_open_by_its_old_name_too(repo):
 def test_unknown_base_revision_fails_open_with_a_clear_message(repo):
     result = run(repo, base="no-such-branch")
     assert result.fail_open and result.tests == EVERY_TEST
-    assert result.reasons == ["base revision 'no-such-branch' does not exist in this repository (git fetch it, or check the name)"]
+    assert result.reasons == [
+        "base revision 'no-such-branch' does not exist in this repository (git fetch it, or check the name)"
+    ]
 
 
 def test_shallow_clone_without_the_base_says_so(repo, tmp_path):
@@ -280,8 +281,10 @@ def test_a_dirty_tree_is_included_and_said(repo):
     result = run(repo)
     assert result.dirty
     assert result.notes == [
-        "the working tree has uncommitted changes (2 file(s), 1 untracked); they are included, "
-        "because bazel query reads the working tree"
+        (
+            "the working tree has uncommitted changes (2 file(s), 1 untracked); they are included, "
+            "because bazel query reads the working tree"
+        )
     ]
     assert result.tests == ["//models/sequence_rnn:model_test_cpu", "//models/sequence_rnn:model_test_gpu"]
     assert "+ working tree" in result.summary()
@@ -397,8 +400,10 @@ def test_query_expressions():
     query.all_tests(lib.TagFilter.parse("-gpu"))
     assert sent == [
         'kind("source file", "//:*" + "//models/x:*")',
-        'let t = kind(".*_test rule", rdeps(//..., set("//models/x:model.py" "//:*"))) in $t'
-        r' intersect attr(tags, "[\[ ](gpu)[,\]]", $t) except attr(tags, "[\[ ](manual)[,\]]", $t)',
+        (
+            'let t = kind(".*_test rule", rdeps(//..., set("//models/x:model.py" "//:*"))) in $t'
+            r' intersect attr(tags, "[\[ ](gpu)[,\]]", $t) except attr(tags, "[\[ ](manual)[,\]]", $t)'
+        ),
         r'let t = kind(".*_test rule", //...) in $t except attr(tags, "[\[ ](manual|gpu)[,\]]", $t)',
     ]
 

@@ -74,7 +74,9 @@ def test_wrapper_leaves_an_unreachable_cache_out_and_says_so(fake_bazel):
     url = f"http://127.0.0.1:{dead_port()}"
     out, err = wrapped(fake_bazel, "test", "//x", MODELGATE_REMOTE_CACHE=url)
     assert out == ["test", "//x"]
-    assert err == f"modelgate: remote cache {url} (MODELGATE_REMOTE_CACHE) is unreachable; building without it, locally\n"
+    assert (
+        err == f"modelgate: remote cache {url} (MODELGATE_REMOTE_CACHE) is unreachable; building without it, locally\n"
+    )
 
 
 def test_wrapper_gives_rbe_its_executor_and_no_http_cache(fake_bazel, listening):
@@ -96,7 +98,9 @@ def test_wrapper_reports_an_unreachable_executor(fake_bazel):
 
 # --- tools/cache_server ---------------------------------------------------------------------------
 
-needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="no nginx")
+needs_nginx = pytest.mark.skipif(
+    shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="no nginx"
+)
 
 
 def cache_server(*args, check=True):
@@ -130,4 +134,7 @@ def test_cache_server_stores_what_bazel_puts_and_says_where(tmp_path):
 def test_cache_server_refuses_a_busy_port_clearly(tmp_path, listening):
     proc = cache_server("start", f"--port={listening}", f"--dir={tmp_path}", check=False)
     assert proc.returncode == 1
-    assert proc.stderr == f"cache_server: error: port {listening} on 127.0.0.1 is in use; pick another with --port=P (or --port=0)\n"
+    assert (
+        proc.stderr
+        == f"cache_server: error: port {listening} on 127.0.0.1 is in use; pick another with --port=P (or --port=0)\n"
+    )

@@ -24,8 +24,9 @@ import os
 import posixpath
 import re
 import subprocess
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Protocol
 
 BUILD_FILE_NAMES = ("BUILD.bazel", "BUILD")
 WORKSPACE_FILE_NAMES = ("WORKSPACE", "WORKSPACE.bazel")
