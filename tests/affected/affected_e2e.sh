@@ -3,7 +3,8 @@
 # (its committed HEAD), with its own Bazel server; about 2-3 minutes, most of it the two first
 # fetches of the pinned Python packages. Run it from anywhere:  tests/affected/affected_e2e.sh
 #
-#  1. editing one model lists exactly that model's tests (each model in turn)
+#  1. editing one model lists exactly that model's tests among the models' (each model in turn),
+#     plus cross-cutting tests outside models/ only where they depend on it
 #  2. --tags=gpu lists only its GPU variants
 #  3. editing .bazelrc lists every test and says why
 #  4. a file no rule names affects nothing, and says so; an uncommitted edit counts, and is said
@@ -68,12 +69,21 @@ for model in "${models[@]}"; do
   echo "# edited by affected_e2e" >>"$clone/models/$model/${file#./}"
   commit "edit $model"
   affected "$clone" --base=e2e-base
-  expected="$(query "kind('.*_test rule', //models/$model:*) except $manual")"
-  if [[ "$(sort <<<"$out")" == "$expected" ]]; then
-    ok "$model: $(wc -l <<<"$out") tests, exactly //models/$model's"
+  own="$(query "kind('.*_test rule', //models/$model:*) except $manual")"
+  listed_models="$(grep '^//models/' <<<"$out" | sort)"
+  if [[ "$listed_models" == "$own" ]]; then
+    ok "$model: of the model tests, exactly //models/$model's ($(wc -l <<<"$own"))"
   else
-    bad "$model: expected $(echo $expected), got $(echo $out)"
+    bad "$model: expected $(echo $own), got $(echo $listed_models)"
   fi
+  # Tests outside models/ may use the model (e.g. a serving test): each must really depend on it.
+  for test in $(grep -v '^//models/' <<<"$out"); do
+    if [[ -n "$(query "somepath($test, //models/$model:${file#./})")" ]]; then
+      ok "$model: also $test, which depends on //models/$model:${file#./}"
+    else
+      bad "$model: $test listed but does not depend on the model"
+    fi
+  done
 done
 
 echo "== 2. --tags=gpu: only the GPU variants (for a GPU runner)"
