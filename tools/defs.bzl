@@ -1,9 +1,13 @@
 """Public macros for model packages.
 
-    load("//tools:defs.bzl", "golden_test", "golden_update", "model_library", "model_release",
-         "model_test", "model_test_suites", "model_weights")
+    load("//tools:defs.bzl", "golden_test", "golden_update", "model_library", "model_package",
+         "model_release", "model_test", "model_test_suites", "model_weights")
 
-A model package declares its library and tests, then the export pipeline:
+A model package usually needs one call:
+
+    model_package(name = "my_model", srcs = ["model.py", "spec.py"], tests = ["model_test.py"])
+
+which expands to its library and tests, then the export pipeline:
 
     model_weights(name = "weights", deps = [":my_model"])   # train, safetensors, ONNX, build hash
     golden_test(name = "golden_test", weights = ":weights")  # exported weights vs golden/<model>/
@@ -26,6 +30,7 @@ load(
     _WeightsInfo = "WeightsInfo",
     _golden_test = "golden_test",
     _golden_update = "golden_update",
+    _model_package = "model_package",
     _model_release = "model_release",
     _model_weights = "model_weights",
     _release_set = "release_set",
@@ -36,6 +41,7 @@ WeightsInfo = _WeightsInfo
 golden_test = _golden_test
 golden_update = _golden_update
 model_library = _model_library
+model_package = _model_package
 model_release = _model_release
 model_test = _model_test
 model_test_suites = _model_test_suites

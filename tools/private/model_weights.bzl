@@ -1,6 +1,6 @@
 """Implementation of model_weights, model_release, golden_test and golden_update. Use //tools:defs.bzl."""
 
-load("//tools/private:model_test.bzl", "model_test")
+load("//tools/private:model_test.bzl", "model_library", "model_test", "model_test_suites")
 
 WeightsInfo = provider(
     doc = "Exported weights of one model, identified by the build hash inside export_manifest.",
@@ -311,3 +311,28 @@ def release_set(*, name, releases, visibility = None):
     if not releases:
         fail("release_set(name = %r): releases is empty" % name)
     _release_set(name = name, releases = releases, visibility = visibility)
+
+def model_package(*, name, srcs, tests, deps = [], test_deps = [], hparams = {}, size = "small"):
+    """A model package's standard targets from one call.
+
+    Declares `:<name>` (model_library), `:model_test` (model_test over `tests`), `:weights`
+    (model_weights), `:golden_test`, `:release`, `:golden_update` and the `:cpu_tests` /
+    `:gpu_tests` suites. Spell the macros out instead when a package needs something unusual.
+
+    Args:
+      name: the model's name; also the package's last path component.
+      srcs: the model's sources, spec.py included.
+      tests: pytest files of model-logic tests.
+      deps: extra libraries of the model.
+      test_deps: extra libraries of the tests.
+      hparams: hyperparameter overrides for the export (part of the build hash).
+      size: test size of the CPU variants.
+    """
+    library = ":" + name
+    model_library(name = name, srcs = srcs, deps = deps, visibility = ["//visibility:public"])
+    model_test(name = "model_test", srcs = tests, deps = [library] + test_deps, size = size)
+    model_weights(name = "weights", deps = [library], model = name, hparams = hparams)
+    golden_test(name = "golden_test", weights = ":weights", model = name, size = size)
+    model_release(name = "release", weights = ":weights")
+    golden_update(name = "golden_update", weights = ":weights", model = name)
+    model_test_suites()
