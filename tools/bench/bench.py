@@ -67,13 +67,13 @@ TARGETS = {
 
 def parse_executed(log: str) -> tuple[int, int] | None:
     """'Executed 2 out of 6 tests: ...' -> (2, 6)."""
-    m = re.search(r"^Executed (\d+) out of (\d+) tests?", log, re.M)
+    m = re.search(r"^Executed (\d+) out of (\d+) tests?", log, re.MULTILINE)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def parse_processes(log: str) -> dict[str, int]:
     """'INFO: 40 processes: 6 remote cache hit, 34 internal.' -> {'remote cache hit': 6, 'internal': 34}."""
-    lines = re.findall(r"^INFO: \d+ process(?:es)?(?:: (.*?))?\.?$", log, re.M)
+    lines = re.findall(r"^INFO: \d+ process(?:es)?(?:: (.*?))?\.?$", log, re.MULTILINE)
     if not lines:
         return {}
     counts = {}
@@ -87,7 +87,7 @@ def parse_processes(log: str) -> dict[str, int]:
 def test_results(log: str) -> list[tuple[str, bool, str]]:
     """Summary lines '//pkg:t   (cached) PASSED in 0.2s' -> [(label, cached, status)]."""
     out = []
-    for m in re.finditer(r"^(//\S+)\s+(\(cached\) )?(PASSED|FAILED|TIMEOUT|FLAKY|NO STATUS|SKIPPED)", log, re.M):
+    for m in re.finditer(r"^(//\S+)\s+(\(cached\) )?(PASSED|FAILED|TIMEOUT|FLAKY|NO STATUS|SKIPPED)", log, re.MULTILINE):
         out.append((m.group(1), bool(m.group(2)), m.group(3)))
     return out
 
@@ -104,7 +104,7 @@ def parse_swap(text: str) -> dict:
     m = re.search(r"(\d+) requests to http", text)
     out["requests"] = int(m.group(1)) if m else None
     for phase in ("before", "during", "after", "all"):
-        m = re.search(rf"^\s+{phase}\s+(\d+)\s+(\d+)\s+([\d.na]+)\s+([\d.na]+)\s+([\d.na]+)", text, re.M)
+        m = re.search(rf"^\s+{phase}\s+(\d+)\s+(\d+)\s+([\d.na]+)\s+([\d.na]+)\s+([\d.na]+)", text, re.MULTILINE)
         if m:
             out[phase] = {
                 "requests": int(m.group(1)),
@@ -169,6 +169,17 @@ def repository_command(name: str) -> str:
     return name[len("local: "):].replace("/usr/share/bazel/process-wrapper ", "")[:60]
 
 
+def profile_line(prof: dict) -> str:
+    """One sentence of a profile summary, for the details."""
+    kinds = ", ".join(f"{k} {v['count']}× {v['seconds']:.1f} s" for k, v in prof.get("action_kinds", {}).items() if v["seconds"] >= 0.5)
+    spawn = prof.get("spawn", {})
+    return (
+        f"{prof.get('wall_s', 0):.1f} s profiled: analysis {prof.get('analysis_s', 0):.1f} s; action threads: {kinds or 'nothing over 0.5 s'}; "
+        f"in sandboxes: processes {spawn.get('subprocess.run', 0):.1f} s, set-up {spawn.get('sandbox.createFileSystem', 0):.1f} s, "
+        f"tear-down {spawn.get('sandbox.delete', 0):.1f} s"
+    )
+
+
 def action_kind(description: str) -> str:
     """'Exporting tiny_transformer (train, ...)' -> 'Exporting'; 'Creating runfiles tree ...' -> 'Creating runfiles tree'."""
     for prefix in ("Creating runfiles tree", "Creating source manifest", "Testing", "Exporting", "Gating"):
@@ -203,7 +214,7 @@ class Run:
 def run(argv: list[str], cwd: Path, env: dict, log_path: Path, check: bool = True, timeout: float = 1200) -> Run:
     start = time.perf_counter()
     with open(log_path, "w") as out:
-        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+        proc = subprocess.run(argv, check=False, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
     wall = time.perf_counter() - start
     text = log_path.read_text(errors="replace")
     if check and proc.returncode != 0:
@@ -232,8 +243,14 @@ class Clone:
     def close(self) -> None:
         if self.used_bazel:
             for args in (["clean", "--expunge"], ["shutdown"]):
-                subprocess.run(["bazel", *args], cwd=self.path, env=clean_env(), capture_output=True, timeout=300)
+                subprocess.run(["bazel", *args], check=False, cwd=self.path, env=clean_env(), capture_output=True, timeout=300)
             self.used_bazel = False
+
+
+def whatif_flags(clone: Path) -> list[str]:
+    """WHATIF_FLAGS that the clone's .bazelrc does not already set for every build."""
+    rc = (clone / ".bazelrc").read_text()
+    return [f for f in WHATIF_FLAGS if not re.search(rf"^build {re.escape(f)}\s*$", rc, re.MULTILINE)]
 
 
 def bazel_test_flags(profile: Path | None = None, extra: list[str] = ()) -> list[str]:
@@ -372,6 +389,7 @@ class Bench:
         self.clones: list[Clone] = []
         self.cache_dir = self.work / "http-cache"
         self.cache_url = None
+        self.whatif_flags: list[str] = []
 
     # ---- setup and teardown
 
@@ -390,7 +408,7 @@ class Bench:
 
     def close(self) -> None:
         if self.cache_url:
-            subprocess.run([str(SRC / "tools" / "cache_server"), "stop", f"--dir={self.cache_dir}"], capture_output=True)
+            subprocess.run([str(SRC / "tools" / "cache_server"), "stop", f"--dir={self.cache_dir}"], check=False, capture_output=True)
         for c in self.clones:
             c.close()
 
@@ -415,13 +433,15 @@ class Bench:
             cold_a = a.bazel("a-cold", *bazel_test_flags(), "//models/...", env=env)
             log(f"  {cold_a.wall_s:.1f} s, {parse_processes(cold_a.log)}")
             if "affected" in only:
+                # Same settings as the cold run (a changed option can discard Bazel's analysis cache):
+                # A stays the CI clone that writes to the cache, as in a team's pipeline.
                 a.edit(model, 1)
                 log(f"clone A: edit models/{model}/model.py, bazel test //models/...")
-                all_models = a.bazel("a-affected-all", *bazel_test_flags(), "//models/...")
+                all_models = a.bazel("a-affected-all", *bazel_test_flags(), "//models/...", env=env)
                 log(f"  {all_models.wall_s:.1f} s, executed {parse_executed(all_models.log)}")
                 a.edit(model, 2)
                 log(f"clone A: edit models/{model}/model.py again, bazel test //models/{model}/...")
-                one_model = a.bazel("a-affected-one", *bazel_test_flags(), f"//models/{model}/...")
+                one_model = a.bazel("a-affected-one", *bazel_test_flags(), f"//models/{model}/...", env=env)
                 log(f"  {one_model.wall_s:.1f} s, executed {parse_executed(one_model.log)}")
                 self.data["affected"] = {"all": all_models, "one": one_model}
             a.close()  # one Bazel server at a time: A's goes before B's starts
@@ -432,17 +452,23 @@ class Bench:
             log(f"  fetched in {fetch_b.wall_s:.1f} s")
             if "cache" in only:
                 log("clone B: bazel test //models/... reading the warm remote cache")
-                warm_b = b.bazel("b-warm", *bazel_test_flags(), "//models/...", env=clean_env(MODELGATE_REMOTE_CACHE=self.cache_url))
+                warm_b = b.bazel(
+                    "b-warm", *bazel_test_flags(self.work / "profile-warm.json"), "//models/...",
+                    env=clean_env(MODELGATE_REMOTE_CACHE=self.cache_url),
+                )  # fmt: skip
                 log(f"  {warm_b.wall_s:.1f} s, {parse_processes(warm_b.log)}, executed {parse_executed(warm_b.log)}")
             b.bazel("b-clean", "clean")
             log("clone B: bazel clean; cold bazel test //models/... without any cache (profiled)")
             cold_b = b.bazel("b-cold", *bazel_test_flags(self.work / "profile-cold.json"), "//models/...")
             log(f"  {cold_b.wall_s:.1f} s, {parse_processes(cold_b.log)}")
             self.data["runfiles"] = runfiles_symlinks(b.path)
-            if "overhead" in only and not self.args.no_whatif:
+            self.whatif_flags = whatif_flags(b.path)
+            if "overhead" in only and not self.args.no_whatif and self.whatif_flags:
                 b.bazel("b-clean2", "clean")
-                log(f"clone B: bazel clean; cold again with {' '.join(WHATIF_FLAGS)} (profiled)")
-                whatif = b.bazel("b-whatif", *bazel_test_flags(self.work / "profile-whatif.json", WHATIF_FLAGS), "//models/...")
+                log(f"clone B: bazel clean; cold again with {' '.join(self.whatif_flags)} (profiled)")
+                whatif = b.bazel(
+                    "b-whatif", *bazel_test_flags(self.work / "profile-whatif.json", self.whatif_flags), "//models/..."
+                )
                 log(f"  {whatif.wall_s:.1f} s")
             b.close()
         self.data.update(cold_a=cold_a, fetch_b=fetch_b, warm_b=warm_b, cold_b=cold_b, whatif=whatif)
@@ -477,7 +503,7 @@ class Bench:
             argv.append(f"--dvc={dvc}")
         log(f"promote/fetch of a {self.args.size_mib} MiB synthetic model (fake-gcs-server, local registry)")
         env = clean_env(PYTHONPATH=f"{clone}{os.pathsep}{clone / 'tools'}", PYTHONDONTWRITEBYTECODE="1")
-        proc = subprocess.run(argv, cwd=clone, env=env, text=True)
+        proc = subprocess.run(argv, check=False, cwd=clone, env=env, text=True)
         if proc.returncode != 0:
             raise RuntimeError("registry_bench.py failed (see above)")
         self.data["registry"] = json.loads(out.read_text())
@@ -504,7 +530,7 @@ class Bench:
     def run(self) -> None:
         only = self.args.only
         self.data["machine"] = machine()
-        self.data["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SRC, capture_output=True, text=True).stdout.strip()
+        self.data["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SRC, capture_output=True, text=True, check=True).stdout.strip()
         self.data["started"] = datetime.datetime.now().astimezone()
         m = self.data["machine"]
         log(f"{m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']:.0f} GiB, load average {m['loadavg_start'][0]:.2f} at start")
@@ -570,6 +596,9 @@ class Bench:
                 f"{fmt_s(fetch.wall_s + cold.wall_s)} ({fmt_s(fetch.wall_s)} fetch + {fmt_s(cold.wall_s)})",
                 f"{ratio_f:.2f}×", TARGETS["cache"], verdict(all_hit and ratio_f <= 0.10), fetch.wall_s + cold.wall_s,
             ))  # fmt: skip
+            warm_profile = self.work / "profile-warm.json"
+            if warm_profile.exists():
+                self.details.append(f"- Row 2, the warm run (`--profile`): {profile_line(profile_summary(warm_profile))}.")
             if d.get("cold_a"):
                 self.details.append(
                     f"- Row 2: clone A's cold run, which also uploaded every result to the cache "
@@ -594,7 +623,7 @@ class Bench:
             if d.get("whatif"):
                 w = d["whatif"]
                 self.rows.append(Row(
-                    "3c", "… cold `bazel test //models/...` with " + ", ".join(f"`{f}`" for f in WHATIF_FLAGS) + " (what-if; not in .bazelrc)",
+                    "3c", "… cold `bazel test //models/...` with " + ", ".join(f"`{f}`" for f in self.whatif_flags) + " (what-if; not in .bazelrc)",
                     fmt_s(w.wall_s), f"cold with .bazelrc as is: {fmt_s(cold.wall_s)}",
                     f"{w.wall_s / cold.wall_s:.2f}×", "—", "what-if", w.wall_s,
                 ))  # fmt: skip
@@ -724,7 +753,7 @@ class Bench:
             wsand = wprof.get("spawn", {}).get("sandbox.createFileSystem", 0.0) + wprof.get("spawn", {}).get("sandbox.delete", 0.0)
             text += (
                 "**What makes it faster, measured in this run (row 3c):** "
-                + ", ".join(f"`{f}`" for f in WHATIF_FLAGS)
+                + ", ".join(f"`{f}`" for f in self.whatif_flags)
                 + f" took the same cold run from {fmt_s(d['cold_b'].wall_s)} to {fmt_s(w.wall_s)} "
                 f"({w.wall_s / d['cold_b'].wall_s:.2f}×): runfiles trees {runfiles['seconds']:.0f} s → {wrun:.0f} s, "
                 f"sandbox set-up and tear-down {sandbox:.0f} s → {wsand:.0f} s. They change no cache key; adding them to "
@@ -743,14 +772,23 @@ class Bench:
         b = r["best"]
         local = r["profile"].get("promote_local") or []
         local_top = "; ".join(f"`{p['function']}` {p['own_s']:.2f} s" for p in local[:4])
+        chunks = r.get("chunk_bytes", {})
+        mine, default = chunks.get("modelgate", 0), chunks.get("client_default", 0)
+        size = r["size_bytes"]
+        if mine and default and mine < default:
+            why = (
+                f"Most of it is waiting for the server to answer the upload's chunk requests: modelgate uploads blobs "
+                f"resumably in {mine >> 20} MiB chunks (`UPLOAD_CHUNK` in `tools/modelgate/registry/storage.py`, "
+                f"{-(-size // mine)} requests) where `upload_from_filename` uses the client's default "
+                f"{default >> 20} MiB ({-(-size // default)} requests), and fake-gcs-server's cost per chunk grows with "
+                "the bytes already received. Raising `UPLOAD_CHUNK` to the client default (or larger) is the fix to try "
+                "first; against real GCS every chunk is also a round trip. "
+            )
+        else:
+            why = "Most of it is waiting for the server's answers (the emulator's own speed). "
         return (
             f"**Profile of promote (cProfile, one extra promote per backend, not among the timings).** To fake-gcs-server "
-            f"({fmt_s(secs.get('gcs', 0))}): {top}. Nearly all of it is waiting for the server to answer the upload's "
-            "chunk requests: modelgate uploads blobs resumably in 16 MiB chunks (`UPLOAD_CHUNK` in "
-            "`tools/modelgate/registry/storage.py`) where `upload_from_filename` uses the client's default 100 MiB, and "
-            "fake-gcs-server's cost per chunk grows with the bytes already received, so 64 chunks cost far more than 11. "
-            "Raising `UPLOAD_CHUNK` to the client default (or larger) is the fix to try first; against real GCS each chunk "
-            "is also a round trip. To the local registry "
+            f"({fmt_s(secs.get('gcs', 0))}), the functions with the most own time: {top}. {why}To the local registry "
             f"({fmt_s(secs.get('local', 0))}, beside a {fmt_s(b['copy'])} `copyfile`): {local_top}. Promote reads the file "
             "twice (sha256 check in `verify_files`, then the copy through Python in 1 MiB chunks) and fsyncs, where "
             "`copyfile` uses `sendfile` in the kernel and does not sync: hashing during the copy (one pass) and "
@@ -773,20 +811,26 @@ class Bench:
             + (" — **the machine was shared and busy: absolute times are slow and noisy; each ratio compares runs made "
                "minutes apart in this one run.**" if m["loadavg_start"][0] > (m["nproc"] or 1) else "."),
             "",
-            "Every Bazel run is in a fresh clone of HEAD with `--disk_cache=` (the machine-wide disk cache off), so only "
-            "what a row sets up is reused. Targets come from the adoption checklist; a row that misses says so.",
+            (
+                "Every Bazel run is in a fresh clone of HEAD with `--disk_cache=` (the machine-wide disk cache off), so "
+                "only what a row sets up is reused. Targets come from the adoption checklist; a row that misses says so."
+            ),
             "",
             render_table(self.rows),
             "",
             "## Details",
             "",
             *self.details,
-            "- Row 1: the edit appends a comment line to the model's `model.py`. That moves the model's build hash, so "
-            "its export, gate, golden test and model test all re-run (correctly); the other models' tests are reported "
-            "`(cached)`. `pytest models/` covers only the model-logic tests: no export, no gate, no golden test.",
-            "- Row 3: `pytest models/` runs three files in one process; `bazel test //models/...` also trains and "
-            "exports three models, gates three releases and runs three golden tests, each in its own sandboxed process. "
-            "Row 3b runs those same processes without Bazel (`tools/bench/plain_pipeline.py`).",
+            (
+                "- Row 1: the edit appends a comment line to the model's `model.py`. That moves the model's build hash, "
+                "so its export, gate, golden test and model test all re-run (correctly); the other models' tests are "
+                "reported `(cached)`. `pytest models/` covers only the model-logic tests: no export, gate or golden test."
+            ),
+            (
+                "- Row 3: `pytest models/` runs three files in one process; `bazel test //models/...` also trains and "
+                "exports three models, gates three releases and runs three golden tests, each in its own sandboxed "
+                "process. Row 3b runs those same processes without Bazel (`tools/bench/plain_pipeline.py`)."
+            ),
             "",
             "## Where the time goes",
             "",

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import pstats
+import re
 import shutil
 import socket
 import subprocess
@@ -146,157 +147,177 @@ def drop(path: Path) -> None:
         path.unlink()
 
 
-def best(samples: list[float]) -> float:
-    return min(samples)
+class Transfers:
+    """The timed operations, on one bundle, one fake-gcs-server and fresh registries."""
 
+    def __init__(self, work: Path, bundle_dir: Path, gcs_url: str, reps: int):
+        from google.cloud import storage
+        from google.cloud.storage.retry import DEFAULT_RETRY
 
-def run(args) -> dict:
-    from google.cloud import storage
-    from google.cloud.storage.retry import DEFAULT_RETRY
+        from modelgate.registry import bundle as bundles
+        from modelgate.registry.storage import CONNECT_TIMEOUT_S, DEFAULT_GCS_TIMEOUT_S, READ_TIMEOUT_S
 
-    from modelgate.registry import api
-    from modelgate.registry import bundle as bundles
-    from modelgate.registry.registry import Registry
-    from modelgate.registry.storage import CONNECT_TIMEOUT_S, DEFAULT_GCS_TIMEOUT_S, READ_TIMEOUT_S, open_storage
-    from modelgate.registry.uri import parse
-
-    work = args.work
-    size = args.size_mib << 20
-    t, bundle_dir = timed(lambda: make_bundle(work / "bundle", size))
-    log(f"fabricated a {args.size_mib} MiB bundle in {t:.1f} s (random bytes, manifest digests match)")
-    bundle = bundles.read(bundle_dir)
-    total = bundle.total_size
-    private, public = make_keys(work / "keys")
-    gcs = FakeGCS(work / "gcs")
-    os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
-    results: dict = {"size_bytes": total, "reps": args.reps, "gcs": {}, "local": {}, "dvc": None, "profile": {}}
-    try:
+        self.work, self.bundle_dir, self.reps = work, bundle_dir, reps
+        self.bundle = bundles.read(bundle_dir)
+        self.private, self.public = make_keys(work / "keys")
+        os.environ["STORAGE_EMULATOR_HOST"] = gcs_url
         # The raw client with the settings modelgate's GCS backend uses (timeouts, retry budget).
-        client = storage.Client()
-        retry = DEFAULT_RETRY.with_timeout(DEFAULT_GCS_TIMEOUT_S)
-        timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
-        samples = {k: [] for k in (
+        self.client = storage.Client()
+        self.retry = DEFAULT_RETRY.with_timeout(DEFAULT_GCS_TIMEOUT_S)
+        self.timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+        self.samples: dict[str, list[float]] = {k: [] for k in (
             "raw_upload", "promote", "repromote", "raw_download", "fetch",
             "copy", "copy_fsync", "local_promote", "local_repromote", "local_copy_out", "local_fetch",
         )}  # fmt: skip
-        repromote_bytes = {"gcs": [], "local": []}
-        promoted_bytes = {"gcs": [], "local": []}
+        self.uploaded: dict[str, list[int]] = {"promote": [], "repromote": [], "local_promote": [], "local_repromote": []}
+        self.profiles: dict[str, list[dict]] = {}
 
-        def promote(uri: str, profile_as: str | None = None):
-            registry = Registry(open_storage(parse(uri)))
-            call = lambda: api.promote(registry, [bundle], "stable", signing_key=lambda: private)  # noqa: E731
-            if profile_as:  # one profiled run, reported separately from the timings
-                profiler = cProfile.Profile()
-                profiler.enable()
-            seconds, (result,) = timed(call)
-            if profile_as:
-                profiler.disable()
-                results["profile"][profile_as] = top_functions(profiler)
-            return seconds, result
+    def registry(self, uri: str):
+        from modelgate.registry.registry import Registry
+        from modelgate.registry.storage import open_storage
+        from modelgate.registry.uri import parse
 
-        def fetch(uri: str, out: Path):
-            registry = Registry(open_storage(parse(uri)))
-            return timed(lambda: api.fetch(registry, MODEL, out=out, public_key=public, tag="stable"))[0]
+        return Registry(open_storage(parse(uri)))
 
-        # First calls import and initialise model-signing, the GCS client and their schemas:
-        # do them once on a tiny bundle, untimed, so that the repetitions compare transfers.
-        tiny = bundles.read(make_bundle(work / "warmup-bundle", 1024))
-        for warm_uri in (f"gs://{client.create_bucket(f'warmup-{uuid.uuid4().hex[:8]}').name}/r", f"file://{work / 'warmup'}"):
-            api.promote(Registry(open_storage(parse(warm_uri))), [tiny], "stable", signing_key=lambda: private)
-            api.fetch(Registry(open_storage(parse(warm_uri))), MODEL, out=work / "warmup-out", public_key=public, tag="stable")
-            drop(work / "warmup-out")
+    def promote(self, key: str, uri: str, bundle=None, profile: bool = False) -> None:
+        from modelgate.registry import api
 
+        registry = self.registry(uri)
+        profiler = cProfile.Profile() if profile else None
+        start = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        (result,) = api.promote(registry, [bundle or self.bundle], "stable", signing_key=lambda: self.private)
+        if profiler:
+            profiler.disable()
+            self.profiles[key] = top_functions(profiler)
+        if bundle is None:
+            self.samples[key].append(time.perf_counter() - start)
+            self.uploaded[key].append(result.bytes_uploaded)
+
+    def fetch(self, key: str, uri: str) -> None:
+        from modelgate.registry import api
+
+        registry = self.registry(uri)
+        out = self.work / "fetched"
+        start = time.perf_counter()
+        api.fetch(registry, MODEL, out=out, public_key=self.public, tag="stable")
+        self.samples[key].append(time.perf_counter() - start)
+        drop(out)
+
+    def warm_up(self) -> None:
+        """First calls import and initialise model-signing, the GCS client and their schemas: done once
+        on a tiny bundle, untimed, so that the timed calls compare transfers."""
+        from modelgate.registry import api
+        from modelgate.registry import bundle as bundles
+
+        tiny = bundles.read(make_bundle(self.work / "warmup-bundle", 1024))
+        bucket = self.client.create_bucket(f"warmup-{uuid.uuid4().hex[:8]}")
+        for uri in (f"gs://{bucket.name}/r", f"file://{self.work / 'warmup'}"):
+            self.promote("warm-up", uri, bundle=tiny)
+            api.fetch(self.registry(uri), MODEL, out=self.work / "warmup-out", public_key=self.public, tag="stable")
+            drop(self.work / "warmup-out")
+
+    def gcs(self) -> None:
+        bucket = self.client.create_bucket(f"bench-{uuid.uuid4().hex[:12]}")
+        uri = f"gs://{bucket.name}/registry"
+        blobs = {f.name: bucket.blob(f"raw/{uuid.uuid4().hex}") for f in self.bundle.files}
+        start = time.perf_counter()
+        for f in self.bundle.files:
+            blobs[f.name].upload_from_filename(str(f.path), retry=self.retry, timeout=self.timeout)
+        self.samples["raw_upload"].append(time.perf_counter() - start)
+        self.promote("promote", uri)
+        self.promote("repromote", uri)
+        out = self.work / "download"
+        out.mkdir()
+        start = time.perf_counter()
+        for f in self.bundle.files:
+            blobs[f.name].download_to_filename(str(out / f.name), retry=self.retry, timeout=self.timeout)
+        self.samples["raw_download"].append(time.perf_counter() - start)
+        drop(out)
+        self.fetch("fetch", uri)
+        bucket.delete(force=True)  # frees the server's disk before the next repetition
+        s = self.samples
+        log(f"gcs: raw upload {s['raw_upload'][-1]:.2f} s, promote {s['promote'][-1]:.2f} s, re-promote "
+            f"{s['repromote'][-1]:.2f} s ({self.uploaded['repromote'][-1]} bytes); raw download "
+            f"{s['raw_download'][-1]:.2f} s, verified fetch {s['fetch'][-1]:.2f} s")  # fmt: skip
+
+    def local(self, rep: int) -> None:
+        copy_dir = self.work / "copy"
+        for key, sync in (("copy", False), ("copy_fsync", True)):
+            copy_dir.mkdir()
+            start = time.perf_counter()
+            for f in self.bundle.files:
+                shutil.copyfile(f.path, copy_dir / f.name)
+                if sync:
+                    fsync_path(copy_dir / f.name)
+            self.samples[key].append(time.perf_counter() - start)
+            drop(copy_dir)
+        root = self.work / f"local-{rep}"
+        uri = f"file://{root}"
+        self.promote("local_promote", uri)
+        self.promote("local_repromote", uri)
+        out = self.work / "copy-out"
+        out.mkdir()
+        start = time.perf_counter()
+        for f in self.bundle.files:  # the raw "download" of a local registry: copy its blobs out
+            shutil.copyfile(root / "blobs" / "sha256" / f.sha256, out / f.name)
+        self.samples["local_copy_out"].append(time.perf_counter() - start)
+        drop(out)
+        self.fetch("local_fetch", uri)
+        drop(root)
+        s = self.samples
+        log(f"local: copy {s['copy'][-1]:.2f} s (+fsync {s['copy_fsync'][-1]:.2f} s), promote {s['local_promote'][-1]:.2f} s, "
+            f"re-promote {s['local_repromote'][-1]:.2f} s, copy out {s['local_copy_out'][-1]:.2f} s, "
+            f"verified fetch {s['local_fetch'][-1]:.2f} s")  # fmt: skip
+
+    def profile(self) -> dict[str, float]:
+        """One more promote per backend under cProfile, not among the timings."""
+        seconds = {}
+        bucket = self.client.create_bucket(f"bench-profile-{uuid.uuid4().hex[:8]}")
+        for name, uri in (("gcs", f"gs://{bucket.name}/registry"), ("local", f"file://{self.work / 'local-profile'}")):
+            start = time.perf_counter()
+            self.promote(f"promote_{name}", uri, bundle=self.bundle, profile=True)
+            seconds[name] = time.perf_counter() - start
+        bucket.delete(force=True)
+        drop(self.work / "local-profile")
+        return seconds
+
+
+def run(args) -> dict:
+    from google.cloud.storage import blob as blob_module
+
+    from modelgate.registry import storage as mg_storage
+
+    work = args.work
+    start = time.perf_counter()
+    bundle_dir = make_bundle(work / "bundle", args.size_mib << 20)
+    log(f"fabricated a {args.size_mib} MiB bundle in {time.perf_counter() - start:.1f} s (random bytes, manifest digests match)")
+    gcs = FakeGCS(work / "gcs")
+    try:
+        t = Transfers(work, bundle_dir, gcs.url, args.reps)
+        t.warm_up()
         for rep in range(args.reps):
             log(f"repetition {rep + 1} of {args.reps}")
-            bucket_name = f"bench-{uuid.uuid4().hex[:12]}"
-            bucket = client.create_bucket(bucket_name)
-            uri = f"gs://{bucket_name}/registry"
-
-            # --- GCS: upload
-            raw_blob = bucket.blob(f"raw/{uuid.uuid4().hex}")
-            t, _ = timed(lambda: raw_blob.upload_from_filename(str(bundle_dir / "weights.safetensors"), retry=retry, timeout=timeout))
-            small = bucket.blob(f"raw/{uuid.uuid4().hex}")
-            t2, _ = timed(lambda: small.upload_from_filename(str(bundle_dir / "model.onnx"), retry=retry, timeout=timeout))
-            samples["raw_upload"].append(t + t2)
-            t, result = promote(uri)
-            samples["promote"].append(t)
-            promoted_bytes["gcs"].append(result.bytes_uploaded)
-            t, result = promote(uri)
-            samples["repromote"].append(t)
-            repromote_bytes["gcs"].append(result.bytes_uploaded)
-            log(f"gcs: raw upload {samples['raw_upload'][-1]:.2f} s, promote {samples['promote'][-1]:.2f} s, "
-                f"re-promote {samples['repromote'][-1]:.2f} s ({result.bytes_uploaded} bytes)")  # fmt: skip
-
-            # --- GCS: download
-            out = work / "download"
-            out.mkdir()
-            t, _ = timed(lambda: raw_blob.download_to_filename(str(out / "weights.safetensors"), retry=retry, timeout=timeout))
-            t2, _ = timed(lambda: small.download_to_filename(str(out / "model.onnx"), retry=retry, timeout=timeout))
-            samples["raw_download"].append(t + t2)
-            drop(out)
-            samples["fetch"].append(fetch(uri, work / "fetched"))
-            drop(work / "fetched")
-            log(f"gcs: raw download {samples['raw_download'][-1]:.2f} s, verified fetch {samples['fetch'][-1]:.2f} s")
-            bucket.delete(force=True)  # frees the server's disk before the next repetition
-
-            # --- local: copy vs promote
-            copy_dir = work / "copy"
-            copy_dir.mkdir()
-
-            def copy_bundle(sync: bool):
-                for f in bundle.files:
-                    shutil.copyfile(f.path, copy_dir / f.name)
-                    if sync:
-                        fsync_path(copy_dir / f.name)
-
-            samples["copy"].append(timed(lambda: copy_bundle(False))[0])
-            drop(copy_dir)
-            copy_dir.mkdir()
-            samples["copy_fsync"].append(timed(lambda: copy_bundle(True))[0])
-            drop(copy_dir)
-            local_root = work / f"local-{rep}"
-            local_uri = f"file://{local_root}"
-            t, result = promote(local_uri)
-            samples["local_promote"].append(t)
-            promoted_bytes["local"].append(result.bytes_uploaded)
-            t, result = promote(local_uri)
-            samples["local_repromote"].append(t)
-            repromote_bytes["local"].append(result.bytes_uploaded)
-
-            # --- local: copy the stored blobs out vs fetch
-            out.mkdir()
-
-            def copy_out():
-                for f in bundle.files:
-                    shutil.copyfile(local_root / "blobs" / "sha256" / f.sha256, out / f.name)
-
-            samples["local_copy_out"].append(timed(copy_out)[0])
-            drop(out)
-            samples["local_fetch"].append(fetch(local_uri, work / "fetched"))
-            drop(work / "fetched")
-            drop(local_root)
-            log(f"local: copy {samples['copy'][-1]:.2f} s (+fsync {samples['copy_fsync'][-1]:.2f} s), "
-                f"promote {samples['local_promote'][-1]:.2f} s, re-promote {samples['local_repromote'][-1]:.2f} s, "
-                f"copy out {samples['local_copy_out'][-1]:.2f} s, verified fetch {samples['local_fetch'][-1]:.2f} s")  # fmt: skip
-
-        if args.profile:  # one more promote per backend under cProfile; not among the timings
-            bucket_name = f"bench-profile-{uuid.uuid4().hex[:8]}"
-            client.create_bucket(bucket_name)
-            results["profile_seconds"] = {
-                "gcs": promote(f"gs://{bucket_name}/registry", "promote_gcs")[0],
-                "local": promote(f"file://{work / 'local-profile'}", "promote_local")[0],
-            }
-            client.bucket(bucket_name).delete(force=True)
-            drop(work / "local-profile")
-
-        results["samples"] = samples
-        results["best"] = {k: best(v) for k, v in samples.items()}
-        results["promoted_bytes"] = promoted_bytes
-        results["repromote_bytes"] = repromote_bytes
-        results["sha256_seconds"] = hash_seconds(bundle_dir / "weights.safetensors")
-
+            t.gcs()
+            t.local(rep)
+        results = {
+            "size_bytes": t.bundle.total_size,
+            "reps": args.reps,
+            "samples": t.samples,
+            "best": {k: min(v) for k, v in t.samples.items()},
+            "promoted_bytes": {"gcs": t.uploaded["promote"], "local": t.uploaded["local_promote"]},
+            "repromote_bytes": {"gcs": t.uploaded["repromote"], "local": t.uploaded["local_repromote"]},
+            "sha256_seconds": hash_seconds(bundle_dir / "weights.safetensors"),
+            # Resumable-upload chunk sizes: modelgate's, and the client default the raw upload uses.
+            "chunk_bytes": {"modelgate": mg_storage.UPLOAD_CHUNK, "client_default": blob_module._DEFAULT_CHUNKSIZE},
+            "dvc": None,
+        }
+        if args.profile:
+            results["profile_seconds"] = t.profile()
+            results["profile"] = t.profiles
         if args.dvc:
-            results["dvc"] = dvc_push(args.dvc, bundle_dir / "weights.safetensors", work, client, gcs.url, args.reps)
+            results["dvc"] = dvc_push(args.dvc, bundle_dir / "weights.safetensors", work, t.client, args.reps)
     finally:
         gcs.stop()
     return results
@@ -317,15 +338,19 @@ def top_functions(profiler: cProfile.Profile, n: int = 8) -> list[dict]:
     stats = pstats.Stats(profiler)
     rows = []
     for (filename, line, name), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():
-        where = "/".join(Path(filename).parts[-2:]) if filename != "~" else "builtin"
-        rows.append({"function": f"{where}:{line}({name})", "calls": ncalls, "own_s": tottime, "cumulative_s": cumtime})
+        if filename == "~":  # a builtin: "<method 'recv_into' of '_socket.socket' objects>" -> _socket.socket.recv_into
+            m = re.match(r"<(?:method|built-in method) '?([\w.]+)'?(?: of '([\w.]+)' objects)?>", name)
+            function = (f"{m.group(2)}.{m.group(1)}" if m.group(2) else m.group(1)) if m else name
+        else:
+            function = f"{'/'.join(Path(filename).parts[-2:])}:{line}({name})"
+        rows.append({"function": function, "calls": ncalls, "own_s": tottime, "cumulative_s": cumtime})
     rows.sort(key=lambda r: -r["own_s"])
     return rows[:n]
 
 
-def dvc_push(dvc: str, weights: Path, work: Path, client, url: str, reps: int) -> dict:
+def dvc_push(dvc: str, weights: Path, work: Path, client, reps: int) -> dict:
     """`dvc push` of the same weights to the same emulator (gcsfs honours STORAGE_EMULATOR_HOST)."""
-    env = {**os.environ, "STORAGE_EMULATOR_HOST": url, "NO_GCE_CHECK": "true", "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "NO_GCE_CHECK": "true", "DVC_NO_ANALYTICS": "1"}
     times = []
     for rep in range(reps):
         repo = work / f"dvc-{rep}"
@@ -334,22 +359,23 @@ def dvc_push(dvc: str, weights: Path, work: Path, client, url: str, reps: int) -
         bucket = f"bench-dvc-{uuid.uuid4().hex[:8]}"
         client.create_bucket(bucket)
 
-        def dvc_cmd(*argv):
-            out = subprocess.run([dvc, *argv], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-            if out.returncode != 0:
-                raise RuntimeError(f"dvc {' '.join(argv)} failed: {(out.stderr or out.stdout).strip()[-400:]}")
-            return out
-
-        dvc_cmd("init", "-q", "--no-scm")
-        dvc_cmd("add", "-q", "weights.safetensors")  # hashes and moves into .dvc/cache: not timed
-        dvc_cmd("remote", "add", "-d", "bench", f"gs://{bucket}/store")
-        t, out = timed(lambda: dvc_cmd("push"))
+        dvc_cmd(dvc, repo, env, "init", "-q", "--no-scm")
+        dvc_cmd(dvc, repo, env, "add", "-q", "weights.safetensors")  # hashes and moves into .dvc/cache: not timed
+        dvc_cmd(dvc, repo, env, "remote", "add", "-d", "bench", f"gs://{bucket}/store")
+        t, out = timed(lambda: dvc_cmd(dvc, repo, env, "push"))  # noqa: B023 - called at once
         times.append(t)
         log(f"dvc push {t:.2f} s ({out.stdout.strip().splitlines()[-1] if out.stdout.strip() else 'no output'})")
         drop(repo)
         client.bucket(bucket).delete(force=True)
-    version = subprocess.run([dvc, "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([dvc, "--version"], check=False, capture_output=True, text=True).stdout.strip()
     return {"push": times, "best": min(times), "version": version}
+
+
+def dvc_cmd(dvc: str, repo: Path, env: dict, *argv: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([dvc, *argv], check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(argv)} failed: {(out.stderr or out.stdout).strip()[-400:]}")
+    return out
 
 
 def main() -> int:

@@ -1,0 +1,116 @@
+"""The benchmark's parsers and table: they turn Bazel's and swap_load.py's output into the numbers
+BENCHMARKS.md reports, so a format they misread would publish wrong numbers. No timings here."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).absolute().parent))
+
+import bench  # noqa: E402 - after the path it is found on
+
+BAZEL_WARM = """\
+INFO: Elapsed time: 5.120s, Critical Path: 1.02s
+INFO: 40 processes: 12 remote cache hit, 28 internal.
+INFO: Build completed successfully, 40 total actions
+//models/image_cnn:golden_test_cpu                              (cached) PASSED in 5.4s
+//models/image_cnn:model_test_cpu                               (cached) PASSED in 8.6s
+//models/tiny_transformer:model_test_cpu                                 PASSED in 9.5s
+
+Executed 0 out of 3 tests: 3 tests pass.
+"""
+
+
+def test_executed_counts_come_from_the_summary_line():
+    assert bench.parse_executed(BAZEL_WARM) == (0, 3)
+    assert bench.parse_executed("Executed 1 out of 1 test: 1 test passes.") == (1, 1)
+    assert bench.parse_executed("no summary") is None
+
+
+def test_processes_are_split_by_strategy_and_the_last_line_wins():
+    log = "INFO: 3 processes: 3 internal.\n" + BAZEL_WARM
+    assert bench.parse_processes(log) == {"remote cache hit": 12, "internal": 28}
+    assert bench.parse_processes("INFO: 92 processes: 80 internal, 12 linux-sandbox.") == {"internal": 80, "linux-sandbox": 12}
+    assert bench.parse_processes("INFO: 1 process: 1 internal.") == {"internal": 1}
+    assert bench.parse_processes("") == {}
+
+
+def test_test_results_tell_cached_from_executed():
+    assert bench.test_results(BAZEL_WARM) == [
+        ("//models/image_cnn:golden_test_cpu", True, "PASSED"),
+        ("//models/image_cnn:model_test_cpu", True, "PASSED"),
+        ("//models/tiny_transformer:model_test_cpu", False, "PASSED"),
+    ]
+    assert bench.test_results("//models/x:t   FAILED in 1.0s") == [("//models/x:t", False, "FAILED")]
+
+
+SWAP = """\
+swap under load: 200 req/s for 20 s (open loop), 4000 requests to http://127.0.0.1:4567
+  payload: the golden batch (4 rows); server: 1 uvicorn worker, torch threads 1; load: this process (asyncio, keep-alive)
+  promote v2 (notified by promote) started at +8.00 s and returned after 1.93 s
+
+  phase    requests  failed   p50 ms   p99 ms   max ms  builds
+  before       1600       0     2.10    12.50    30.00  v1 1600
+  during        420       0     2.40    25.75    41.00  v1 420
+  after        1980       0     2.00    11.00    20.00  v2 1980
+  all          4000       0     2.10    14.00    41.00  v1 2020, v2 1980
+
+  promote returned -> first response from v2: 0.143 s
+  server's rollout of v2 (notify): fetch 120 ms, load 80 ms, warm-up 30 ms
+  failed requests: 0
+"""
+
+
+def test_swap_numbers_are_read_per_phase():
+    s = bench.parse_swap(SWAP)
+    assert s["rollout_s"] == 0.143
+    assert s["failed"] == 0
+    assert s["requests"] == 4000
+    assert s["promote_s"] == 1.93
+    assert s["before"]["p99_ms"] == 12.5
+    assert s["during"] == {"requests": 420, "failed": 0, "p50_ms": 2.4, "p99_ms": 25.75, "max_ms": 41.0}
+    assert s["rollout_steps"] == "fetch 120 ms, load 80 ms, warm-up 30 ms"
+
+
+def test_a_swap_without_a_new_build_has_no_rollout_time():
+    s = bench.parse_swap(SWAP.replace("  promote returned -> first response from v2: 0.143 s\n", ""))
+    assert s["rollout_s"] is None
+
+
+def test_profile_summary_splits_thread_time(tmp_path):
+    def span(name, cat, ts, dur):
+        return {"ph": "X", "name": name, "cat": cat, "ts": ts * 1e6, "dur": dur * 1e6}
+
+    trace = {
+        "traceEvents": [
+            span("Creating runfiles tree bazel-out/x.runfiles", "action processing", 0, 6),
+            span("Exporting m (train)", "action processing", 6, 40),
+            span("subprocess.run", "general information", 8, 30),
+            span("sandbox.createFileSystem", "general information", 6, 2),
+            span("sandbox.delete", "general information", 38, 8),
+            span("Testing //models/m:model_test_cpu", "action processing", 46, 10),
+            span("action 'Exporting m (train)'", "critical path component", 6, 40),
+            span("runAnalysisPhase", "general information", 0, 1.5),
+            span("//external:pip", "Starlark repository function call", 0, 48),
+            span("local: /usr/share/bazel/process-wrapper --timeout=3600 /usr/bin/python3.11 -m pi...", "Starlark repository function call", 0, 24),
+            {"ph": "C", "name": "cpu", "ts": 0},
+        ]
+    }
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(trace))
+    s = bench.profile_summary(path)
+    assert s["wall_s"] == 56
+    assert s["analysis_s"] == 1.5
+    assert s["action_kinds"]["Exporting"] == {"count": 1, "seconds": 40}
+    assert s["action_kinds"]["Creating runfiles tree"] == {"count": 1, "seconds": 6}
+    assert s["spawn"] == {"subprocess.run": 30, "sandbox.createFileSystem": 2, "sandbox.delete": 8}
+    assert s["critical_path"] == [("action 'Exporting m (train)'", 40)]
+    assert s["repository_rules"] == [("//external:pip", 48), ("pip install of the lock", 24)]
+
+
+def test_the_table_has_one_line_per_row_with_every_column():
+    rows = [bench.Row("1", "what", "2.0 s", "1.0 s", "2.00×", "≤ 1.3×", bench.verdict(False))]
+    table = bench.render_table(rows).splitlines()
+    assert len(table) == 3
+    assert table[2] == "| 1 | what | 2.0 s | 1.0 s | 2.00× | ≤ 1.3× | **MISSED** |"
+    assert bench.verdict(True) == "met"
