@@ -192,8 +192,12 @@ def action_kind(description: str) -> str:
 # Running things
 
 
+LOAD_SAMPLES: list[float] = []  # the 1-minute load average at every step, for the report
+
+
 def log(message: str) -> None:
     stamp = time.strftime("%H:%M:%S")
+    LOAD_SAMPLES.append(os.getloadavg()[0])
     print(f"[bench {stamp}] {message}", flush=True)
 
 
@@ -391,6 +395,10 @@ class Bench:
         self.cache_url = None
         self.whatif_flags: list[str] = []
 
+    def detail(self, row: str, text: str) -> None:
+        """A line under "Details", sorted by row."""
+        self.details.append((row, text))
+
     # ---- setup and teardown
 
     def clone(self, name: str) -> Clone:
@@ -552,6 +560,7 @@ class Bench:
         self.data["total_s"] = time.perf_counter() - start
         self.data["loadavg_end"] = os.getloadavg()
         self.build_rows(only)
+        self.static_details(only)
 
     def build_rows(self, only: set[str]) -> None:
         d = self.data
@@ -598,13 +607,13 @@ class Bench:
             ))  # fmt: skip
             warm_profile = self.work / "profile-warm.json"
             if warm_profile.exists():
-                self.details.append(f"- Row 2, the warm run (`--profile`): {profile_line(profile_summary(warm_profile))}.")
+                self.detail("2w", f"- Row 2, the warm run (`--profile`): {profile_line(profile_summary(warm_profile))}.")
             if d.get("cold_a"):
-                self.details.append(
+                self.detail("2a",
                     f"- Row 2: clone A's cold run, which also uploaded every result to the cache "
                     f"(`MODELGATE_REMOTE_CACHE_WRITE=1`), took {fmt_s(d['cold_a'].wall_s)}; clone B read it with "
                     f"`MODELGATE_REMOTE_CACHE` (tools/bazel adds `--config=remote-cache`). B's processes: {procs}."
-                )
+                )  # fmt: skip
         if "overhead" in only:
             cold, p, plain = d["cold_b"], d["pytest"], d["plain"]
             ratio = cold.wall_s / p.wall_s
@@ -640,11 +649,11 @@ class Bench:
                 f"p99 before the promote: {before.get('p99_ms', float('nan')):.1f} ms",
                 f"p99 {ratio:.2f}×", TARGETS["swap"], verdict(s["failed"] == 0), s["rollout_s"] + (s.get("promote_s") or 0),
             ))  # fmt: skip
-            self.details.append(
+            self.detail("5",
                 f"- Row 5: promote itself took {fmt_s(s.get('promote_s') or 0)} (a separate process); the server's rollout "
                 f"steps: {s.get('rollout_steps')}; p99 after the swap {(s.get('after') or {}).get('p99_ms', float('nan')):.1f} ms. "
                 "Client and server share the machine's CPUs."
-            )
+            )  # fmt: skip
 
     def registry_rows(self, r: dict) -> None:
         size, b = r["size_bytes"], r["best"]
@@ -684,13 +693,13 @@ class Bench:
             ))  # fmt: skip
         else:
             self.left_out.append(f"`dvc push` (row 4g): {self.data.get('dvc_setup')}")
-        self.details.append(
+        self.detail("4",
             f"- Row 4: one sha256 pass over the {gib} of weights (page-cached) takes {fmt_s(r['sha256_seconds'])}: promote "
             "hashes every file before uploading (`verify_files`), fetch hashes while it streams, and re-promote is "
             "that pass plus a few small reads. All samples (s): "
             + "; ".join(f"{k} {', '.join(f'{x:.2f}' for x in v)}" for k, v in r["samples"].items())
             + "."
-        )
+        )  # fmt: skip
 
     # ---- the report
 
@@ -714,54 +723,62 @@ class Bench:
         thread_s = sum(k["seconds"] for k in kinds.values())
         spawn = prof["spawn"]
         runfiles = kinds.get("Creating runfiles tree", {"count": 0, "seconds": 0.0})
-        sandbox = spawn.get("sandbox.createFileSystem", 0.0) + spawn.get("sandbox.delete", 0.0)
+        create, delete = spawn.get("sandbox.createFileSystem", 0.0), spawn.get("sandbox.delete", 0.0)
         processes = spawn.get("subprocess.run", 0.0)
         trees, links = d.get("runfiles", (0, 0))
-        crit = sum(s for _, s in prof["critical_path"])
+        crit = sum(sec for _, sec in prof["critical_path"])
         crit_top = max(prof["critical_path"], key=lambda c: c[1], default=("?", 0.0))
+        spawns = sum(kinds.get(k, {"count": 0})["count"] for k in ("Exporting", "Gating", "Testing"))
 
         def share(x: float) -> str:
             return f"{x:.0f} s ({x / thread_s:.0%})" if thread_s else f"{x:.0f} s"
 
         text = (
             f"**Profile of the cold `bazel test //models/...` (`--profile`, {fmt_s(d['cold_b'].wall_s)} wall).** "
-            f"Bazel's two action threads were busy for {thread_s:.0f} s. Of that, the processes themselves "
-            f"(training in the exports, gates, tests; torch import in each) ran {share(processes)}; building runfiles "
-            f"symlink trees took {share(runfiles['seconds'])} ({runfiles['count']} trees, {links:,} symlinks in {trees} "
-            f"runfiles manifests, ~{links // max(trees, 1):,} per tree: the torch site-packages, file by file); setting up "
-            f"and deleting linux-sandbox trees of the same files took {share(sandbox)} "
-            f"(create {spawn.get('sandbox.createFileSystem', 0):.0f} s, delete {spawn.get('sandbox.delete', 0):.0f} s). "
-            f"Analysis took {prof['analysis_s']:.1f} s. The critical path was {crit:.0f} s, led by “{crit_top[0]}” "
-            f"({crit_top[1]:.0f} s): with 2 CPUs and 12 heavy processes the run is throughput-bound, not latency-bound, "
-            "so every second of file-tree work is a second of wall time. "
+            f"Bazel's action threads were busy for {thread_s:.0f} s in all. The {spawns} processes themselves (training "
+            f"in the exports, gates, tests; each imports torch) ran {share(processes)}. Setting up and deleting their "
+            f"linux-sandboxes took {share(create + delete)} (set-up {create:.0f} s, deletion {delete:.0f} s): each "
+            f"sandbox is a tree of one symlink per input file, and the {trees} runfiles manifests list {links:,} files, "
+            f"~{links // max(trees, 1):,} per test or tool, nearly all of them the pinned site-packages (torch), file by file. "
+        )
+        if runfiles["seconds"] >= 1:
+            text += f"Building runfiles symlink trees in the output tree took another {share(runfiles['seconds'])}. "
+        text += (
+            f"Analysis took {prof['analysis_s']:.1f} s. The critical path was {crit:.0f} s, led by {crit_top[0]} "
+            f"({crit_top[1]:.0f} s): with {os.cpu_count()} CPUs and {spawns} heavy processes the run is throughput-bound, "
+            "so every second spent on file trees is a second of wall time. "
         )
         fetch_profile = self.work / "profile-fetch.json"
         if d.get("fetch_b") and fetch_profile.exists():
             rules = profile_summary(fetch_profile).get("repository_rules", [])
-            if rules:
+            repos = [(n, sec) for n, sec in rules if n.startswith("//external:")]
+            commands = [(n, sec) for n, sec in rules if not n.startswith("//external:")]
+            if repos:
                 text += (
-                    f"The fetch in row 2b ({fmt_s(d['fetch_b'].wall_s)}, also profiled) is mostly "
-                    + "; ".join(f"{name} {secs:.0f} s" for name, secs in rules[:3])
-                    + ": a remote cache does not carry external repositories, so every fresh clone pays it once. "
+                    f"The fetch in row 2b ({fmt_s(d['fetch_b'].wall_s)}, also profiled) is mostly the repository rule "
+                    f"`{repos[0][0]}` ({repos[0][1]:.0f} s"
+                    + (": " + ", ".join(f"{n} {sec:.0f} s" for n, sec in commands[:2]) if commands else "")
+                    + "); a remote cache does not carry external repositories, so every fresh clone pays it once. "
                 )
         if d.get("whatif"):
             w = d["whatif"]
             wprof_path = self.work / "profile-whatif.json"
             wprof = profile_summary(wprof_path) if wprof_path.exists() else {}
-            wk = wprof.get("action_kinds", {})
-            wrun = wk.get("Creating runfiles tree", {"seconds": 0.0})["seconds"]
-            wsand = wprof.get("spawn", {}).get("sandbox.createFileSystem", 0.0) + wprof.get("spawn", {}).get("sandbox.delete", 0.0)
+            wspawn = wprof.get("spawn", {})
+            wcreate, wdelete = wspawn.get("sandbox.createFileSystem", 0.0), wspawn.get("sandbox.delete", 0.0)
             text += (
                 "**What makes it faster, measured in this run (row 3c):** "
-                + ", ".join(f"`{f}`" for f in self.whatif_flags)
+                + " and ".join(f"`{f}`" for f in self.whatif_flags)
                 + f" took the same cold run from {fmt_s(d['cold_b'].wall_s)} to {fmt_s(w.wall_s)} "
-                f"({w.wall_s / d['cold_b'].wall_s:.2f}×): runfiles trees {runfiles['seconds']:.0f} s → {wrun:.0f} s, "
-                f"sandbox set-up and tear-down {sandbox:.0f} s → {wsand:.0f} s. They change no cache key; adding them to "
-                "`.bazelrc` (tmpfs needs RAM for the sandbox trees, ~1 GB of symlink metadata at most) is the first fix. "
-                "Beyond that: fewer, larger runfiles (a zipped or directory-level site-packages, which must keep cache "
-                "hits across clones), and running each model's tests in one pytest process instead of one per target "
-                "(each pays the torch import). The rest is the work itself: the plain run of the same processes (row 3b) "
-                "is the floor, and `pytest models/` (row 3) does a fraction of it (no export, gate or golden test)."
+                f"({w.wall_s / d['cold_b'].wall_s:.2f}×): sandbox set-up {create:.0f} s → {wcreate:.0f} s on tmpfs, and "
+                f"deletion {delete:.0f} s → {wdelete:.0f} s on the action threads (it moves to idle threads). Neither "
+                "flag is part of any action's key, so cache hits are unaffected; tmpfs holds only the symlinks and each "
+                "action's outputs until they are moved out. Adding both to `.bazelrc` is the first fix. Beyond that: "
+                "fewer input files per sandbox (site-packages as a few archives or directory-level inputs, which must "
+                "keep cache hits across clones), and one pytest process per model instead of one per test target "
+                "(each pays the torch import). The floor is the work itself: the same processes without Bazel (row 3b). "
+                "`pytest models/` (row 3) is not that floor: it does a fraction of the work (no export, gate or golden "
+                "test), which is why row 3 misses by far more than Bazel's overhead."
             )
         return text
 
@@ -779,8 +796,8 @@ class Bench:
             why = (
                 f"Most of it is waiting for the server to answer the upload's chunk requests: modelgate uploads blobs "
                 f"resumably in {mine >> 20} MiB chunks (`UPLOAD_CHUNK` in `tools/modelgate/registry/storage.py`, "
-                f"{-(-size // mine)} requests) where `upload_from_filename` uses the client's default "
-                f"{default >> 20} MiB ({-(-size // default)} requests), and fake-gcs-server's cost per chunk grows with "
+                f"{-(-size // mine)} requests per blob) where `upload_from_filename` uses the client's default "
+                f"{default >> 20} MiB ({-(-size // default)}), and fake-gcs-server's cost per chunk grows with "
                 "the bytes already received. Raising `UPLOAD_CHUNK` to the client default (or larger) is the fix to try "
                 "first; against real GCS every chunk is also a round trip. "
             )
@@ -807,7 +824,8 @@ class Bench:
             "",
             f"Machine: `{m['host']}`, {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']:.1f} GiB memory, Linux {m['kernel']}. "
             f"Load average at start {m['loadavg_start'][0]:.2f} / {m['loadavg_start'][1]:.2f} / {m['loadavg_start'][2]:.2f} "
-            f"(1/5/15 min), at the end {d['loadavg_end'][0]:.2f}"
+            f"(1/5/15 min); the 1-minute load average ranged {min(LOAD_SAMPLES, default=0):.1f}–"
+            f"{max(LOAD_SAMPLES, default=0):.1f} over the run's steps and was {d['loadavg_end'][0]:.2f} at the end"
             + (" — **the machine was shared and busy: absolute times are slow and noisy; each ratio compares runs made "
                "minutes apart in this one run.**" if m["loadavg_start"][0] > (m["nproc"] or 1) else "."),
             "",
@@ -820,17 +838,7 @@ class Bench:
             "",
             "## Details",
             "",
-            *self.details,
-            (
-                "- Row 1: the edit appends a comment line to the model's `model.py`. That moves the model's build hash, "
-                "so its export, gate, golden test and model test all re-run (correctly); the other models' tests are "
-                "reported `(cached)`. `pytest models/` covers only the model-logic tests: no export, gate or golden test."
-            ),
-            (
-                "- Row 3: `pytest models/` runs three files in one process; `bazel test //models/...` also trains and "
-                "exports three models, gates three releases and runs three golden tests, each in its own sandboxed "
-                "process. Row 3b runs those same processes without Bazel (`tools/bench/plain_pipeline.py`)."
-            ),
+            *[text for _, text in sorted(self.details)],
             "",
             "## Where the time goes",
             "",
@@ -849,6 +857,25 @@ class Bench:
             "",
         ]
         return "\n".join(lines)
+
+    def static_details(self, only: set[str]) -> None:
+        if "affected" in only:
+            results = test_results(self.data["affected"]["all"].log)
+            ran = [label for label, cached, _ in results if not cached]
+            cached = [label for label, c, _ in results if c]
+            self.detail("1", (
+                "- Row 1: the edit appends a comment line to the model's `model.py`, which moves its build hash, so its "
+                "export, gate, golden test and model test re-run, correctly. In the `//models/...` run Bazel executed "
+                f"{', '.join(f'`{x}`' for x in ran) or 'nothing'} and reported {len(cached)} other test(s) `(cached)`. "
+                "Clone A keeps the cold run's settings (it writes to the remote cache, as CI does). `pytest models/` "
+                "covers only the model-logic tests: no export, gate or golden test."
+            ))
+        if "overhead" in only:
+            self.detail("3", (
+                "- Row 3: `pytest models/` runs three files in one process; `bazel test //models/...` also trains and "
+                "exports three models, gates three releases and runs three golden tests, each in its own sandboxed "
+                "process. Row 3b runs those same processes without Bazel (`tools/bench/plain_pipeline.py`)."
+            ))
 
 
 def main() -> int:
