@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from models.image_cnn.model import ImageCNN, ImageCNNConfig
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
+from modelgate.training import evaluate_classifier, train_classifier
 
 CONFIG = {
     **ImageCNNConfig().to_dict(),
@@ -63,32 +63,11 @@ def build(config) -> ImageCNN:
 
 def train(model: ImageCNN, config) -> dict:
     """Trains in place; leaves the model in eval mode (batchnorm uses its running statistics)."""
-    generator = torch.Generator().manual_seed(int(config["seed"]) + 1)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"])
-    )
-    model.train()
-    loss = torch.tensor(0.0)
-    for _ in range(int(config["steps"])):
-        images, labels = make_batch(config, int(config["batch_size"]), generator)
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    return {"final_train_loss": loss.item()}
+    return train_classifier(model, config, make_batch)
 
 
 def evaluate(model: ImageCNN, config) -> dict:
-    generator = torch.Generator().manual_seed(int(config["seed"]) + 2)
-    images, labels = make_batch(config, 512, generator)
-    model.eval()
-    with torch.no_grad():
-        logits = model(images)
-    return {
-        "accuracy": float((logits.argmax(-1) == labels).float().mean()),
-        "loss": float(F.cross_entropy(logits, labels)),
-    }
+    return evaluate_classifier(model, config, make_batch)
 
 
 def golden_inputs() -> dict:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from models.sequence_rnn.model import SequenceRNN, SequenceRNNConfig, padding_mask
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
+from modelgate.training import evaluate_classifier, train_classifier
 
 CONFIG = {
     **SequenceRNNConfig().to_dict(),
@@ -73,34 +73,11 @@ def build(config) -> SequenceRNN:
 
 
 def train(model: SequenceRNN, config) -> dict:
-    generator = torch.Generator().manual_seed(int(config["seed"]) + 1)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"])
-    )
-    model.train()
-    loss = torch.tensor(0.0)
-    for _ in range(int(config["steps"])):
-        series, lengths, labels = make_batch(config, int(config["batch_size"]), generator)
-        loss = F.cross_entropy(model(series, lengths), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        # Recurrent nets occasionally take a huge step on an unlucky batch; clipping keeps it bounded.
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float(config["clip_grad_norm"]))
-        optimizer.step()
-    model.eval()
-    return {"final_train_loss": loss.item()}
+    return train_classifier(model, config, make_batch, clip_grad_norm=float(config["clip_grad_norm"]))
 
 
 def evaluate(model: SequenceRNN, config) -> dict:
-    generator = torch.Generator().manual_seed(int(config["seed"]) + 2)
-    series, lengths, labels = make_batch(config, 512, generator)
-    model.eval()
-    with torch.no_grad():
-        logits = model(series, lengths)
-    return {
-        "accuracy": float((logits.argmax(-1) == labels).float().mean()),
-        "loss": float(F.cross_entropy(logits, labels)),
-    }
+    return evaluate_classifier(model, config, make_batch)
 
 
 def golden_inputs() -> dict:

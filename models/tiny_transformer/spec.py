@@ -8,10 +8,10 @@ a worse function and its golden outputs move.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from models.tiny_transformer.model import TinyTransformer, TinyTransformerConfig, padding_mask
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
+from modelgate.training import evaluate_classifier, train_classifier
 
 CONFIG = {
     **TinyTransformerConfig().to_dict(),
@@ -52,29 +52,11 @@ def build(config) -> TinyTransformer:
 
 
 def train(model: TinyTransformer, config) -> dict:
-    generator = torch.Generator().manual_seed(int(config["seed"]) + 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
-    model.train()
-    loss = torch.tensor(0.0)
-    for _ in range(int(config["steps"])):
-        tokens, mask, labels = make_batch(config, int(config["batch_size"]), generator)
-        loss = F.cross_entropy(model(tokens, mask), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    return {"final_train_loss": loss.item()}
+    return train_classifier(model, config, make_batch)
 
 
 def evaluate(model: TinyTransformer, config) -> dict:
-    generator = torch.Generator().manual_seed(int(config["seed"]) + 2)
-    tokens, mask, labels = make_batch(config, 512, generator)
-    with torch.no_grad():
-        logits = model(tokens, mask)
-    return {
-        "accuracy": float((logits.argmax(-1) == labels).float().mean()),
-        "loss": float(F.cross_entropy(logits, labels)),
-    }
+    return evaluate_classifier(model, config, make_batch)
 
 
 def golden_inputs() -> dict:
