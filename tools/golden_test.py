@@ -1,40 +1,61 @@
-"""Golden test: the exported weights reproduce golden/<model>/ within tolerance.
+"""Golden test: a model's weights reproduce golden/<model>/ within tolerance.
 
-Declared by the golden_test macro, which sets MODELGATE_MODEL, MODELGATE_WEIGHTS and
-MODELGATE_GOLDEN_DIR. The `gpu` tests run in the `_gpu` variant (or `pytest -m gpu` on a CUDA box).
+Under Bazel, the golden_test macro sets MODELGATE_MODEL, MODELGATE_WEIGHTS (the exported
+safetensors) and MODELGATE_GOLDEN_DIR. Without them, e.g. on a CUDA machine without Bazel
+(`python3 -m pytest -m gpu tools/golden_test.py` from the repository root), it covers every model
+with golden data and trains each one in-process exactly as the export does (deterministic, on
+the CPU) before comparing. The `gpu` tests run in the `_gpu` variant.
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from modelgate import golden
-from modelgate.export import load_weights
+from modelgate.export import load_weights, make_deterministic, state_tensors
 from modelgate.spec import load_spec
 
 MODEL = os.environ.get("MODELGATE_MODEL", "")
 WEIGHTS = os.environ.get("MODELGATE_WEIGHTS", "")
-GOLDEN_DIR = os.environ.get("MODELGATE_GOLDEN_DIR", f"golden/{MODEL}")
+MODELS = [MODEL] if MODEL else sorted(p.parent.name for p in Path("golden").glob("*/golden.json"))
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model_name(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def spec():
-    if not MODEL:
-        pytest.fail("MODELGATE_MODEL is not set; declare this test with golden_test() in a BUILD file")
-    return load_spec(MODEL)
+def spec(model_name):
+    return load_spec(model_name)
 
 
 @pytest.fixture(scope="module")
-def data(spec):
+def data(spec, model_name):
+    directory = os.environ.get("MODELGATE_GOLDEN_DIR") if MODEL else None
     try:
-        return golden.load(GOLDEN_DIR, MODEL, [t.name for t in spec.inputs], spec.outputs)
+        return golden.load(directory or f"golden/{model_name}", model_name, [t.name for t in spec.inputs], spec.outputs)
     except golden.GoldenError as e:
         pytest.fail(str(e), pytrace=False)
 
 
-def _check(spec, data, device: str, dtype: str = "float32"):
-    model = load_weights(spec, WEIGHTS, device)
+@pytest.fixture(scope="module")
+def weights(spec, tmp_path_factory):
+    if WEIGHTS:
+        return WEIGHTS
+    make_deterministic(int(spec.config.get("seed", 0)))
+    model = spec.new_model()
+    spec.train(model, spec.config)
+    path = tmp_path_factory.mktemp(spec.name) / "weights.safetensors"
+    save_file(state_tensors(model.eval()), str(path))
+    return str(path)
+
+
+def _check(spec, data, weights, device: str, dtype: str = "float32"):
+    model = load_weights(spec, weights, device)
     inputs = {k: v.to(device) for k, v in data.inputs.items()}
     with torch.no_grad():
         if dtype == "float32":
@@ -44,12 +65,12 @@ def _check(spec, data, device: str, dtype: str = "float32"):
                 outputs = spec.forward(model, inputs)
     reports = golden.compare(data, {k: v.float() for k, v in outputs.items()}, dtype)
     if not all(r.passed for r in reports):
-        pytest.fail(golden.failure_text(MODEL, GOLDEN_DIR, reports), pytrace=False)
+        pytest.fail(golden.failure_text(spec.name, data.directory, reports), pytrace=False)
 
 
-def test_golden_cpu(spec, data):
+def test_golden_cpu(spec, data, weights):
     torch.set_num_threads(1)
-    _check(spec, data, "cpu")
+    _check(spec, data, weights, "cpu")
 
 
 @pytest.fixture
@@ -61,12 +82,18 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@pytest.fixture
+def cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+
+
 @pytest.mark.gpu
-def test_golden_cuda_float32(spec, data, no_tf32):
-    _check(spec, data, "cuda")
+def test_golden_cuda_float32(spec, data, weights, cuda, no_tf32):
+    _check(spec, data, weights, "cuda")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_golden_cuda_autocast(spec, data, no_tf32, dtype):
-    _check(spec, data, "cuda", dtype)
+def test_golden_cuda_autocast(spec, data, weights, cuda, no_tf32, dtype):
+    _check(spec, data, weights, "cuda", dtype)
