@@ -142,16 +142,24 @@ def profile_summary(path: Path) -> dict:
             kinds[kind][1] += seconds
         elif cat == "critical path component":
             critical.append((name, seconds))
-        elif cat == "general information" and name in ("subprocess.run", "sandbox.createFileSystem", "sandbox.delete"):
-            spawn[name] += seconds
+        elif cat == "general information" and name in (
+            "subprocess.run", "sandbox.createFileSystem", "sandbox.delete", "MerkleTree.build(ActionInput)",
+            "AbstractSpawnStrategy.getInputMapping",
+        ):  # fmt: skip
+            spawn[name.split("(")[0]] += seconds
+        elif cat in ("remote output download", "remote action cache check"):
+            spawn[cat] += seconds
         elif cat == "general information" and name == "runAnalysisPhase":
             analysis += seconds
         elif cat == "Starlark repository function call" and name.startswith("//external:"):
             repository.append((name, seconds))
         elif cat == "Starlark repository function call" and name.startswith("local: "):
             repository.append((repository_command(name), seconds))
+    markers = {e["name"]: (e["ts"] - begin) / 1e6 for e in events if e.get("ph") == "i" and "name" in e}
     return {
         "wall_s": (end - begin) / 1e6,
+        # Phase boundaries, seconds from the start: start-up, loading and analysis, execution.
+        "phases": {k: markers[k] for k in ("Load and analyze dependencies", "Build artifacts", "Complete build") if k in markers},
         "analysis_s": analysis,
         "critical_path": critical,
         "action_kinds": {k: {"count": n, "seconds": s} for k, (n, s) in sorted(kinds.items(), key=lambda kv: -kv[1][1])},
@@ -350,6 +358,7 @@ class Row:
     target: str = "—"
     verdict: str = "—"
     seconds: float = 0.0  # the row's largest absolute time, to find the slowest row
+    name: str = ""  # a short name for the prose
     notes: list[str] = field(default_factory=list)
 
 
@@ -574,12 +583,13 @@ class Bench:
                 f"{fmt_s(all_models.wall_s)}; executed {ea[0]} of {ea[1]} tests",
                 f"`bazel test //models/{model}/...` after the same kind of edit: {fmt_s(one_model.wall_s)}; executed {eo[0]} of {eo[1]}",
                 f"{ratio:.2f}×", TARGETS["affected"], verdict(ratio <= 1.3), all_models.wall_s,
+                name="affected-only `bazel test //models/...`",
             ))  # fmt: skip
             p = d["pytest"]
             self.rows.append(Row(
                 "1b", "… the same affected-only run beside `pytest models/` (all models' model tests, one venv process)",
                 fmt_s(all_models.wall_s), f"{fmt_s(p.wall_s)} ({p.log.strip().splitlines()[-1].strip('= ')})",
-                f"{all_models.wall_s / p.wall_s:.1f}×", "—", "info", all_models.wall_s,
+                f"{all_models.wall_s / p.wall_s:.1f}×", "—", "info", all_models.wall_s, name="affected-only run beside pytest",
             ))  # fmt: skip
         if "cache" in only:
             warm, cold, fetch = d["warm_b"], d["cold_b"], d["fetch_b"]
@@ -597,6 +607,7 @@ class Bench:
                 f"{fmt_s(warm.wall_s)}; {cached}/{len(tests)} tests cached ({share:.0%}), {hits} remote cache hits, {ran_here} actions run",
                 f"same clone, cold, no cache: {fmt_s(cold.wall_s)}",
                 f"{ratio:.3f}×", TARGETS["cache"], verdict(all_hit and ratio <= 0.10), cold.wall_s,
+                name="cold run of the shared-cache row",
             ))  # fmt: skip
             ratio_f = (fetch.wall_s + warm.wall_s) / (fetch.wall_s + cold.wall_s)
             self.rows.append(Row(
@@ -604,10 +615,11 @@ class Bench:
                 f"{fmt_s(fetch.wall_s + warm.wall_s)} ({fmt_s(fetch.wall_s)} fetch + {fmt_s(warm.wall_s)})",
                 f"{fmt_s(fetch.wall_s + cold.wall_s)} ({fmt_s(fetch.wall_s)} fetch + {fmt_s(cold.wall_s)})",
                 f"{ratio_f:.2f}×", TARGETS["cache"], verdict(all_hit and ratio_f <= 0.10), fetch.wall_s + cold.wall_s,
+                name="a fresh clone's cold `bazel fetch` + `bazel test //models/...`",
             ))  # fmt: skip
             warm_profile = self.work / "profile-warm.json"
             if warm_profile.exists():
-                self.detail("2w", f"- Row 2, the warm run (`--profile`): {profile_line(profile_summary(warm_profile))}.")
+                self.detail("2w", self.warm_detail(profile_summary(warm_profile), warm, cold.wall_s))
             if d.get("cold_a"):
                 self.detail("2a",
                     f"- Row 2: clone A's cold run, which also uploaded every result to the cache "
@@ -623,18 +635,19 @@ class Bench:
                 f"{fmt_s(cold.wall_s)}: {len(tests)} tests + {len(tests) // 2} exports + {len(tests) // 2} gates",
                 f"`pytest models/` in one venv: {fmt_s(p.wall_s)} (model tests only)",
                 f"{ratio:.1f}×", TARGETS["overhead"], verdict(ratio <= 1.5), cold.wall_s,
+                name="cold `bazel test //models/...`",
             ))  # fmt: skip
             self.rows.append(Row(
                 "3b", "… beside the same export, gate, golden-test and model-test processes without Bazel (venv, 2 at a time)",
                 fmt_s(cold.wall_s), f"{fmt_s(plain['wall_s'])} ({len(plain['steps'])} processes)",
-                f"{cold.wall_s / plain['wall_s']:.2f}×", "—", "info", cold.wall_s,
+                f"{cold.wall_s / plain['wall_s']:.2f}×", "—", "info", cold.wall_s, name="cold `bazel test //models/...`",
             ))  # fmt: skip
             if d.get("whatif"):
                 w = d["whatif"]
                 self.rows.append(Row(
                     "3c", "… cold `bazel test //models/...` with " + ", ".join(f"`{f}`" for f in self.whatif_flags) + " (what-if; not in .bazelrc)",
                     fmt_s(w.wall_s), f"cold with .bazelrc as is: {fmt_s(cold.wall_s)}",
-                    f"{w.wall_s / cold.wall_s:.2f}×", "—", "what-if", w.wall_s,
+                    f"{w.wall_s / cold.wall_s:.2f}×", "—", "what-if", w.wall_s, name="cold run with faster sandboxes",
                 ))  # fmt: skip
         if "promote" in only:
             self.registry_rows(d["registry"])
@@ -648,12 +661,35 @@ class Bench:
                 f"failed {s['failed']} of {s['requests']}; p99 during the swap {during.get('p99_ms', float('nan')):.1f} ms",
                 f"p99 before the promote: {before.get('p99_ms', float('nan')):.1f} ms",
                 f"p99 {ratio:.2f}×", TARGETS["swap"], verdict(s["failed"] == 0), s["rollout_s"] + (s.get("promote_s") or 0),
+                name="serving swap",
             ))  # fmt: skip
             self.detail("5",
                 f"- Row 5: promote itself took {fmt_s(s.get('promote_s') or 0)} (a separate process); the server's rollout "
                 f"steps: {s.get('rollout_steps')}; p99 after the swap {(s.get('after') or {}).get('p99_ms', float('nan')):.1f} ms. "
                 "Client and server share the machine's CPUs."
             )  # fmt: skip
+
+    def warm_detail(self, prof: dict, warm: Run, cold_s: float) -> str:
+        """Where a fully cached run's seconds go: none of them in running tests."""
+        phases, spawn, kinds = prof.get("phases", {}), prof.get("spawn", {}), prof.get("action_kinds", {})
+        analysis_start = phases.get("Load and analyze dependencies", 0.0)
+        build = phases.get("Build artifacts", analysis_start)
+        done = phases.get("Complete build", prof.get("wall_s", 0.0))
+        configured = re.search(r"(\d+) targets configured", warm.log)
+        manifests = kinds.get("Creating source manifest", {"count": 0, "seconds": 0.0})
+        keys = spawn.get("AbstractSpawnStrategy.getInputMapping", 0.0) + spawn.get("MerkleTree.build", 0.0)
+        return (
+            f"- Row 2, where the warm run's {fmt_s(warm.wall_s)} go (`--profile`; nothing ran): start-up "
+            f"{analysis_start:.1f} s; loading and analysis {build - analysis_start:.1f} s"
+            + (f" ({int(configured.group(1)):,} configured targets)" if configured else "")
+            + f"; execution {done - build:.1f} s, in which the action threads spent {manifests['seconds']:.1f} s writing "
+            f"{manifests['count']} runfiles manifests, {keys:.1f} s mapping each action's inputs and building its Merkle "
+            f"tree to compute the remote cache key, {spawn.get('remote action cache check', 0.0):.1f} s asking the cache "
+            f"and {spawn.get('remote output download', 0.0):.1f} s downloading. Each of those scales with the ~24k input "
+            "files per test or tool, so a cached test costs what its inputs cost to list: fewer, larger inputs (site-"
+            "packages as a few archives) would cut it, as would Bazel 5+'s `--experimental_remote_merkle_tree_cache` "
+            f"(not in 4.2.3). Against a cold run of {fmt_s(cold_s)}, these fixed seconds decide the ratio."
+        )
 
     def registry_rows(self, r: dict) -> None:
         size, b = r["size_bytes"], r["best"]
@@ -666,6 +702,7 @@ class Bench:
                 row_id, what, f"{fmt_s(b[mine])} ({mib_s(size, b[mine])})",
                 f"{raw_label}: {fmt_s(b[raw])} ({mib_s(size, b[raw])}){extra}",
                 f"{ratio:.2f}× raw throughput", TARGETS["transfer"], verdict(ratio >= 0.9), b[mine],
+                name=what.split(" (")[0],
             ))  # fmt: skip
 
         transfer("4a", f"Promote {gib} to fake-gcs-server (verify, sign, upload blobs, manifest, tag; {reps})",
@@ -678,7 +715,7 @@ class Bench:
             self.rows.append(Row(
                 row_id, f"Re-promote of the unchanged build ({where})", f"{fmt_s(b[key])}, {uploaded} bytes uploaded",
                 f"first promote: {fmt_s(first)}", f"{b[key] / first:.3f}×", TARGETS["repromote"],
-                verdict(uploaded == 0 and b[key] < 2.0), b[key],
+                verdict(uploaded == 0 and b[key] < 2.0), b[key], name=f"re-promote ({where})",
             ))  # fmt: skip
         transfer("4e", f"Fetch {gib} with verification (signature, sha256 and size of every file) from fake-gcs-server",
                  "fetch", "raw_download", "`blob.download_to_filename`")  # fmt: skip
@@ -689,7 +726,7 @@ class Bench:
             self.rows.append(Row(
                 "4g", f"Peer: `dvc push` of the same weights to the same fake-gcs-server (dvc {r['dvc']['version']}, dvc-gs)",
                 f"{fmt_s(dvc)} ({mib_s(size, dvc)})", f"raw upload {fmt_s(b['raw_upload'])}; modelgate promote {fmt_s(b['promote'])}",
-                f"{b['raw_upload'] / dvc:.2f}× raw throughput", "—", "peer", dvc,
+                f"{b['raw_upload'] / dvc:.2f}× raw throughput", "—", "peer", dvc, name="dvc push",
             ))  # fmt: skip
         else:
             self.left_out.append(f"`dvc push` (row 4g): {self.data.get('dvc_setup')}")
@@ -710,7 +747,7 @@ class Bench:
         d = self.data
         parts = []
         slow = self.slowest()
-        parts.append(f"The slowest row is **{slow.id}** ({slow.what.split(':')[0]}, {fmt_s(slow.seconds)}).")
+        parts.append(f"The slowest row is **{slow.id}** ({slow.name or slow.what}, {fmt_s(slow.seconds)}).")
         cold_profile = self.work / "profile-cold.json"
         if d.get("cold_b") and cold_profile.exists():
             parts.append(self.bazel_paragraph(profile_summary(cold_profile), d))
@@ -851,7 +888,7 @@ class Bench:
             "## Reproduce",
             "",
             "```sh",
-            "tools/bench/run                      # everything, ~20 minutes; writes BENCHMARKS.md",
+            "tools/bench/run                      # everything, 10-20 minutes; writes BENCHMARKS.md",
             "tools/bench/run --only=promote,swap  # a subset: prints the table, writes nothing unless --out=FILE",
             "```",
             "",
