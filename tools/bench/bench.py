@@ -41,12 +41,13 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2]
 ROWS = ("affected", "cache", "overhead", "promote", "swap")
 BAZEL_FLAGS = ["--disk_cache=", "--noshow_progress", "--color=no", "--curses=no"]
-# Settings that the profile of the cold run points at (see BENCHMARKS.md): sandboxes on tmpfs,
-# sandbox trees deleted in the background, no runfiles symlink forests in the output tree.
-WHATIF_FLAGS = [
-    "--sandbox_base=/dev/shm",
-    "--experimental_sandbox_async_tree_delete_idle_threads=auto",
-    "--nobuild_runfile_links",
+# Sandbox and runfiles settings, each as (the faster setting, Bazel's default). Row 3c runs the cold
+# test once more with the other side of whichever .bazelrc sets: the faster settings where it lacks
+# them (what they would buy), Bazel's defaults where it has them all (what they buy).
+SANDBOX_SETTINGS = [
+    ("--sandbox_base=/dev/shm", "--sandbox_base="),
+    ("--experimental_sandbox_async_tree_delete_idle_threads=auto", "--experimental_sandbox_async_tree_delete_idle_threads=0"),
+    ("--nobuild_runfile_links", "--build_runfile_links"),
 ]
 DVC_PINS = ["dvc==3.67.1", "dvc-gs==3.1.0"]
 SWAP_ARGS = ["--rate=200", "--duration=20", "--swap-at=8"]
@@ -259,10 +260,13 @@ class Clone:
             self.used_bazel = False
 
 
-def whatif_flags(clone: Path) -> list[str]:
-    """WHATIF_FLAGS that the clone's .bazelrc does not already set for every build."""
+def variant_flags(clone: Path) -> tuple[list[str], bool]:
+    """Row 3c's flags and whether they are the faster settings (True) or Bazel's defaults (False)."""
     rc = (clone / ".bazelrc").read_text()
-    return [f for f in WHATIF_FLAGS if not re.search(rf"^build {re.escape(f)}\s*$", rc, re.MULTILINE)]
+    missing = [fast for fast, _ in SANDBOX_SETTINGS if not re.search(rf"^build {re.escape(fast)}\s*$", rc, re.MULTILINE)]
+    if missing:
+        return missing, True
+    return [default for _, default in SANDBOX_SETTINGS], False
 
 
 def bazel_test_flags(profile: Path | None = None, extra: list[str] = ()) -> list[str]:
@@ -402,7 +406,7 @@ class Bench:
         self.clones: list[Clone] = []
         self.cache_dir = self.work / "http-cache"
         self.cache_url = None
-        self.whatif_flags: list[str] = []
+        self.variant: tuple[list[str], bool] = ([], True)
 
     def detail(self, row: str, text: str) -> None:
         """A line under "Details", sorted by row."""
@@ -479,12 +483,12 @@ class Bench:
             cold_b = b.bazel("b-cold", *bazel_test_flags(self.work / "profile-cold.json"), "//models/...")
             log(f"  {cold_b.wall_s:.1f} s, {parse_processes(cold_b.log)}")
             self.data["runfiles"] = runfiles_symlinks(b.path)
-            self.whatif_flags = whatif_flags(b.path)
-            if "overhead" in only and not self.args.no_whatif and self.whatif_flags:
+            self.variant = variant_flags(b.path)
+            if "overhead" in only and not self.args.no_whatif:
                 b.bazel("b-clean2", "clean")
-                log(f"clone B: bazel clean; cold again with {' '.join(self.whatif_flags)} (profiled)")
+                log(f"clone B: bazel clean; cold again with {' '.join(self.variant[0])} (profiled)")
                 whatif = b.bazel(
-                    "b-whatif", *bazel_test_flags(self.work / "profile-whatif.json", self.whatif_flags), "//models/..."
+                    "b-whatif", *bazel_test_flags(self.work / "profile-whatif.json", self.variant[0]), "//models/..."
                 )
                 log(f"  {whatif.wall_s:.1f} s")
             b.close()
@@ -644,10 +648,13 @@ class Bench:
             ))  # fmt: skip
             if d.get("whatif"):
                 w = d["whatif"]
+                flags, faster = self.variant
+                label = ", ".join(f"`{f}`" for f in flags)
                 self.rows.append(Row(
-                    "3c", "… cold `bazel test //models/...` with " + ", ".join(f"`{f}`" for f in self.whatif_flags) + " (what-if; not in .bazelrc)",
-                    fmt_s(w.wall_s), f"cold with .bazelrc as is: {fmt_s(cold.wall_s)}",
-                    f"{w.wall_s / cold.wall_s:.2f}×", "—", "what-if", w.wall_s, name="cold run with faster sandboxes",
+                    "3c", f"… cold `bazel test //models/...` with {label} added "
+                    + ("(what-if: settings `.bazelrc` lacks)" if faster else "(Bazel's defaults for the sandbox and runfiles settings `.bazelrc` sets)"),
+                    fmt_s(w.wall_s), f"cold with `.bazelrc` as is: {fmt_s(cold.wall_s)}",
+                    f"{w.wall_s / cold.wall_s:.2f}×", "—", "what-if", w.wall_s, name="cold run, sandbox settings flipped",
                 ))  # fmt: skip
         if "promote" in only:
             self.registry_rows(d["registry"])
@@ -741,7 +748,8 @@ class Bench:
     # ---- the report
 
     def slowest(self) -> Row:
-        return max(self.rows, key=lambda r: r.seconds)
+        """The slowest measurement of modelgate itself (what-if and peer rows are comparisons)."""
+        return max((r for r in self.rows if r.verdict not in ("what-if", "peer")), key=lambda r: r.seconds)
 
     def where_the_time_goes(self) -> str:
         d = self.data
@@ -799,57 +807,79 @@ class Bench:
                 )
         if d.get("whatif"):
             w = d["whatif"]
+            flags, faster = self.variant
             wprof_path = self.work / "profile-whatif.json"
             wprof = profile_summary(wprof_path) if wprof_path.exists() else {}
             wspawn = wprof.get("spawn", {})
             wcreate, wdelete = wspawn.get("sandbox.createFileSystem", 0.0), wspawn.get("sandbox.delete", 0.0)
-            text += (
-                "**What makes it faster, measured in this run (row 3c):** "
-                + " and ".join(f"`{f}`" for f in self.whatif_flags)
-                + f" took the same cold run from {fmt_s(d['cold_b'].wall_s)} to {fmt_s(w.wall_s)} "
-                f"({w.wall_s / d['cold_b'].wall_s:.2f}×): sandbox set-up {create:.0f} s → {wcreate:.0f} s on tmpfs, and "
-                f"deletion {delete:.0f} s → {wdelete:.0f} s on the action threads (it moves to idle threads). Neither "
-                "flag is part of any action's key, so cache hits are unaffected; tmpfs holds only the symlinks and each "
-                "action's outputs until they are moved out. Adding both to `.bazelrc` is the first fix. Beyond that: "
-                "fewer input files per sandbox (site-packages as a few archives or directory-level inputs, which must "
-                "keep cache hits across clones), and one pytest process per model instead of one per test target "
-                "(each pays the torch import). The floor is the work itself: the same processes without Bazel (row 3b). "
-                "`pytest models/` (row 3) is not that floor: it does a fraction of the work (no export, gate or golden "
-                "test), which is why row 3 misses by far more than Bazel's overhead."
-            )
+            wtrees = wprof.get("action_kinds", {}).get("Creating runfiles tree", {"seconds": 0.0})["seconds"]
+            label = " and ".join(f"`{f}`" for f in flags)
+            pairs = [
+                ("sandbox set-up", create, wcreate),
+                ("sandbox deletion on the action threads", delete, wdelete),
+                ("runfiles trees", runfiles["seconds"], wtrees),
+            ]
+            moved = ", ".join(f"{what} {a:.0f} s → {b:.0f} s" for what, a, b in pairs if max(a, b) >= 1)
+            if faster:
+                text += (
+                    f"**What makes it faster, measured in this run (row 3c):** {label} took the same cold run from "
+                    f"{fmt_s(d['cold_b'].wall_s)} to {fmt_s(w.wall_s)} ({w.wall_s / d['cold_b'].wall_s:.2f}×): {moved}. "
+                    "None of them is part of an action's key, so cache hits are unaffected. Adding them to `.bazelrc` "
+                    "is the first fix. "
+                )
+            else:
+                text += (
+                    f"**What `.bazelrc`'s sandbox settings buy, measured in this run (row 3c):** with Bazel's defaults "
+                    f"({label}) the same cold run took {fmt_s(w.wall_s)}, {w.wall_s / d['cold_b'].wall_s:.1f}× as long "
+                    f"({moved} with the defaults). "
+                )
+        text += (
+            "**What would make it faster next:** fewer input files per sandbox (site-packages as a few archives or "
+            "directory-level inputs, which must keep cache hits across clones), and one pytest process per model instead "
+            "of one per test target (each pays the torch import). The floor is the work itself: the same processes "
+            "without Bazel (row 3b). `pytest models/` (row 3) is not that floor: it does a fraction of the work (no "
+            "export, gate or golden test), which is why row 3 misses by far more than Bazel's overhead. For the fetch: "
+            "keep the installed, byte-compiled site-packages once per machine, keyed by the lock's hash, and hard-link "
+            "it into each output base, so a fresh clone fetches in seconds."
+        )
         return text
 
     def promote_paragraph(self, r: dict) -> str:
-        prof = r["profile"].get("promote_gcs") or []
         secs = r.get("profile_seconds", {})
-        top = "; ".join(f"`{p['function']}` {p['own_s']:.1f} s" for p in prof[:4])
         b = r["best"]
-        local = r["profile"].get("promote_local") or []
-        local_top = "; ".join(f"`{p['function']}` {p['own_s']:.2f} s" for p in local[:4])
         chunks = r.get("chunk_bytes", {})
         mine, default = chunks.get("modelgate", 0), chunks.get("client_default", 0)
         size = r["size_bytes"]
+
+        def kinds(name: str) -> str:
+            found = r["profile"].get(f"promote_{name}_kinds") or {}
+            return ", ".join(f"{kind} {sec:.2f} s" for kind, sec in found.items() if sec >= 0.01)
+
+        text = (
+            "**Profile of promote (cProfile, one extra promote per backend, not among the timings; own time by kind "
+            f"of work).** To fake-gcs-server, {fmt_s(secs.get('gcs', 0))}: {kinds('gcs')}. "
+        )
         if mine and default and mine < default:
-            why = (
-                f"Most of it is waiting for the server to answer the upload's chunk requests: modelgate uploads blobs "
-                f"resumably in {mine >> 20} MiB chunks (`UPLOAD_CHUNK` in `tools/modelgate/registry/storage.py`, "
+            text += (
+                f"Modelgate uploads in {mine >> 20} MiB chunks (`UPLOAD_CHUNK` in `tools/modelgate/registry/storage.py`, "
                 f"{-(-size // mine)} requests per blob) where `upload_from_filename` uses the client's default "
-                f"{default >> 20} MiB ({-(-size // default)}), and fake-gcs-server's cost per chunk grows with "
-                "the bytes already received. Raising `UPLOAD_CHUNK` to the client default (or larger) is the fix to try "
-                "first; against real GCS every chunk is also a round trip. "
+                f"{default >> 20} MiB ({-(-size // default)}), and fake-gcs-server's cost per chunk grows with the bytes "
+                "already received: raise `UPLOAD_CHUNK` to the client default. "
             )
         else:
-            why = "Most of it is waiting for the server's answers (the emulator's own speed). "
-        return (
-            f"**Profile of promote (cProfile, one extra promote per backend, not among the timings).** To fake-gcs-server "
-            f"({fmt_s(secs.get('gcs', 0))}), the functions with the most own time: {top}. {why}To the local registry "
-            f"({fmt_s(secs.get('local', 0))}, beside a {fmt_s(b['copy'])} `copyfile`): {local_top}. Promote reads the file "
-            "twice (sha256 check in `verify_files`, then the copy through Python in 1 MiB chunks) and fsyncs, where "
-            "`copyfile` uses `sendfile` in the kernel and does not sync: hashing during the copy (one pass) and "
-            "`os.copy_file_range`/a hard link for a local registry on the same filesystem would close most of the gap; "
-            "the fsync is the price of a registry that survives a crash. The same holds for verified fetch (sha256 + "
-            "fsync against a bare copy)."
+            text += (
+                f"Uploads use the client's {default >> 20} MiB chunks, like `upload_from_filename`; what is left beyond "
+                "the wait on the server is the sha256 check of every file before upload (`verify_files`) and signing. "
+            )
+        text += (
+            f"To the local registry, {fmt_s(secs.get('local', 0))} beside a {fmt_s(b['copy'])} `copyfile` "
+            f"({fmt_s(b['copy_fsync'])} with fsync): {kinds('local')}. Promote first hashes every file to check it "
+            "against the manifest, then copies it and fsyncs it; `copyfile` does neither check nor fsync. Hashing "
+            "while copying (one pass, the digest compared before the blob is linked into place) would remove the "
+            "separate read, and the fsync is the price of a registry that survives a crash. Verified fetch pays the "
+            f"same: a sha256 pass over the bytes ({fmt_s(r['sha256_seconds'])} for these {size / (1 << 30):.2f} GiB) and an fsync."
         )
+        return text
 
     def report(self) -> str:
         d, m = self.data, self.data["machine"]
@@ -925,7 +955,7 @@ def main() -> int:
     p.add_argument("--work", type=Path, help="working directory (default: a new one under /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the working directory (clones, logs, profiles)")
     p.add_argument("--no-dvc", action="store_true", help="leave out the dvc push peer")
-    p.add_argument("--no-whatif", action="store_true", help="leave out row 3c (a third cold Bazel run)")
+    p.add_argument("--no-whatif", action="store_true", help="leave out row 3c (a third cold Bazel run, sandbox settings flipped)")
     args = p.parse_args()
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     unknown = only - set(ROWS)

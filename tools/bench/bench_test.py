@@ -114,3 +114,14 @@ def test_the_table_has_one_line_per_row_with_every_column():
     assert len(table) == 3
     assert table[2] == "| 1 | what | 2.0 s | 1.0 s | 2.00× | ≤ 1.3× | **MISSED** |"
     assert bench.verdict(True) == "met"
+
+
+def test_row_3c_flips_whichever_side_bazelrc_is_on(tmp_path):
+    fast = [f for f, _ in bench.SANDBOX_SETTINGS]
+    defaults = [d for _, d in bench.SANDBOX_SETTINGS]
+    (tmp_path / ".bazelrc").write_text("build --nolegacy_external_runfiles\n")
+    assert bench.variant_flags(tmp_path) == (fast, True)
+    (tmp_path / ".bazelrc").write_text(f"build {fast[2]}\n# build {fast[0]}\n")
+    assert bench.variant_flags(tmp_path) == (fast[:2], True)
+    (tmp_path / ".bazelrc").write_text("".join(f"build {f}\n" for f in fast))
+    assert bench.variant_flags(tmp_path) == (defaults, False)

@@ -191,6 +191,7 @@ class Transfers:
         if profiler:
             profiler.disable()
             self.profiles[key] = top_functions(profiler)
+            self.profiles[f"{key}_kinds"] = breakdown(profiler)
         if bundle is None:
             self.samples[key].append(time.perf_counter() - start)
             self.uploaded[key].append(result.bytes_uploaded)
@@ -333,7 +334,30 @@ def hash_seconds(path: Path) -> float:
     return time.perf_counter() - start
 
 
-def top_functions(profiler: cProfile.Profile, n: int = 8) -> list[dict]:
+# Where a profiled promote's own time goes, by kind of work (builtins named as top_functions names them).
+KINDS = {
+    "_hashlib.HASH.update": "sha256",
+    "_io.BufferedReader.read": "reading files",
+    "_io.FileIO.readinto": "reading files",
+    "posix.sendfile": "copying (kernel)",
+    "posix.copy_file_range": "copying (kernel)",
+    "_io.BufferedWriter.write": "writing files",
+    "posix.fsync": "fsync",
+    "_socket.socket.recv_into": "waiting on the server",
+    "_socket.socket.sendall": "sending",
+}
+
+
+def breakdown(profiler: cProfile.Profile) -> dict[str, float]:
+    """Own time summed by kind of work, over every function of one profiled promote."""
+    out: dict[str, float] = {}
+    for row in top_functions(profiler, n=None):
+        kind = KINDS.get(row["function"], "other Python")
+        out[kind] = out.get(kind, 0.0) + row["own_s"]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def top_functions(profiler: cProfile.Profile, n: int | None = 8) -> list[dict]:
     """The functions with the most own time (tottime) in one profiled promote."""
     stats = pstats.Stats(profiler)
     rows = []
@@ -345,7 +369,7 @@ def top_functions(profiler: cProfile.Profile, n: int = 8) -> list[dict]:
             function = f"{'/'.join(Path(filename).parts[-2:])}:{line}({name})"
         rows.append({"function": function, "calls": ncalls, "own_s": tottime, "cumulative_s": cumtime})
     rows.sort(key=lambda r: -r["own_s"])
-    return rows[:n]
+    return rows if n is None else rows[:n]
 
 
 def dvc_push(dvc: str, weights: Path, work: Path, client, reps: int) -> dict:
