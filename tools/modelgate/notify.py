@@ -67,8 +67,8 @@ def verify(
     return hmac.compare_digest(signature(secret, timestamp, body), signature_value)
 
 
-def make_event(model: str, tag: str, build_hash: str, previous: str | None, registry: str) -> dict:
-    return {
+def make_event(model: str, tag: str, build_hash: str, previous: str | None, registry: str, seq: int | None = None) -> dict:
+    event = {
         "model": model,
         "tag": tag,
         "build_hash": build_hash,
@@ -77,6 +77,9 @@ def make_event(model: str, tag: str, build_hash: str, previous: str | None, regi
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "nonce": uuid.uuid4().hex,
     }
+    if seq is not None:
+        event["seq"] = seq  # the history event: the service can tell a stale registry view
+    return event
 
 
 def encode(event: dict) -> bytes:

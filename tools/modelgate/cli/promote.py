@@ -11,6 +11,7 @@ import sys
 
 from modelgate.cli import Parser, add_registry_flag, human_bytes, open_registry, release_path, run, short, user_path, warner
 from modelgate.registry import api, signing, tags
+from modelgate.registry.errors import EXIT_COMMITTED_TAG_PENDING
 from modelgate.registry.uri import workspace_dir
 
 PROG = "promote"
@@ -35,6 +36,8 @@ def _summary(r: api.PromoteResult) -> str:
     uploaded = f"uploaded {human_bytes(r.bytes_uploaded)} in {r.files_uploaded} file(s)"
     if r.status == "unchanged":
         return f"{r.model}: {r.tag} already names {short(r.build_hash)}; nothing to move ({uploaded})"
+    if r.status == "committed":
+        return f"{r.model} {short(r.build_hash)} to {r.tag}: {api.COMMITTED_MESSAGE} (seq {r.seq}; the pointer write failed: {r.pending})"
     verb = "would promote" if r.status == "dry-run" else "promoted"
     if r.status == "dry-run":
         uploaded = f"would upload {human_bytes(r.bytes_uploaded)} in {r.files_uploaded} file(s)"
@@ -86,7 +89,10 @@ def _main(argv: list[str]) -> int:
     else:
         for r in results:
             print(_summary(r))
-    return 0
+    pending = [r for r in results if r.status == "committed"]
+    for r in pending:
+        warn(f"{r.model}: {api.COMMITTED_MESSAGE}")
+    return EXIT_COMMITTED_TAG_PENDING if pending else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
     registry ls [--json]
     registry show MODEL [--json]
     registry history MODEL [--json]
-    registry rollback MODEL --tag=TAG [--reason=TEXT] [--notify=URL ...] [--json]
+    registry rollback MODEL --tag=TAG [--reason=TEXT] [--notify=URL ...] [--signing-key=PEM] [--json]
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import argparse
 import json
 import sys
 
-from modelgate.cli import Parser, add_registry_flag, open_registry, run, short, warner
-from modelgate.registry import api
+from modelgate.cli import Parser, add_registry_flag, open_registry, run, short, user_path, warner
+from modelgate.registry import api, signing
+from modelgate.registry.errors import EXIT_COMMITTED_TAG_PENDING
 from modelgate.registry.uri import workspace_dir
 
 PROG = "registry"
@@ -35,6 +36,7 @@ def build_parser() -> Parser:
     rollback.add_argument("--tag", required=True)
     rollback.add_argument("--reason", metavar="TEXT", help="why; recorded in the history")
     rollback.add_argument("--notify", action="append", default=[], metavar="URL")
+    rollback.add_argument("--signing-key", metavar="PEM", help=f"EC private key that signs the rollback event (default: ${signing.ENV_SIGNING_KEY})")
     return p
 
 
@@ -56,6 +58,8 @@ def _print_show(info: dict) -> None:
         detail = info["tagged_builds"].get(t["build_hash"], {})
         commit = f"  commit {detail['git_commit'][:12]}" if detail.get("git_commit") else ""
         pending = "  (pointer update pending; the next promote completes it)" if t["pending"] else ""
+        if t.get("problem"):
+            pending += f"  (PROBLEM: {t['problem']})"
         print(f"  {tag:<14} {short(t['build_hash'])}  since {t['since']}  {_metrics(detail.get('metrics', {}))}{commit}{pending}")
 
 
@@ -64,7 +68,7 @@ def _print_history(events: list[dict]) -> None:
         was = f"was {short(e.get('previous'))}" if e.get("previous") else "first"
         forced = "  FORCED" if e.get("forced") else ""
         reason = f"  reason: {e['reason']}" if e.get("reason") else ""
-        print(f"{e['seq']:>5}  {e.get('time')}  {e.get('action'):<8} {e.get('tag'):<14} {short(e.get('build_hash'))}  ({was})  by {e.get('user')}{forced}{reason}")
+        print(f"{e['seq']:>5}  {e['time']}  {e['action']:<8} {e['tag']:<14} {short(e['build_hash'])}  ({was})  by {e.get('user')}{forced}{reason}")
 
 
 def _main(argv: list[str]) -> int:
@@ -89,19 +93,30 @@ def _main(argv: list[str]) -> int:
         else:
             _print_history(events)
     else:
+        warn = warner(PROG)
+
+        def signing_key() -> str:
+            return signing.signing_key_setting(
+                user_path(args.signing_key), allow_dev_key=uri.is_default, workspace=workspace_dir(), warn=warn
+            )
+
         result = api.rollback(
             registry,
             args.model,
             args.tag,
+            signing_key=signing_key,
             reason=args.reason,
             commit=api.git_commit(workspace_dir()),
             notify_urls=tuple(args.notify),
-            warn=warner(PROG),
+            warn=warn,
         )
         if args.json:
             print(json.dumps(result.to_json(), indent=2))
         else:
             print(f"rolled {result.model} {result.tag} back to {short(result.build_hash)} (was {short(result.previous)})")
+        if result.status == "committed":
+            warn(f"{result.model}: {api.COMMITTED_MESSAGE} (the pointer write failed: {result.pending})")
+            return EXIT_COMMITTED_TAG_PENDING
     return 0
 
 

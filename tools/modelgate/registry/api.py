@@ -9,9 +9,8 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
-import shutil
+import re
 import subprocess
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -21,9 +20,10 @@ from typing import Callable
 from modelgate import notify
 
 from . import bundle as bundles
-from . import gates, signing, tags
-from .errors import BundleError, GateError, ModelgateError, StorageError, UsageError, VerificationError
+from . import gates, leftovers, records, signing, tags
+from .errors import BundleError, GateError, ModelgateError, RegistryContentError, StorageError, UsageError, VerificationError
 from .registry import BUILD_SCHEMA, EVENT_SCHEMA, Registry, TagState, backoff
+from .storage import LocalStorage
 
 Warn = Callable[[str], None]
 # progress(description, total_bytes) -> an object with update(n) and close(), e.g. a tqdm bar.
@@ -66,16 +66,23 @@ class PromoteResult:
     previous: str | None
     bytes_uploaded: int
     files_uploaded: int
-    status: str  # "promoted", "unchanged" (the tag already named this build) or "dry-run"
+    # "promoted", "unchanged" (the tag already named this build), "dry-run", "rolled-back", or
+    # "committed": the history event is written but moving the tag pointer failed (`pending` says
+    # why); fetch and serve already resolve the tag to this build, the next promote moves the pointer.
+    status: str
     seq: int | None = None  # the history event, when one was written
     first: bool = False  # no baseline: the first build this tag names
     forced: bool = False
     reason: str | None = None
     checks: list[dict] = field(default_factory=list)
     notified: int = 0
+    pending: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+COMMITTED_MESSAGE = "committed; tag will be settled by the next promote"
 
 
 @dataclass
@@ -115,7 +122,7 @@ def _decide(
         )
     if state.build_hash is None:
         return _Decision(False, [], kind.movable, False)  # a channel's first build has no baseline
-    baseline = registry.read_build(b.model, state.build_hash)
+    baseline = registry.read_checked_build(b.model, state.build_hash)
     if baseline is None:
         if force:
             return _Decision(False, [], False, True)
@@ -145,7 +152,7 @@ def _store_build(registry: Registry, b: bundles.Bundle, signed: dict | None) -> 
     """Writes builds/<hash>.json once; a later promotion of the same build reuses the stored one."""
     if signed is not None and registry.create_build(b.model, b.build_hash, signed):
         return
-    existing = registry.read_build(b.model, b.build_hash)
+    existing = registry.read_checked_build(b.model, b.build_hash)
     if existing is None or existing.get("files") != b.manifest["files"]:
         raise BundleError(
             f"{registry.uri} already holds build {b.build_hash[:12]} of {b.model} with different files; "
@@ -210,25 +217,76 @@ def _commit(
     force: bool,
     reason: str | None,
     commit: str | None,
-) -> tuple[TagState, _Decision, dict | None]:
-    """Appends the history event that moves `tag` to this build, then moves the pointer."""
+    warn: Warn,
+) -> tuple[TagState, _Decision, dict | None, str | None]:
+    """Appends the history event that moves `tag` to this build, then moves the pointer.
+
+    Returns (state before, decision, the event written or None, why the pointer is still pending)."""
     for attempt in range(MAX_COMMIT_ATTEMPTS):
         seqs = registry.history_seqs(b.model)
         registry.settle(b.model, seqs)
-        state = registry.tag_state(b.model, tag, seqs)
+        state = _tag_state_repairing(registry, b.model, tag, seqs, warn)
         decision = _decide(registry, b, tag, kind, state, force)
         if decision.unchanged:
-            registry.materialize(b.model, tag, state.seq, state.build_hash, _now())
-            return state, decision, None
+            registry.materialize(state.event, repair=state.problem is not None)
+            return state, decision, None, None
         event = _event(
             seqs, "promote", b.model, tag, b.build_hash, state.build_hash, commit, reason,
             forced=decision.forced, checks=decision.checks,
         )  # fmt: skip
         if registry.append_event(event):
-            registry.materialize(b.model, tag, event["seq"], b.build_hash, event["time"])
-            return state, decision, event
+            return state, decision, event, _settle_committed(registry, event, state.problem is not None)
         backoff(attempt)
     raise StorageError(f"{b.model}: gave up moving {tag} after {MAX_COMMIT_ATTEMPTS} concurrent attempts")
+
+
+def _tag_state_repairing(registry: Registry, model: str, tag: str, seqs: list[int], warn: Warn) -> TagState:
+    """The tag's state from the signed history; a pointer that disagrees with it is reported and
+    rewritten by the materialize that follows (promote holds the key; fetch and serve refuse)."""
+    state = registry.tag_state(model, tag, seqs)
+    if state.problem:
+        warn(f"{state.problem}; promote rewrites it from the signed history")
+    return state
+
+
+def _settle_committed(registry: Registry, event: dict, repair: bool) -> str | None:
+    """Moves the pointer to a committed event; a failure is returned, not raised: the promotion
+    stands (it is in the history), and the next promote settles the pointer."""
+    try:
+        registry.materialize(event, repair=repair)
+    except StorageError as e:
+        return str(e)
+    return None
+
+
+def _signer(registry: Registry, signing_key: Callable[[], str] | None) -> signing.RecordSigner:
+    """Loads the signing key once (it may create the workspace's development key) and makes the
+    registry sign what it writes and verify what it reads with it."""
+    if signing_key is None:
+        raise UsageError("no signing key configured")
+    if registry.signer is None:
+        registry.use_keys(signer=signing.RecordSigner(signing_key()))
+    return registry.signer
+
+
+def _check_space(registry: Registry, selected: list[bundles.Bundle]) -> None:
+    """Refuses, before writing anything, a promote that cannot fit on a local registry's disk."""
+    free = registry.storage.free_bytes()
+    if free is None:
+        return
+    digests = {}
+    for b in selected:
+        for f in b.files:
+            if f.sha256 not in digests and not registry.has_blob(f.sha256):
+                digests[f.sha256] = f.size
+    needed = sum(digests.values()) + 1024 * 1024 * len(selected)  # blobs, plus room for manifests and history
+    if needed > free:
+        from modelgate.cli import human_bytes
+
+        raise StorageError(
+            f"{registry.uri}: not enough space: this promote writes about {human_bytes(needed)} and "
+            f"{human_bytes(free)} are free; nothing was written"
+        )
 
 
 def promote(
@@ -258,6 +316,10 @@ def promote(
         raise UsageError("--force needs --reason=TEXT (it is recorded in the history)")
     for b in selected:
         bundles.verify_files(b)
+    if not dry_run:
+        # The key is loaded before anything is written, so that a missing or unusable key writes
+        # nothing; from here the registry verifies every event and pointer it reads with it.
+        _signer(registry, signing_key)
     planned = {}
     for b in selected:
         state = registry.tag_state(b.model, tag)
@@ -283,12 +345,13 @@ def promote(
     for b in selected:
         signed[b.model] = None
         if registry.read_build(b.model, b.build_hash) is None:
-            if signing_key is None:
-                raise UsageError("no signing key configured")
             key = key or signing_key()
             doc = _build_document(b, commit)
             doc["signature"] = signing.sign(doc, key)
             signed[b.model] = doc
+    _check_space(registry, selected)
+    if isinstance(registry.storage, LocalStorage):
+        registry.storage.sweep_temporaries()
 
     endpoints = list(notify_urls) + registry.notify_endpoints()
     results = []
@@ -319,15 +382,16 @@ def _promote_one(
     """Blobs, then the manifest, then the tag: a reader can never reach a build that is not complete."""
     uploaded_bytes, uploaded_files = _upload(registry, b, progress)
     _store_build(registry, b, signed)
-    state, decision, event = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit)
+    state, decision, event, pending = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit, warn=warn)
+    status = "unchanged" if event is None else "committed" if pending else "promoted"
     result = PromoteResult(
         b.model, b.build_hash, tag, state.build_hash, uploaded_bytes, uploaded_files,
-        "unchanged" if event is None else "promoted", seq=event["seq"] if event else None,
+        status, seq=event["seq"] if event else None,
         first=decision.first, forced=decision.forced, reason=reason,
-        checks=[c.to_json() for c in decision.checks],
+        checks=[c.to_json() for c in decision.checks], pending=pending,
     )  # fmt: skip
     if event is not None:
-        message = notify.make_event(b.model, tag, b.build_hash, state.build_hash, registry.uri)
+        message = notify.make_event(b.model, tag, b.build_hash, state.build_hash, registry.uri, seq=event["seq"])
         result.notified = notify.send_all(endpoints, message, warn)
     return result
 
@@ -341,32 +405,40 @@ def rollback(
     model: str,
     tag: str,
     *,
+    signing_key: Callable[[], str] | None = None,
     reason: str | None = None,
     commit: str | None = None,
     notify_urls: tuple[str, ...] = (),
     warn: Warn = lambda message: None,
 ) -> PromoteResult:
-    """Moves a channel tag back to the build it named before its current build was promoted."""
+    """Moves a channel tag back to the build it named before its current build was promoted.
+
+    A rollback is a new history event with a higher seq, signed like a promotion: a service that
+    refuses lower seqs (rollback protection) accepts it."""
     tags.check_model_name(model)
     kind = tags.tag_kind(tag)
     if not kind.movable:
         raise GateError(f"{tag} is a version tag: version tags never move, so there is nothing to roll back")
+    _signer(registry, signing_key)
     for attempt in range(MAX_COMMIT_ATTEMPTS):
         seqs = registry.history_seqs(model)
         registry.settle(model, seqs)
-        state = registry.tag_state(model, tag, seqs)
+        state = _tag_state_repairing(registry, model, tag, seqs, warn)
         if state.build_hash is None:
             raise UsageError(_no_tag_message(registry, model, tag))
         target = _rollback_target(registry, model, tag, state.build_hash)
         if target is None:
             raise GateError(f"{model}: nothing to roll {tag} back to: {state.build_hash[:12]} is the first build it named")
-        if registry.read_build(model, target) is None:
+        if registry.read_checked_build(model, target) is None:
             raise StorageError(f"{model}: the previous build {target[:12]} has no manifest in {registry.uri}")
         event = _event(seqs, "rollback", model, tag, target, state.build_hash, commit, reason)
         if registry.append_event(event):
-            registry.materialize(model, tag, event["seq"], target, event["time"])
-            result = PromoteResult(model, target, tag, state.build_hash, 0, 0, "rolled-back", seq=event["seq"], reason=reason)
-            message = notify.make_event(model, tag, target, state.build_hash, registry.uri)
+            pending = _settle_committed(registry, event, state.problem is not None)
+            result = PromoteResult(
+                model, target, tag, state.build_hash, 0, 0, "committed" if pending else "rolled-back",
+                seq=event["seq"], reason=reason, pending=pending,
+            )  # fmt: skip
+            message = notify.make_event(model, tag, target, state.build_hash, registry.uri, seq=event["seq"])
             endpoints = list(notify_urls) + registry.notify_endpoints()
             result.notified = notify.send_all(endpoints, message, warn)
             return result
@@ -381,8 +453,8 @@ def _rollback_target(registry: Registry, model: str, tag: str, current: str) -> 
     instead of toggling between two builds.
     """
     for event in reversed(registry.events(model)):
-        if event.get("tag") == tag and event.get("action") == "promote" and event.get("build_hash") == current:
-            return event.get("previous")
+        if event["tag"] == tag and event["action"] == "promote" and event["build_hash"] == current:
+            return event["previous"]
     return None
 
 
@@ -453,19 +525,24 @@ def fetch(
 ) -> FetchResult:
     """Downloads a build into `out`, verified; on any failure nothing is left behind.
 
-    The manifest's signature is checked before any byte is downloaded; each file is hashed as it
-    streams into a temporary directory next to `out`, which is renamed into place only when every
-    file matched.
+    By tag, the tag's pointer and the whole history are verified first (signatures, schema, no
+    gaps; the pointer names the tag's newest event: Registry.tag_state). The manifest's signature
+    is checked before any byte is downloaded; each file is hashed as it streams into a temporary
+    directory, which is renamed into place only when every file matched. The temporary directory
+    is made in the deepest directory that exists already, so parents that fetch creates appear
+    with that rename, never half. Temporaries of killed fetches there are swept first.
     """
     tags.check_model_name(model)
     if (tag is None) == (build is None):
         raise UsageError("pass exactly one of --tag=TAG and --build=HASH")
+    if registry.verifier is None:
+        registry.use_keys(verifier=signing.RecordVerifier(public_key))
     if tag is not None:
         tags.tag_kind(tag)
-        pointer = registry.read_pointer(model, tag)
-        if pointer is None:
+        state = registry.tag_state(model, tag, strict=True)
+        if state.build_hash is None:
             raise UsageError(_no_tag_message(registry, model, tag))
-        build_hash = pointer.build_hash
+        build_hash = state.build_hash
     else:
         build_hash = resolve_build(registry, model, build)
     doc = registry.read_build(model, build_hash)
@@ -482,15 +559,22 @@ def fetch(
     out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"output directory {out} already exists and is not empty")
-    created_parents = _missing_parents(out.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.fetch-", dir=out.parent))
+    top = out  # the highest directory that does not exist yet (or `out` itself): renamed into place
+    while not top.parent.exists():
+        top = top.parent
+    if top.parent.exists() and not top.parent.is_dir():
+        raise UsageError(f"cannot create {out}: {top.parent} is not a directory")
+    leftovers.sweep(top.parent, _FETCH_TEMP)
+    held = leftovers.make_dir(top.parent, f".{top.name}.fetch-")
+    stage = held.path
+    temp = stage / out.relative_to(top) if top != out else stage
     total = 0
     try:
+        temp.mkdir(parents=True, exist_ok=True)
         for name, spec in sorted(doc["files"].items()):
             with open(temp / name, "wb") as f:
                 writer = _VerifyingWriter(f, name, spec["size"])
-                if not registry.read_blob_into(spec["sha256"], writer.write):
+                if not registry.read_blob_into(spec["sha256"], writer.write, spec["size"]):
                     raise VerificationError(f"{name}: blob {spec['sha256'][:12]} is missing from {registry.uri}")
                 if writer.size != spec["size"] or writer.hash.hexdigest() != spec["sha256"]:
                     raise VerificationError(
@@ -505,26 +589,23 @@ def fetch(
         (temp / "manifest.sig").write_bytes(signing.signature_file_bytes(doc))
         for path in temp.iterdir():
             path.chmod(0o644)
-        temp.chmod(0o755)
-        os.replace(temp, out)  # replaces an empty directory atomically
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        for parent in created_parents:
-            try:
-                parent.rmdir()
-            except OSError:
+        for path in [temp, *temp.parents]:
+            path.chmod(0o755)
+            if path == stage:
                 break
+        if top == out:
+            os.replace(stage, out)  # replaces an empty directory atomically
+        else:
+            os.rename(stage, top)  # fails if another process created it meanwhile
+    except BaseException:
+        leftovers.remove(stage)
         raise
+    finally:
+        held.release()
     return FetchResult(model, build_hash, tag, str(out), len(doc["files"]), total)
 
 
-def _missing_parents(path: Path) -> list[Path]:
-    """The directories fetch would create, deepest first (so that a failure can remove them)."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    return missing
+_FETCH_TEMP = re.compile(r"\..+\.fetch-\d+-[0-9a-f]{16}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,35 +619,39 @@ def list_models(registry: Registry) -> list[dict]:
         for tag in registry.list_tags(model):
             pointer = registry.read_pointer(model, tag)
             if pointer:
-                pointers[tag] = {"build_hash": pointer.build_hash, "since": pointer.doc.get("time")}
+                pointers[tag] = {"build_hash": pointer.build_hash, "since": pointer.doc["time"]}
         models.append({"model": model, "tags": pointers})
     return models
 
 
 def show(registry: Registry, model: str) -> dict:
+    """A model's tags as the history says (a pointer that disagrees with it is shown as a problem)."""
     tags.check_model_name(model)
     builds = registry.list_builds(model)
     if not builds:
         models = registry.list_models()
         raise UsageError(f"model {model!r} is not in registry {registry.uri} (models: {', '.join(models) or 'none'})")
     seqs = registry.history_seqs(model)
+    events = registry.events(model, seqs)
     shown_tags = {}
     details = {}
-    for tag in registry.list_tags(model):
+    for tag in sorted(set(registry.list_tags(model)) | {e["tag"] for e in events}):
         state = registry.tag_state(model, tag, seqs)
         shown_tags[tag] = {
             "build_hash": state.build_hash,
             "seq": state.seq,
-            "since": (state.event or {}).get("time") or (state.pointer.doc.get("time") if state.pointer else None),
+            "since": (state.event or {}).get("time"),
             "pending": state.pending,
+            "problem": state.problem,
         }
         if state.build_hash and state.build_hash not in details:
-            doc = registry.read_build(model, state.build_hash) or {}
+            doc = registry.read_checked_build(model, state.build_hash) or {}
+            info = doc.get("registry") or {}
             details[state.build_hash] = {
                 "metrics": doc.get("metrics", {}),
-                "git_commit": doc.get("registry", {}).get("git_commit"),
-                "created_at": doc.get("registry", {}).get("created_at"),
-                "files": {name: spec.get("size") for name, spec in doc.get("files", {}).items()},
+                "git_commit": info.get("git_commit"),
+                "created_at": info.get("created_at"),
+                "files": {name: spec["size"] for name, spec in doc.get("files", {}).items()},
             }
     return {"model": model, "registry": registry.uri, "tags": shown_tags, "builds": len(builds), "tagged_builds": details}
 

@@ -27,3 +27,12 @@ class GateError(ModelgateError):
 
 class VerificationError(ModelgateError):
     """Fetched bytes or a manifest do not match what was signed."""
+
+
+class RegistryContentError(VerificationError):
+    """An object read from the registry is malformed, unsigned, or inconsistent with the history."""
+
+
+# promote and rollback: the history event is committed (the promotion happened, fetch and serve
+# resolve the tag to it), but moving the tag pointer failed; the next promote settles it.
+EXIT_COMMITTED_TAG_PENDING = 3

@@ -15,26 +15,34 @@ event's seq, and a pointer never moves back to a lower seq.
 
 A writer killed between the two steps leaves one pointer behind the log, still naming a complete
 build. Before claiming a slot, every writer first settles the newest event (moves its tag's
-pointer forward if needed), so only the newest event can ever be unsettled: finding a tag's true
-state takes one pointer read and one event read, however long the history is.
+pointer forward if needed), so only the newest event can ever be unsettled.
+
+Trust. Events and pointers are signed by the promoter's key (modelgate.registry.signing) and bind
+model, tag, build hash, seq, previous build and time, after the model of TUF: signed, versioned
+metadata. A reader with a public key (fetch, serve, promote) accepts a tag only when its pointer is
+signed, names an event of this tag, and that event is the newest one for the tag in a gap-free,
+signed history (or the pointer lags only the model's newest event: a promote died before moving
+it). A version tag must have exactly one event. A pointer rewritten to an older build, replayed
+from an older promotion or copied from another tag, an edited or deleted event: each is refused.
+What a stateless reader cannot see (the newest events deleted together with the pointer rolled
+back) the service catches with the highest seq it has accepted (modelgate.serve.deployment).
+Signed tag state does not expire: see README "Registry" for why.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+from . import records, tags
 from .bundle import ReleaseFile
-from .errors import StorageError, VerificationError
-from .signing import canonical_json
+from .errors import RegistryContentError, StorageError, UsageError, VerificationError
+from .records import BUILD_SCHEMA, EVENT_SCHEMA, TAG_SCHEMA  # noqa: F401 - re-exported
+from .signing import RecordSigner, RecordVerifier, canonical_json
 from .storage import Progress, Storage
 
-EVENT_SCHEMA = "modelgate/event@1"
-TAG_SCHEMA = "modelgate/tag@1"
-BUILD_SCHEMA = "modelgate/build@1"
 SEQ_DIGITS = 10
 NOTIFY_CONFIG = "config/notify.json"
 
@@ -55,6 +63,7 @@ class TagState:
     seq: int  # the event that set it; 0 when the tag was never set
     event: dict | None
     pointer: Pointer | None
+    problem: str | None = None  # the pointer disagrees with the log (only when not strict)
 
     @property
     def pending(self) -> bool:
@@ -63,9 +72,21 @@ class TagState:
 
 
 class Registry:
-    def __init__(self, storage: Storage):
+    def __init__(self, storage: Storage, *, signer: RecordSigner | None = None, verifier: RecordVerifier | None = None):
         self.storage = storage
         self.uri = storage.uri
+        self.signer = signer
+        self.verifier = verifier or (signer.verifier() if signer else None)
+        self._events: dict[tuple[str, int], dict] = {}  # checked events: create-only, so cacheable
+
+    def use_keys(self, *, signer: RecordSigner | None = None, verifier: RecordVerifier | None = None) -> None:
+        """Signs what this registry writes with `signer`; verifies what it reads with `verifier`
+        (by default the signer's own public key)."""
+        if signer is not None:
+            self.signer = signer
+        if verifier is not None or signer is not None:
+            self.verifier = verifier or signer.verifier()
+        self._events.clear()
 
     # ---- keys
 
@@ -85,10 +106,13 @@ class Registry:
     def history_key(model: str, seq: int) -> str:
         return f"models/{model}/history/{seq:0{SEQ_DIGITS}d}.json"
 
+    def _where(self, key: str) -> str:
+        return f"{key} in {self.uri}"
+
     # ---- blobs
 
     def has_blob(self, sha256: str) -> bool:
-        return self.storage.exists(self.blob_key(sha256))
+        return self.storage.exists(self.blob_key(tags.check_build_hash(sha256)))
 
     def put_blob(self, f: ReleaseFile, progress: Progress | None = None) -> bool:
         """Uploads a release file unless its blob is already there. True if bytes were uploaded."""
@@ -96,65 +120,120 @@ class Registry:
             return False
         return self.storage.put_file(self.blob_key(f.sha256), f.path, f.size, progress)
 
-    def read_blob_into(self, sha256: str, write: Callable[[bytes], None]) -> bool:
-        return self.storage.read_into(self.blob_key(sha256), write)
+    def read_blob_into(self, sha256: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
+        return self.storage.read_into(self.blob_key(tags.check_build_hash(sha256)), write, size)
 
     # ---- builds
 
     def read_build(self, model: str, build_hash: str) -> dict | None:
-        key = self.build_key(model, build_hash)
+        """The stored manifest as a JSON object (not yet checked: see records.check_build)."""
+        key = self.build_key(tags.check_model_name(model), tags.check_build_hash(build_hash))
         data = self.storage.read(key)
         if data is None:
             return None
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            raise VerificationError(f"the manifest {key} in {self.uri} is not valid JSON (tampered or corrupt)") from None
+        doc = records.loads(data, f"the manifest {self._where(key)}")
         if not isinstance(doc, dict):
             raise VerificationError(f"the manifest {key} in {self.uri} is not a JSON object")
         return doc
+
+    def read_checked_build(self, model: str, build_hash: str) -> dict | None:
+        doc = self.read_build(model, build_hash)
+        if doc is None:
+            return None
+        return records.check_build(doc, f"the manifest {self._where(self.build_key(model, build_hash))}", model=model, build_hash=build_hash)
 
     def create_build(self, model: str, build_hash: str, doc: dict) -> bool:
         return self.storage.create(self.build_key(model, build_hash), canonical_json(doc))
 
     def list_builds(self, model: str) -> list[str]:
-        prefix = f"models/{model}/builds/"
-        return [k[len(prefix) : -len(".json")] for k in self.storage.list(prefix) if k.endswith(".json")]
+        prefix = f"models/{tags.check_model_name(model)}/builds/"
+        found = (k[len(prefix) : -len(".json")] for k in self.storage.list(prefix) if k.endswith(".json"))
+        return [h for h in found if tags.BUILD_HASH.fullmatch(h)]
 
     def list_models(self) -> list[str]:
-        return self.storage.list_dirs("models/")
+        return [m for m in self.storage.list_dirs("models/") if tags.MODEL_NAME.fullmatch(m)]
 
     # ---- tags
 
     def list_tags(self, model: str) -> list[str]:
-        prefix = f"models/{model}/tags/"
-        return [k[len(prefix) : -len(".json")] for k in self.storage.list(prefix) if k.endswith(".json")]
+        prefix = f"models/{tags.check_model_name(model)}/tags/"
+        found = [k[len(prefix) : -len(".json")] for k in self.storage.list(prefix) if k.endswith(".json")]
+        return [t for t in found if _is_tag(t)]
 
-    def read_pointer(self, model: str, tag: str) -> Pointer | None:
+    def _read_pointer(self, model: str, tag: str) -> tuple[Pointer | None, object, str | None]:
+        """(pointer, storage version, problem): a pointer that fails its checks comes back as None
+        with the reason, so that promote can repair it and readers can refuse it."""
         key = self.tag_key(model, tag)
         found = self.storage.read_versioned(key)
         if found is None:
-            return None
+            return None, None, None
         data, version = found
+        what = f"the tag pointer {self._where(key)}"
         try:
-            doc = json.loads(data)
-            return Pointer(doc["build_hash"], int(doc["seq"]), doc, version)
-        except (ValueError, KeyError, TypeError):
-            raise StorageError(f"the tag pointer {key} in {self.uri} is corrupt") from None
+            doc = records.check_pointer(records.loads(data, what), what, model=model, tag=tag)
+            if self.verifier is not None:
+                self.verifier.verify(doc, what)
+        except VerificationError as e:
+            return None, version, str(e)
+        return Pointer(doc["build_hash"], doc["seq"], doc, version), version, None
 
-    def tag_state(self, model: str, tag: str, seqs: list[int] | None = None) -> TagState:
-        """The tag's build according to the log: its pointer, or the newest event if that is for
-        this tag and not yet materialized (every older event is: see `settle`)."""
-        pointer = self.read_pointer(model, tag)
-        if seqs is None:
-            seqs = self.history_seqs(model)
-        if seqs and (pointer is None or pointer.seq < seqs[-1]):
-            newest = self.read_event(model, seqs[-1])
-            if newest.get("tag") == tag:
-                return TagState(newest["build_hash"], newest["seq"], newest, pointer)
-        if pointer:
-            return TagState(pointer.build_hash, pointer.seq, None, pointer)
-        return TagState(None, 0, None, None)
+    def read_pointer(self, model: str, tag: str) -> Pointer | None:
+        """The tag's pointer object, checked (and its signature verified when there is a key)."""
+        tags.check_model_name(model)
+        tags.tag_kind(tag)
+        pointer, _, problem = self._read_pointer(model, tag)
+        if problem:
+            raise RegistryContentError(problem)
+        return pointer
+
+    def tag_state(self, model: str, tag: str, seqs: list[int] | None = None, *, strict: bool = False) -> TagState:
+        """The tag's build according to the signed history, checked against its pointer.
+
+        The history must be gap-free and every event valid (signed, when there is a key); the
+        tag's state is its newest event. The pointer must name that event, or lag it only when it
+        is the model's newest event (a promote died before moving the pointer: pending). strict
+        (fetch, serve): any disagreement is a RegistryContentError. Otherwise (promote) it is
+        reported in TagState.problem and the next materialize repairs the pointer."""
+        tags.check_model_name(model)
+        kind = tags.tag_kind(tag)
+        pointer, _, problem = self._read_pointer(model, tag)  # first: the history read after it is as new
+        if seqs is not None and pointer is not None and (not seqs or pointer.seq > seqs[-1]):
+            seqs = None  # the caller's listing predates a concurrent promotion: list again
+        events = self.events(model, seqs)
+        mine = [e for e in events if e["tag"] == tag]
+        newest_seq = events[-1]["seq"] if events else 0
+        key = self.tag_key(model, tag)
+        if not kind.movable and len(mine) > 1:
+            raise RegistryContentError(
+                f"version tag {tag} of {model} has {len(mine)} history events in {self.uri} "
+                f"(seq {', '.join(str(e['seq']) for e in mine)}); a version tag is set once: the history was tampered with"
+            )
+        event = mine[-1] if mine else None
+        if problem is None and pointer is not None:
+            if pointer.seq > newest_seq:
+                raise RegistryContentError(
+                    f"the tag pointer {self._where(key)} names history event {pointer.seq}, but the newest event is "
+                    f"{newest_seq}: history events were deleted"
+                )
+            else:
+                named = events[pointer.seq - 1]
+                if (named["tag"], named["build_hash"], named.get("previous"), named["time"]) != (
+                    tag, pointer.build_hash, pointer.doc.get("previous"), pointer.doc["time"],
+                ):  # fmt: skip
+                    problem = f"the tag pointer {self._where(key)} does not match history event {pointer.seq} it names"
+                elif event is not None and pointer.seq < event["seq"] and event["seq"] != newest_seq:
+                    problem = (
+                        f"the tag pointer {self._where(key)} names event {pointer.seq} ({pointer.build_hash[:12]}), but "
+                        f"the history's newest event for {tag} is {event['seq']} ({event['build_hash'][:12]}): "
+                        "the pointer was rolled back"
+                    )
+        elif problem is None and pointer is None and event is not None and event["seq"] != newest_seq:
+            problem = f"the tag pointer {self._where(key)} is missing, but history event {event['seq']} set {tag}"
+        if problem and strict:
+            raise RegistryContentError(problem)
+        if event is None:
+            return TagState(None, 0, None, pointer, problem)
+        return TagState(event["build_hash"], event["seq"], event, pointer, problem)
 
     def settle(self, model: str, seqs: list[int]) -> None:
         """Materializes the newest event, completing the work of a writer that died after committing it.
@@ -162,18 +241,36 @@ class Registry:
         Every writer calls this before claiming the next slot, so all older events are settled.
         """
         if seqs:
-            newest = self.read_event(model, seqs[-1])
-            self.materialize(model, newest["tag"], newest["seq"], newest["build_hash"], newest["time"])
+            self.materialize(self.read_event(model, seqs[-1]), repair=True)
 
-    def materialize(self, model: str, tag: str, seq: int, build_hash: str, when: str) -> None:
-        """Moves the tag pointer forward to event `seq`; never back. Safe to repeat."""
+    def pointer_doc(self, event: dict) -> dict:
+        return {
+            "schema": TAG_SCHEMA,
+            "model": event["model"],
+            "tag": event["tag"],
+            "build_hash": event["build_hash"],
+            "previous": event.get("previous"),
+            "seq": event["seq"],
+            "time": event["time"],
+        }
+
+    def materialize(self, event: dict, *, repair: bool = False) -> None:
+        """Moves the event's tag pointer forward to it; never back. Safe to repeat.
+
+        repair: also replace a pointer that fails its checks (unsigned, forged, malformed); the
+        caller has established from the signed history that `event` is the tag's state."""
+        model, tag, seq = event["model"], event["tag"], event["seq"]
+        if self.signer is None:
+            raise UsageError("no signing key: moving a tag needs the promoter's key (--signing-key)")
         key = self.tag_key(model, tag)
-        doc = {"schema": TAG_SCHEMA, "model": model, "tag": tag, "build_hash": build_hash, "seq": seq, "time": when}
+        data = canonical_json(self.signer.sign(self.pointer_doc(event)))
         for attempt in range(100):
-            current = self.read_pointer(model, tag)
-            if current is not None and current.seq >= seq:
-                return
-            if self.storage.swap(key, canonical_json(doc), current.version if current else None):
+            current, version, problem = self._read_pointer(model, tag)
+            if problem is None and current is not None and current.seq >= seq:
+                return  # never back: a valid pointer only moves forward, whoever writes
+            if problem is not None and not repair:
+                raise RegistryContentError(problem)
+            if self.storage.swap(key, data, version):
                 return
             backoff(attempt)
         raise StorageError(f"could not move {key} in {self.uri}: too many concurrent writers")
@@ -181,30 +278,50 @@ class Registry:
     # ---- history
 
     def history_seqs(self, model: str) -> list[int]:
-        prefix = f"models/{model}/history/"
+        prefix = f"models/{tags.check_model_name(model)}/history/"
         seqs = []
         for key in self.storage.list(prefix):
             stem = key[len(prefix) :].removesuffix(".json")
-            if stem.isdigit():
+            if len(stem) == SEQ_DIGITS and stem.isascii() and stem.isdigit() and key.endswith(".json"):
                 seqs.append(int(stem))
         return sorted(seqs)
 
     def read_event(self, model: str, seq: int) -> dict:
-        key = self.history_key(model, seq)
+        """A history event, checked against the schema and its name (and its signature with a key)."""
+        cached = self._events.get((model, seq))
+        if cached is not None:
+            return cached
+        key = self.history_key(tags.check_model_name(model), seq)
         data = self.storage.read(key)
         if data is None:
-            raise StorageError(f"history event {key} disappeared from {self.uri}")
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise StorageError(f"history event {key} in {self.uri} is corrupt") from None
+            raise RegistryContentError(f"history event {self._where(key)} is missing (deleted?)")
+        what = f"the history event {self._where(key)}"
+        event = records.check_event(records.loads(data, what), what, model=model, seq=seq)
+        if self.verifier is not None:
+            self.verifier.verify(event, what)
+        self._events[(model, seq)] = event
+        return event
 
-    def events(self, model: str) -> list[dict]:
-        return [self.read_event(model, seq) for seq in self.history_seqs(model)]
+    def events(self, model: str, seqs: list[int] | None = None) -> list[dict]:
+        """The whole history, oldest first; a gap (a deleted event) is a RegistryContentError."""
+        if seqs is None:
+            seqs = self.history_seqs(model)
+        if seqs and seqs != list(range(1, len(seqs) + 1)):
+            missing = next(n for n in range(1, seqs[-1] + 1) if n not in set(seqs))
+            raise RegistryContentError(
+                f"history event {self._where(self.history_key(model, missing))} is missing (deleted?): "
+                f"the history of {model} has {len(seqs)} events up to {seqs[-1]}"
+            )
+        return [self.read_event(model, seq) for seq in seqs]
 
     def append_event(self, event: dict) -> bool:
         """Commits an event at event["seq"] unless another writer claimed that slot first."""
-        if self.storage.create(self.history_key(event["model"], event["seq"]), canonical_json(event)):
+        if self.signer is None:
+            raise UsageError("no signing key: writing a history event needs the promoter's key (--signing-key)")
+        signed = self.signer.sign(event)
+        event["signature"] = signed["signature"]
+        if self.storage.create(self.history_key(event["model"], event["seq"]), canonical_json(signed)):
+            self._events[(event["model"], event["seq"])] = signed
             return True
         # A retried request may find its own first attempt already there.
         existing = self.read_event(event["model"], event["seq"])
@@ -216,13 +333,19 @@ class Registry:
         data = self.storage.read(NOTIFY_CONFIG)
         if data is None:
             return []
-        try:
-            endpoints = json.loads(data).get("endpoints", [])
-        except (ValueError, AttributeError):
-            raise StorageError(f"{NOTIFY_CONFIG} in {self.uri} is not a JSON object with 'endpoints'") from None
+        doc = records.loads(data, f"{NOTIFY_CONFIG} in {self.uri}")
+        endpoints = doc.get("endpoints", []) if isinstance(doc, dict) else None
         if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
-            raise StorageError(f"{NOTIFY_CONFIG} in {self.uri}: 'endpoints' must be a list of URLs")
+            raise StorageError(f"{NOTIFY_CONFIG} in {self.uri} is not a JSON object with 'endpoints', a list of URLs")
         return endpoints
+
+
+def _is_tag(name: str) -> bool:
+    try:
+        tags.tag_kind(name)
+        return True
+    except UsageError:
+        return False
 
 
 def backoff(attempt: int) -> None:

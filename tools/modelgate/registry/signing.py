@@ -225,3 +225,119 @@ def public_key_setting(flag: str | None, *, allow_dev_key: bool, workspace: Path
         )
     raise UsageError(f"no public key to verify signatures with: pass --public-key=PEM or set ${ENV_PUBLIC_KEY}")
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Signed records: history events and tag pointers
+#
+# A build manifest is signed with model-signing (a DSSE bundle over a staged directory), because
+# that is what a deployed directory is re-checked with. History events and tag pointers are small
+# JSON records written on every promotion and read on every fetch and poll: they carry a plain
+# ECDSA signature, made with the same EC key, over their canonical JSON without the "signature"
+# field:
+#     "signature": {"format": "modelgate/ecdsa@1", "keyid": <sha256 of the public key's DER>, "sig": <base64>}
+
+RECORD_SIGNATURE_FORMAT = "modelgate/ecdsa@1"
+
+
+def _key_bytes(value: str, what: str) -> bytes:
+    if value.lstrip().startswith("-----BEGIN"):
+        return value.encode()
+    path = Path(value).expanduser()
+    try:
+        return path.read_bytes()
+    except OSError:
+        raise UsageError(f"{what} {value!r} does not exist or is not a file") from None
+
+
+def _hash_for(curve_name: str):
+    from cryptography.hazmat.primitives import hashes
+
+    return {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}[curve_name]()
+
+
+def _keyid(public_key) -> str:
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def _load_key(value: str, *, private: bool):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    what, env = ("signing key", ENV_SIGNING_KEY) if private else ("public key", ENV_PUBLIC_KEY)
+    setting = f"{what} {_describe(value, env)}"
+    data = _key_bytes(value, what)
+    try:
+        key = serialization.load_pem_private_key(data, None) if private else serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        reason = str(e).split(". ")[0] if str(e) else type(e).__name__
+        kind = "an unencrypted private" if private else "a public"
+        raise UsageError(f"{setting} is not {kind} key in PEM ({reason})") from None
+    curve = getattr(getattr(key, "curve", None), "name", None)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) or curve not in _CURVES:
+        kind = curve or type(key).__name__.replace("PrivateKey", "").replace("PublicKey", "")
+        raise UsageError(f"{setting}: {kind} keys are not supported; model-signing needs an EC P-256/384/521 key")
+    return key
+
+
+def record_bytes(record: dict) -> bytes:
+    """What a record's signature covers: the record without its "signature" field, canonical JSON."""
+    return canonical_json({k: v for k, v in record.items() if k != "signature"})
+
+
+class RecordVerifier:
+    """Checks the signature of history events and tag pointers against one public key."""
+
+    def __init__(self, public_key: str, describe: str | None = None):
+        self._key = _load_key(public_key, private=False)
+        self.keyid = _keyid(self._key)
+        self.setting = describe or _describe(public_key, ENV_PUBLIC_KEY)
+
+    def verify(self, record: dict, what: str) -> None:
+        import base64
+        import binascii
+
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        sig = record.get("signature")
+        if not isinstance(sig, dict) or not isinstance(sig.get("sig"), str):
+            raise VerificationError(f"{what} is not signed (trust nothing the registry says without a signature)")
+        if sig.get("format") != RECORD_SIGNATURE_FORMAT:
+            raise VerificationError(f"{what}: unknown signature format {sig.get('format')!r}")
+        try:
+            raw = base64.b64decode(sig["sig"], validate=True)
+            self._key.verify(raw, record_bytes(record), ec.ECDSA(_hash_for(self._key.curve.name)))
+        except (InvalidSignature, binascii.Error, ValueError):
+            raise VerificationError(
+                f"{what}: signature does not verify with public key {self.setting} (changed, forged, or signed by another key)"
+            ) from None
+
+
+class RecordSigner:
+    """Signs history events and tag pointers with the promoter's EC private key."""
+
+    def __init__(self, private_key: str):
+        self._key = _load_key(private_key, private=True)
+        self.keyid = _keyid(self._key.public_key())
+
+    def sign(self, record: dict) -> dict:
+        """The record with its "signature" field set."""
+        import base64
+
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        unsigned = {k: v for k, v in record.items() if k != "signature"}
+        raw = self._key.sign(record_bytes(unsigned), ec.ECDSA(_hash_for(self._key.curve.name)))
+        return {**unsigned, "signature": {"format": RECORD_SIGNATURE_FORMAT, "keyid": self.keyid, "sig": base64.b64encode(raw).decode()}}
+
+    def verifier(self) -> "RecordVerifier":
+        from cryptography.hazmat.primitives import serialization
+
+        pem = self._key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return RecordVerifier(pem.decode(), describe="of the signing key")

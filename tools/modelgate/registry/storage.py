@@ -19,15 +19,22 @@ import errno
 import fcntl
 import hashlib
 import os
+import random
+import re
 import shutil
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
+from . import leftovers
 from .errors import StorageError
 from .uri import RegistryURI
 
 CHUNK = 1 << 20
+TEMP_DIR = ".tmp"
+_ANY = re.compile(r".+")
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
 
 
@@ -60,8 +67,13 @@ class Storage(abc.ABC):
         """Uploads a file to `key` unless the key exists. False if it existed (nothing uploaded)."""
 
     @abc.abstractmethod
-    def read_into(self, key: str, write: Callable[[bytes], None]) -> bool:
-        """Streams the object to `write` chunk by chunk. False if it does not exist."""
+    def read_into(self, key: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
+        """Streams the object to `write` chunk by chunk. False if it does not exist. `size`, when
+        known, widens the remote deadline for a large transfer."""
+
+    def free_bytes(self) -> int | None:
+        """Space left for new objects, where the backend can tell (a local disk); else None."""
+        return None
 
     @abc.abstractmethod
     def list(self, prefix: str) -> list[str]:
@@ -85,15 +97,20 @@ def open_storage(uri: RegistryURI) -> Storage:
 class LocalStorage(Storage):
     """A directory. Create-only via link(2) (fails if the name exists), swap via lock + rename.
 
-    Temporary files live in <root>/.tmp and locks in <root>/.locks, outside every listed prefix, so
-    a process killed mid-write leaves at most an unreferenced temporary file behind.
+    Temporary files live in <root>/.tmp and locks in <root>/.locks, outside every listed prefix.
+    A write that fails (a full disk, an error) removes its temporary file; one killed mid-write
+    leaves a file that the next writer's first write sweeps away (modelgate.registry.leftovers).
     """
 
     def __init__(self, root: Path, uri: str | None = None):
         self.root = Path(root)
         self.uri = uri or f"file://{self.root}"
+        self._swept = False
 
     def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if key.startswith("/") or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+            raise StorageError(f"{self.uri}: refusing the key {key[:120]!r}: not a plain relative name")
         return self.root / key
 
     @contextlib.contextmanager
@@ -104,10 +121,11 @@ class LocalStorage(Storage):
             raise StorageError(f"{self.uri}: cannot {what}: {e.strerror or e}") from e
 
     def read(self, key: str) -> bytes | None:
+        path = self._path(key)
         with self._errors(f"read {key}"):
             try:
-                return self._path(key).read_bytes()
-            except (FileNotFoundError, NotADirectoryError):
+                return path.read_bytes()
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
 
     def read_versioned(self, key: str) -> tuple[bytes, object] | None:
@@ -118,40 +136,65 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def _temp(self) -> Path:
-        tmp = self.root / ".tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        return tmp / uuid.uuid4().hex
+    def free_bytes(self) -> int | None:
+        path = self.root
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
-    def _write_temp(self, data_chunks, mode: int) -> Path:
-        temp = self._temp()
-        with open(temp, "wb") as f:
-            for chunk in data_chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, mode)
-        return temp
+    def sweep_temporaries(self) -> int:
+        """Removes temporary files whose writer is gone (killed mid-write); returns the bytes freed."""
+        return leftovers.sweep(self.root / TEMP_DIR, _ANY)
+
+    @contextlib.contextmanager
+    def _temp(self):
+        """A new temporary file, open for writing and flocked; removed unless the caller links or
+        renames it into place (then unlinking the name is harmless: see _link_into_place)."""
+        if not self._swept:
+            self._swept = True
+            self.sweep_temporaries()
+        tmp = self.root / TEMP_DIR
+        tmp.mkdir(parents=True, exist_ok=True)
+        path = tmp / leftovers.temp_name()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        f = os.fdopen(fd, "wb")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield path, f
+        finally:
+            try:
+                path.unlink(missing_ok=True)
+            finally:
+                f.close()
+
+    @staticmethod
+    def _finish(f, path: Path, mode: int) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+        os.chmod(path, mode)
 
     def _link_into_place(self, temp: Path, key: str) -> bool:
         final = self._path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(temp, final)  # atomic, and fails if the name exists: create-only
-            created = True
         except FileExistsError:
-            created = False
-        finally:
-            temp.unlink()
-        if created:
-            _fsync_dir(final.parent)
-        return created
+            return False
+        _fsync_dir(final.parent)
+        return True
 
     def create(self, key: str, data: bytes) -> bool:
         with self._errors(f"write {key}"):
             if self._path(key).exists():
                 return False
-            return self._link_into_place(self._write_temp([data], 0o444), key)
+            with self._temp() as (temp, f):
+                f.write(data)
+                self._finish(f, temp, 0o444)
+                return self._link_into_place(temp, key)
 
     @contextlib.contextmanager
     def _lock(self, key: str):
@@ -166,14 +209,16 @@ class LocalStorage(Storage):
 
     def swap(self, key: str, data: bytes, expected: object | None) -> bool:
         with self._errors(f"write {key}"):
+            final = self._path(key)
             with self._lock(key):
                 current = self.read_versioned(key)
                 if (current[1] if current else None) != expected:
                     return False
-                temp = self._write_temp([data], 0o644)
-                final = self._path(key)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(temp, final)
+                with self._temp() as (temp, f):
+                    f.write(data)
+                    self._finish(f, temp, 0o644)
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(temp, final)
                 _fsync_dir(final.parent)
                 return True
 
@@ -181,23 +226,21 @@ class LocalStorage(Storage):
         with self._errors(f"write {key}"):
             if self._path(key).exists():
                 return False
+            with self._temp() as (temp, f), open(path, "rb") as source:
+                # A kernel-side copy (sendfile): copying through Python in 1 MiB chunks made a 1 GiB
+                # promote 6x slower. The bytes were verified by the caller.
+                _copy(source, f)
+                self._finish(f, temp, 0o444)
+                if progress:
+                    progress(size)
+                return self._link_into_place(temp, key)
 
-            # A kernel-side copy (sendfile): copying through Python in 1 MiB chunks made a 1 GiB
-            # promote 6x slower than shutil.copyfile. The bytes were verified by the caller.
-            temp = self._temp()
-            shutil.copyfile(path, temp)
-            with open(temp, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(temp, 0o444)
-            if progress:
-                progress(size)
-            return self._link_into_place(temp, key)
-
-    def read_into(self, key: str, write: Callable[[bytes], None]) -> bool:
+    def read_into(self, key: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
+        path = self._path(key)
         with self._errors(f"read {key}"):
             try:
-                f = open(self._path(key), "rb")
-            except FileNotFoundError:
+                f = open(path, "rb")
+            except (FileNotFoundError, NotADirectoryError):
                 return False
             with f:
                 while chunk := f.read(CHUNK):
@@ -205,7 +248,7 @@ class LocalStorage(Storage):
             return True
 
     def list(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
+        base = self.root / prefix
         keys = []
         with self._errors(f"list {prefix}"):
             for dirpath, dirs, files in os.walk(base):
@@ -217,9 +260,25 @@ class LocalStorage(Storage):
     def list_dirs(self, prefix: str) -> list[str]:
         with self._errors(f"list {prefix}"):
             try:
-                return sorted(e.name for e in os.scandir(self._path(prefix)) if e.is_dir() and not e.name.startswith("."))
+                return sorted(e.name for e in os.scandir(self.root / prefix) if e.is_dir() and not e.name.startswith("."))
             except FileNotFoundError:
                 return []
+
+
+def _copy(source, target) -> None:
+    """Copies an open file into another with sendfile(2), falling back to read/write."""
+    offset = 0
+    try:
+        while True:
+            sent = os.sendfile(target.fileno(), source.fileno(), offset, 1 << 30)
+            if sent == 0:
+                return
+            offset += sent
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) or offset:
+            raise
+    source.seek(0)
+    shutil.copyfileobj(source, target, CHUNK)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -237,12 +296,120 @@ def _fsync_dir(path: Path) -> None:
 # Google Cloud Storage
 
 ENV_GCS_TIMEOUT = "MODELGATE_GCS_TIMEOUT"
-DEFAULT_GCS_TIMEOUT_S = 10.0  # total retry budget of one call: a dead endpoint fails in seconds
+DEFAULT_GCS_TIMEOUT_S = 10.0  # the deadline of one call, retries included
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 120.0
+# A blob transfer may take longer than one small call: its deadline grows by one second per MiB
+# (a floor of 1 MiB/s). A trickling endpoint still fails at the deadline, whatever it sends.
+TRANSFER_FLOOR_BYTES_PER_S = 1 << 20
 # Resumable-upload chunk for large blobs (a multiple of 256 KiB): the client's own default. Each
 # chunk is a request; 16 MiB chunks made a 1 GiB promote 2.6x slower than upload_from_filename.
 UPLOAD_CHUNK = 100 << 20
+
+
+class DeadlineExceeded(Exception):
+    def __init__(self, bound: float, cause: BaseException | None):
+        super().__init__(f"deadline of {bound:g}s exceeded")
+        self.bound, self.cause = bound, cause
+
+
+class _Deadline:
+    """A wall-clock deadline for one storage call: every socket the call uses is registered, and at
+    the deadline a timer shuts them down, which ends a read blocked on a silent or trickling peer
+    (a socket read timeout alone restarts with every byte that arrives)."""
+
+    current = threading.local()
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expires = time.monotonic() + seconds
+        self.fired = False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        return self.expires - time.monotonic()
+
+    def register(self, sock) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if self.fired:
+                _shutdown(sock)
+            else:
+                self._sockets.append(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+    def __enter__(self):
+        self._previous = getattr(_Deadline.current, "value", None)
+        _Deadline.current.value = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+        _Deadline.current.value = self._previous
+        return False
+
+
+def _shutdown(sock) -> None:
+    import socket
+
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, TypeError):
+        pass
+
+
+def _register_current(sock) -> None:
+    deadline = getattr(_Deadline.current, "value", None)
+    if deadline is not None:
+        deadline.register(sock)
+
+
+_adapter_class = None
+
+
+def _deadline_adapter():
+    """A requests adapter whose connections register their sockets with the current _Deadline."""
+    global _adapter_class
+    if _adapter_class is None:
+        import requests.adapters
+        import urllib3
+        from urllib3.connection import HTTPConnection, HTTPSConnection
+
+        def tracked(base):
+            class Tracked(base):
+                def connect(self):
+                    super().connect()
+                    _register_current(self.sock)
+
+                def request(self, *args, **kwargs):
+                    _register_current(self.sock)
+                    return super().request(*args, **kwargs)
+
+            Tracked.__name__ = f"Deadline{base.__name__}"
+            return Tracked
+
+        class HTTPPool(urllib3.HTTPConnectionPool):
+            ConnectionCls = tracked(HTTPConnection)
+
+        class HTTPSPool(urllib3.HTTPSConnectionPool):
+            ConnectionCls = tracked(HTTPSConnection)
+
+        class Adapter(requests.adapters.HTTPAdapter):
+            def init_poolmanager(self, *args, **kwargs):
+                super().init_poolmanager(*args, **kwargs)
+                self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+        _adapter_class = Adapter
+    return _adapter_class()
 
 
 class GCSStorage(Storage):
@@ -252,6 +419,10 @@ class GCSStorage(Storage):
     which both GCS and fake-gcs-server enforce. Large blobs go up resumably; their create-only
     precondition is advisory (fake-gcs-server ignores it), which is harmless: a blob's name is its
     digest, so a second writer can only write the same bytes.
+
+    Every call has one deadline, connect, reads and retries included: $MODELGATE_GCS_TIMEOUT
+    seconds (a blob transfer: plus one second per MiB). Retries are ours, not the client's, so
+    that each attempt gets only the time that is left.
     """
 
     def __init__(self, uri: RegistryURI):
@@ -260,28 +431,56 @@ class GCSStorage(Storage):
         self._prefix = uri.prefix + "/" if uri.prefix else ""
         self._client = None
         self._bucket = None
+        raw = os.environ.get(ENV_GCS_TIMEOUT) or str(DEFAULT_GCS_TIMEOUT_S)
         try:
-            budget = float(os.environ.get(ENV_GCS_TIMEOUT, DEFAULT_GCS_TIMEOUT_S))
+            budget = float(raw)
         except ValueError:
-            raise StorageError(f"${ENV_GCS_TIMEOUT} must be a number of seconds") from None
+            budget = float("nan")
+        if not budget > 0 or budget == float("inf"):
+            raise StorageError(f"${ENV_GCS_TIMEOUT} must be a positive number of seconds, got {raw!r}")
         self._budget = budget
-        self._timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
-        self._retry = None
 
     # google-cloud-storage is imported on first use: the local registry does not need it.
     def _bucket_handle(self):
         if self._bucket is None:
             with self._errors("connect"):
                 from google.cloud import storage
-                from google.cloud.storage.retry import DEFAULT_RETRY
 
-                self._retry = DEFAULT_RETRY.with_timeout(self._budget)
-                self._client = storage.Client()
-                self._bucket = self._client.bucket(self._bucket_name)
+                client = storage.Client()
+                session = client._http
+                session.mount("http://", _deadline_adapter())
+                session.mount("https://", _deadline_adapter())
+                self._client = client
+                self._bucket = client.bucket(self._bucket_name)
         return self._bucket
 
     def _blob(self, key: str):
         return self._bucket_handle().blob(self._prefix + key)
+
+    def _call(self, fn, *, size: int = 0, retry_if=None):
+        """Runs fn(timeout) under one deadline, retrying transient failures while time is left."""
+        from google.cloud.storage.retry import _should_retry
+
+        bound = self._budget + size / TRANSFER_FLOOR_BYTES_PER_S
+        deadline = _Deadline(bound)
+        attempt = 0
+        with deadline:
+            while True:
+                remaining = deadline.remaining()
+                if remaining <= 0:
+                    raise DeadlineExceeded(bound, None)
+                try:
+                    return fn((min(CONNECT_TIMEOUT_S, remaining), remaining))
+                except Exception as e:  # noqa: BLE001 - classified here
+                    if deadline.fired or deadline.remaining() <= 0:
+                        raise DeadlineExceeded(bound, e) from e
+                    if not _should_retry(e) or (retry_if is not None and not retry_if()):
+                        raise
+                    pause = min(1.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+                    if pause >= deadline.remaining():
+                        raise DeadlineExceeded(bound, e) from e
+                    time.sleep(pause)
+                    attempt += 1
 
     @contextlib.contextmanager
     def _errors(self, what: str):
@@ -302,31 +501,30 @@ class GCSStorage(Storage):
     def read_versioned(self, key: str) -> tuple[bytes, object] | None:
         from google.api_core.exceptions import NotFound
 
-        blob = self._blob(key)
         with self._errors(f"read {key}"):
+            blob = self._blob(key)
             try:
-                data = blob.download_as_bytes(retry=self._retry, timeout=self._timeout, raw_download=True)
+                data = self._call(lambda t: blob.download_as_bytes(retry=None, timeout=t, raw_download=True))
             except NotFound:
                 return None
         return data, blob.generation
 
     def exists(self, key: str) -> bool:
-        blob = self._blob(key)
         with self._errors(f"read {key}"):
-            return blob.exists(retry=self._retry, timeout=self._timeout)
+            blob = self._blob(key)
+            return self._call(lambda t: blob.exists(retry=None, timeout=t))
 
     def _upload_small(self, key: str, data: bytes, generation: int) -> bool:
         from google.api_core.exceptions import PreconditionFailed
 
-        blob = self._blob(key)
         with self._errors(f"write {key}"):
+            blob = self._blob(key)
             try:
-                blob.upload_from_string(
-                    data,
-                    content_type="application/json",
-                    if_generation_match=generation,
-                    retry=self._retry,
-                    timeout=self._timeout,
+                # Retried only with a precondition: a retry cannot overwrite what another writer wrote.
+                self._call(
+                    lambda t: blob.upload_from_string(
+                        data, content_type="application/json", if_generation_match=generation, retry=None, timeout=t
+                    )
                 )
             except PreconditionFailed:
                 return False
@@ -343,53 +541,82 @@ class GCSStorage(Storage):
 
         if self.exists(key):
             return False
-        blob = self._blob(key)
-        if size > UPLOAD_CHUNK:
-            blob.chunk_size = UPLOAD_CHUNK
         with self._errors(f"upload {key}"), open(path, "rb") as f:
-            try:
+            blob = self._blob(key)
+            if size > UPLOAD_CHUNK:
+                blob.chunk_size = UPLOAD_CHUNK
+            sent = [0]
+
+            def upload(timeout):
+                f.seek(0)
+                if sent[0] and progress:
+                    progress(-sent[0])  # a retry starts over
+                sent[0] = 0
+
+                def counted(n):
+                    sent[0] += n
+                    if progress:
+                        progress(n)
+
                 blob.upload_from_file(
-                    _ProgressReader(f, progress) if progress else f,
+                    _ProgressReader(f, counted),
                     size=size,
                     content_type="application/octet-stream",
                     if_generation_match=0,
-                    retry=self._retry,
-                    timeout=self._timeout,
+                    retry=None,
+                    timeout=timeout,
                 )
+
+            try:
+                self._call(upload, size=size)
             except PreconditionFailed:
                 return False
         return True
 
-    def read_into(self, key: str, write: Callable[[bytes], None]) -> bool:
+    def read_into(self, key: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
         from google.api_core.exceptions import NotFound
 
+        written = [0]
+
+        def sink(chunk: bytes) -> None:
+            written[0] += len(chunk)
+            write(chunk)
+
         with self._errors(f"read {key}"):
+            blob = self._blob(key)
             try:
-                self._blob(key).download_to_file(
-                    _Sink(write), retry=self._retry, timeout=self._timeout, raw_download=True
+                # Bytes already handed to `write` cannot be taken back: retry only before the first.
+                self._call(
+                    lambda t: blob.download_to_file(_Sink(sink), retry=None, timeout=t, raw_download=True),
+                    size=size or 0,
+                    retry_if=lambda: written[0] == 0,
                 )
             except NotFound:
                 return False
         return True
 
     def list(self, prefix: str) -> list[str]:
-        bucket = self._bucket_handle()
         with self._errors(f"list {prefix}"):
-            blobs = self._client.list_blobs(
-                bucket, prefix=self._prefix + prefix, retry=self._retry, timeout=self._timeout
-            )
-            return sorted(b.name[len(self._prefix) :] for b in blobs)
+            bucket = self._bucket_handle()
+
+            def names(timeout):
+                blobs = self._client.list_blobs(bucket, prefix=self._prefix + prefix, retry=None, timeout=timeout)
+                return sorted(b.name[len(self._prefix) :] for b in blobs)
+
+            return self._call(names)
 
     def list_dirs(self, prefix: str) -> list[str]:
-        bucket = self._bucket_handle()
         full = self._prefix + prefix
         with self._errors(f"list {prefix}"):
-            pages = self._client.list_blobs(
-                bucket, prefix=full, delimiter="/", retry=self._retry, timeout=self._timeout
-            )
-            for _ in pages:  # prefixes are filled in as the pages are read
-                pass
-            return sorted(p[len(full) :].rstrip("/") for p in pages.prefixes)
+            bucket = self._bucket_handle()
+
+            def dirs(timeout):
+                pages = self._client.list_blobs(bucket, prefix=full, delimiter="/", retry=None, timeout=timeout)
+                for _ in pages:  # prefixes are filled in as the pages are read
+                    pass
+                return sorted(p[len(full) :].rstrip("/") for p in pages.prefixes)
+
+            return self._call(dirs)
 
 
 class _ProgressReader:
@@ -422,10 +649,12 @@ def _gcs_error_message(e: Exception, budget: float) -> str | None:
         )
     if isinstance(e, auth.GoogleAuthError):
         return f"authentication failed: {_first_line(e)}"
-    if isinstance(e, api.RetryError):
+    if isinstance(e, (DeadlineExceeded, api.RetryError)):
+        bound = e.bound if isinstance(e, DeadlineExceeded) else budget
         cause = type(e.cause).__name__ if e.cause is not None else "no response"
         endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "storage.googleapis.com"
-        return f"no answer from {endpoint} within {budget:g}s ({cause}); set ${ENV_GCS_TIMEOUT} to wait longer"
+        extra = f" ({budget:g}s + 1s per MiB transferred)" if bound != budget else ""
+        return f"no answer from {endpoint} within {bound:g}s{extra} ({cause}); set ${ENV_GCS_TIMEOUT} to wait longer"
     if isinstance(e, api.Forbidden):
         return "permission denied (check the credentials' access to the bucket)"
     if isinstance(e, api.Unauthorized):

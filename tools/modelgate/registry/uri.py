@@ -75,8 +75,13 @@ def workspace_dir() -> Path:
 
 
 def resolve(flag: str | None) -> RegistryURI:
-    """--registry wins, then $MODELGATE_REGISTRY, then <workspace>/.modelgate/registry."""
-    if flag:
+    """--registry wins, then $MODELGATE_REGISTRY, then <workspace>/.modelgate/registry.
+
+    An empty --registry= is an error (it is a mistake, e.g. an unset shell variable), never the
+    workspace default."""
+    if flag is not None:
+        if not flag.strip():
+            raise UsageError(f"empty --registry=: {_EXPECTED} (omit the flag for the workspace's own registry)")
         return parse(flag)
     env = os.environ.get(ENV_REGISTRY)
     if env:
