@@ -72,8 +72,9 @@ def promote(uri: str, bundle: Path, signing_key: Path, *, tag: str = "stable", n
     return result
 
 
-def rollback(uri: str, *, tag: str = "stable", notify_urls=()) -> api.PromoteResult:
-    return api.rollback(open_registry(uri), MODEL, tag, notify_urls=tuple(notify_urls))
+def rollback(uri: str, signing_key: Path, *, tag: str = "stable", notify_urls=()) -> api.PromoteResult:
+    """`registry rollback`, in-process: a new history event, signed like a promotion."""
+    return api.rollback(open_registry(uri), MODEL, tag, signing_key=lambda: str(signing_key), notify_urls=tuple(notify_urls))
 
 
 def free_port() -> int:

@@ -84,7 +84,7 @@ def test_promote_notify_rollback_and_a_tampered_blob(request, backend, releases,
     server.wait_serving(h2, ROLLOUT_TIMEOUT_S)
     assert_answers_like(server, v2)
 
-    harness.rollback(uri, notify_urls=[server.notify_url])
+    harness.rollback(uri, keys["signer"], notify_urls=[server.notify_url])
     server.wait_serving(h1, ROLLOUT_TIMEOUT_S)
     assert_answers_like(server, v1)
 

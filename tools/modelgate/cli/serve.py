@@ -2,6 +2,7 @@
 
     serve --model=NAME --tag=TAG [--registry=URI] [--port=P] [--host=ADDR] [--public-key=PEM]
           [--poll-interval=SECONDS] [--state-dir=DIR] [--max-body-bytes=N] [--threads=N]
+          [--read-timeout=SECONDS] [--allow-rollback]
 
 Pulls the tag's build at start, again when a signed notification arrives on POST /notify
 (secret: $MODELGATE_NOTIFY_SECRET) and every --poll-interval seconds; verifies the signature and
@@ -34,7 +35,9 @@ def build_parser() -> Parser:
     p.add_argument("--poll-interval", type=float, default=30.0, metavar="SECONDS", help="look at the tag this often even without notifications (default: 30)")
     p.add_argument("--retry-refused", type=float, default=300.0, metavar="SECONDS", help="poll a refused build again after this long (default: 300)")
     p.add_argument("--notify-tolerance", type=float, default=300.0, metavar="SECONDS", help="refuse notifications signed further from now (default: 300)")
-    p.add_argument("--state-dir", metavar="DIR", help="where fetched builds go (default: <workspace>/.modelgate/serve/<model>/<tag>)")
+    p.add_argument("--state-dir", metavar="DIR", help="where fetched builds and the accepted tag state go; created by serve, or an empty directory (default: <workspace>/.modelgate/serve/<model>/<tag>)")
+    p.add_argument("--allow-rollback", action="store_true", help="accept a tag state older than the one this service accepted before (an operator's decision; `registry rollback` does not need it)")
+    p.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS", help="a client must send its request head, and then its body, within this long (default: 30)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest /predict body (default: 1 MiB)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch intra-op threads (default: 1)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -45,7 +48,7 @@ def build_parser() -> Parser:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     tags.tag_kind(args.tag)
-    for flag, value in (("--poll-interval", args.poll_interval), ("--max-body-bytes", args.max_body_bytes), ("--threads", args.threads)):
+    for flag, value in (("--poll-interval", args.poll_interval), ("--max-body-bytes", args.max_body_bytes), ("--threads", args.threads), ("--read-timeout", args.read_timeout)):
         if value <= 0:
             raise UsageError(f"{flag} must be positive, got {value}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s serve %(levelname)s %(message)s", stream=sys.stderr)
@@ -65,7 +68,7 @@ def _main(argv: list[str]) -> int:
     import uvicorn
 
     from modelgate import notify
-    from modelgate.serve.app import create_app
+    from modelgate.serve.app import create_app, slow_client_protocol
     from modelgate.serve.deployment import Deployment
     from modelgate.serve.notifications import NotificationGuard
 
@@ -76,15 +79,19 @@ def _main(argv: list[str]) -> int:
             "$%s is not set: POST /notify refuses everything; polling %s every %g s", notify.ENV_SECRET, args.tag, args.poll_interval
         )
     deployment = Deployment(
-        spec, args.tag, registry, public_key, state_dir, poll_interval_s=args.poll_interval, retry_refused_s=args.retry_refused
-    )
+        spec, args.tag, registry, public_key, state_dir, poll_interval_s=args.poll_interval, retry_refused_s=args.retry_refused,
+        allow_rollback=args.allow_rollback,
+    )  # fmt: skip
     deployment.claim()  # fail here, in one line, if another service uses the state directory
     guard = NotificationGuard(secret, tolerance_s=args.notify_tolerance)
-    app = create_app(deployment, guard, max_body_bytes=args.max_body_bytes)
+    app = create_app(deployment, guard, max_body_bytes=args.max_body_bytes, read_timeout_s=args.read_timeout)
     logging.getLogger("modelgate.serve").info(
         "serving %s:%s from %s on http://%s:%d (state in %s)", args.model, args.tag, uri, args.host, args.port, state_dir
     )
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log, timeout_graceful_shutdown=30)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+        timeout_graceful_shutdown=30, http=slow_client_protocol(args.read_timeout),
+    )  # fmt: skip
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1

@@ -6,16 +6,19 @@
     GET  /schema    the model's inputs and outputs
     POST /notify    a signed promotion event (modelgate.notify): look at the tag now
 
-Bodies are read up to a limit before anything parses them (413 beyond it). Errors are JSON
-{"detail": "<one sentence>"}: 400 for a body that is not JSON, 413 for one too large, 422 for
-JSON that does not fit the model's inputs, 503 when nothing is serving yet.
+Bodies are read up to a limit before anything parses them (413 beyond it), and within
+`read_timeout_s` (408 beyond it; a client that has not sent its headers by then is cut off by
+`slow_client_protocol`). Errors are JSON {"detail": "<one sentence>"}: 400 for a body that is not
+JSON or is nested too deeply, 408 for one too slow, 413 for one too large, 422 for JSON that does
+not fit the model's inputs, 503 when nothing is serving yet.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import logging
+import time
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -29,10 +32,19 @@ log = logging.getLogger("modelgate.serve")
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_NOTIFY_BODY_BYTES = 64 << 10
+DEFAULT_READ_TIMEOUT_S = 30.0
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes, and
+    with 408 when it has not arrived within `timeout_s` (a slow or stalled client)."""
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise HTTPException(408, f"request body not received within {timeout_s:g} s") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -54,6 +66,7 @@ def create_app(
     guard: NotificationGuard,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     manage_deployment: bool = True,
 ) -> FastAPI:
     """The app. With manage_deployment, its lifespan starts and stops the rollout worker."""
@@ -93,7 +106,7 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request):
-        body = await read_body(request, max_body_bytes)
+        body = await read_body(request, max_body_bytes, read_timeout_s)
         return JSONResponse(await run_in_threadpool(predict_sync, body))
 
     @app.get("/healthz")
@@ -116,24 +129,32 @@ def create_app(
 
     @app.post("/notify")
     async def notify(request: Request):
-        body = await read_body(request, MAX_NOTIFY_BODY_BYTES)
+        body = await read_body(request, MAX_NOTIFY_BODY_BYTES, read_timeout_s)
         verdict = guard.check(body, request.headers)
         if not verdict.accepted:
             log.warning("refused a notification from %s: %s", request.client.host if request.client else "?", verdict.reason)
             raise HTTPException(verdict.status, verdict.reason)
         try:
-            event = json.loads(body)
-            model, tag = event["model"], event["tag"]
-        except (ValueError, KeyError, TypeError):
-            raise HTTPException(400, "a notification body is a JSON object with at least 'model' and 'tag'") from None
+            event = schema.parse_json(body)
+        except schema.InputError as e:
+            raise HTTPException(e.status, f"notification: {e.message}") from None
+        model, tag = (event.get("model"), event.get("tag")) if isinstance(event, dict) else (None, None)
+        if not isinstance(model, str) or not isinstance(tag, str):
+            raise HTTPException(400, "a notification body is a JSON object with at least 'model' and 'tag'")
         if model != deployment.model_name or tag != deployment.tag:
             return JSONResponse(
                 {"accepted": False, "reason": f"this service serves {deployment.model_name}:{deployment.tag}, not {model}:{tag}"},
                 status_code=200,
             )
-        log.info("notified: %s:%s -> %s; checking the tag", model, tag, short(event.get("build_hash")))
-        deployment.request_check("notify")
+        build_hash = event.get("build_hash") if isinstance(event.get("build_hash"), str) else None
+        log.info("notified: %s:%s -> %s; checking the tag", model, tag, short(build_hash))
+        seq = event.get("seq")
+        deployment.request_check("notify", announced_seq=seq if type(seq) is int else None)
         return JSONResponse({"accepted": True}, status_code=202)
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, e: RecursionError):
+        return JSONResponse({"detail": "request nested too deeply"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, e: Exception):
@@ -141,3 +162,57 @@ def create_app(
         return JSONResponse({"detail": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
 
     return app
+
+
+def slow_client_protocol(read_timeout_s: float):
+    """uvicorn's h11 protocol, plus a deadline on each request's headers: a client that has not
+    sent a complete request head within `read_timeout_s` of connecting (or of its previous
+    response) gets 408 and is disconnected, so slow clients cannot hold connections forever.
+    Bodies have their own deadline in read_body."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    body = b'{"detail":"request headers not received within %g s"}' % read_timeout_s
+    response = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+    class SlowClientProtocol(H11Protocol):
+        _head_deadline = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_deadline = self.loop.call_later(read_timeout_s, self._head_timeout)
+            self._armed_at = time.monotonic()
+
+        def _disarm(self) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def _head_timeout(self) -> None:
+            self._head_deadline = None
+            in_request = self.cycle is not None and not self.cycle.response_complete
+            if not in_request and not self.transport.is_closing():
+                self.transport.write(response)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # the head is complete: the body's deadline is read_body's
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return SlowClientProtocol

@@ -7,13 +7,20 @@ build they started on; a rollout replaces the reference in one assignment (atomi
 Rollouts run on one worker thread, one at a time. The worker wakes when a notification asks it
 to (`request_check`) and every `poll_interval_s` otherwise, so a lost notification delays a
 rollout but never blocks it. Each rollout:
-  1. resolves the tag to a build hash in the registry;
+  1. resolves the tag to a build hash from the registry's signed tag state: the pointer's and
+     every history event's signature, and the pointer naming the tag's newest event
+     (Registry.tag_state, strict). Rollback protection: the highest history seq this service has
+     accepted for its tag is kept in the state directory (tag-state.json, across restarts), and a
+     lower one is refused unless the operator passes allow_rollback (serve --allow-rollback). A
+     `registry rollback` is a new, higher event, so it passes;
   2. fetches that build into a fresh directory under the state directory, verifying the manifest
      signature and every file's sha256 and size (modelgate.registry.api.fetch);
   3. loads weights.safetensors strictly into a new model instance built from the manifest's config;
   4. runs the build's own golden inputs and requires its golden outputs within golden.json's
      float32 tolerance;
   5. swaps, then removes the directories of older builds.
+The state directory is modelgate's alone: claim() creates it, or refuses one holding anything
+that this service does not create (user files, a registry), and only ever deletes its own.
 If any step fails, the old build keeps serving; the reason is logged and shown on /version. A
 refused build (bad signature or digests, unloadable weights, a warm-up mismatch) is not
 downloaded again by every poll: only by a notification, or after `retry_refused_s`. A failure
@@ -25,6 +32,8 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -40,15 +49,21 @@ import torch
 from modelgate import golden as golden_lib
 from modelgate.export import WEIGHTS, load_weights
 from modelgate.gate import GOLDEN_BUNDLE_NAMES
-from modelgate.registry import api
-from modelgate.registry.errors import ModelgateError, StorageError
-from modelgate.registry.registry import Registry
+from modelgate.registry import api, signing
+from modelgate.registry.errors import ModelgateError, StorageError, UsageError, VerificationError
+from modelgate.registry.registry import Registry, TagState
 from modelgate.spec import ModelSpec
 
 log = logging.getLogger("modelgate.serve")
 
 WARMUP_ROUNDS = 3
 _LOCK_FILE = ".lock"
+TAG_STATE_FILE = "tag-state.json"
+TAG_STATE_SCHEMA = "modelgate/serve-state@1"
+# Everything the service creates in its state directory, and nothing else.
+_OWN_NAMES = re.compile(
+    r"\.lock|tag-state\.json(?:\.tmp)?|[0-9a-f]{16}-[0-9a-f]{8}|\.[0-9a-f]{16}-[0-9a-f]{8}\.fetch-\d+-[0-9a-f]{16}|warmup-\w+"
+)
 
 
 def _now_iso() -> str:
@@ -65,6 +80,10 @@ class RolloutError(Exception):
 
 class StateDirBusy(ModelgateError):
     exit_code = 2
+
+
+class StateDirForeign(UsageError):
+    """The state directory holds something modelgate did not create."""
 
 
 @dataclass(frozen=True)
@@ -120,13 +139,19 @@ class Deployment:
         *,
         poll_interval_s: float = 30.0,
         retry_refused_s: float = 300.0,
+        allow_rollback: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.spec = spec
         self.model_name = spec.name
         self.tag = tag
         self.registry = registry
+        if registry.verifier is None:
+            registry.use_keys(verifier=signing.RecordVerifier(public_key))
         self.public_key = public_key
+        self.allow_rollback = allow_rollback
+        self.accepted: dict | None = None  # {"seq", "build_hash", "time"}: the highest tag state accepted
+        self.announced_seq = 0  # the highest seq a signed notification announced
         self.state_dir = Path(state_dir)
         self.poll_interval_s = poll_interval_s
         self.retry_refused_s = retry_refused_s
@@ -168,14 +193,27 @@ class Deployment:
             "checks": self.checks,
             "poll_interval_s": self.poll_interval_s,
             "last_rollout": self.last_attempt.to_json() if self.last_attempt else None,
+            "tag_state": dict(self.accepted) if self.accepted else None,
+            "allow_rollback": self.allow_rollback,
         }
 
     # ---- lifecycle
 
     def claim(self) -> None:
-        """Locks the state directory (one service per directory) and clears what an earlier run left."""
+        """Creates the state directory or checks that everything in it is this service's own, locks
+        it (one service per directory), loads the accepted tag state and clears old builds."""
         if self._lock_fd is not None:
             return
+        if self.state_dir.exists() or self.state_dir.is_symlink():
+            if not self.state_dir.is_dir():
+                raise StateDirForeign(f"state directory {self.state_dir} exists and is not a directory; pass --state-dir=DIR")
+            foreign = sorted(e.name for e in os.scandir(self.state_dir) if not _OWN_NAMES.fullmatch(e.name))
+            if foreign:
+                listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise StateDirForeign(
+                    f"state directory {self.state_dir} holds files modelgate did not create ({listed}); "
+                    "serve deletes what is in its state directory, so pass --state-dir=DIR naming a new or empty directory"
+                )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         fd = open(self.state_dir / _LOCK_FILE, "a")
         try:
@@ -186,7 +224,41 @@ class Deployment:
                 f"state directory {self.state_dir} is in use by another service; pass --state-dir=DIR"
             ) from None
         self._lock_fd = fd
+        try:
+            self.accepted = self._load_tag_state()
+        except BaseException:
+            self.stop()
+            raise
         self._remove_builds(keep=None)
+
+    def _load_tag_state(self) -> dict | None:
+        path = self.state_dir / TAG_STATE_FILE
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UsageError(f"the service state {path} is unreadable ({e}); it holds the rollback protection, so check it") from None
+        entry = doc.get("tags", {}).get(self.tag) if isinstance(doc, dict) and doc.get("schema") == TAG_STATE_SCHEMA else False
+        if entry is False or doc.get("model") != self.model_name:
+            raise UsageError(f"the service state {path} is not {self.model_name}'s ({TAG_STATE_SCHEMA}); pass --state-dir=DIR")
+        if entry is None:
+            return None
+        if not isinstance(entry, dict) or type(entry.get("seq")) is not int or not isinstance(entry.get("build_hash"), str):
+            raise UsageError(f"the service state {path} is malformed; it holds the rollback protection, so check it")
+        return entry
+
+    def _save_tag_state(self, state: TagState) -> None:
+        """Remembers the tag state now served (atomically, durably): a restart keeps the protection."""
+        self.accepted = {"seq": state.seq, "build_hash": state.build_hash, "time": state.event["time"] if state.event else None}
+        path = self.state_dir / TAG_STATE_FILE
+        temp = path.with_name(TAG_STATE_FILE + ".tmp")
+        doc = {"schema": TAG_STATE_SCHEMA, "model": self.model_name, "tags": {self.tag: self.accepted}}
+        with open(temp, "w") as f:
+            json.dump(doc, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
 
     def start(self) -> None:
         """Claims the state directory and starts the rollout worker, which looks at the tag at once."""
@@ -206,10 +278,12 @@ class Deployment:
             self._lock_fd.close()
             self._lock_fd = None
 
-    def request_check(self, trigger: str) -> None:
+    def request_check(self, trigger: str, announced_seq: int | None = None) -> None:
         """Asks the worker to look at the tag now (a notification, or startup)."""
         with self._triggers_lock:
             self._triggers.add(trigger)
+            if announced_seq is not None and announced_seq > self.announced_seq:
+                self.announced_seq = announced_seq
         self._wake.set()
 
     def _run(self) -> None:
@@ -242,21 +316,65 @@ class Deployment:
     def _check(self, trigger: str) -> Attempt | None:
         served = self._current
         try:
-            pointer = self.registry.read_pointer(self.model_name, self.tag)
+            state = self.registry.tag_state(self.model_name, self.tag, strict=True)
+        except VerificationError as e:  # a verdict on the registry's tag state: nothing moves
+            return self._refuse_tag_state(trigger, str(e))
         except Exception as e:  # noqa: BLE001 - a registry outage must not stop serving
             self._report_problem(f"cannot read tag {self.tag} from {self.registry.uri}: {_first_line(e)}")
             return None
-        if pointer is None:
+        if state.build_hash is None:
             self._report_problem(f"tag {self.tag} of {self.model_name} does not exist in {self.registry.uri} (yet)")
             return None
-        target = pointer.build_hash
+        accepted = self.accepted
+        if accepted is not None and not self.allow_rollback:
+            if state.seq < accepted["seq"]:
+                return self._refuse_tag_state(
+                    trigger,
+                    f"rollback refused: the registry's tag {self.tag} is at history event {state.seq} "
+                    f"({short(state.build_hash)}), but this service has accepted event {accepted['seq']} "
+                    f"({short(accepted['build_hash'])}): the registry's tag state went back (replayed or deleted "
+                    "history); a real rollback is `registry rollback`, or restart with --allow-rollback",
+                    state.build_hash,
+                )
+            if state.seq == accepted["seq"] and state.build_hash != accepted["build_hash"]:
+                return self._refuse_tag_state(
+                    trigger,
+                    f"history event {state.seq} of tag {self.tag} now names {short(state.build_hash)}, but it named "
+                    f"{short(accepted['build_hash'])} when this service accepted it: the history was rewritten",
+                    state.build_hash,
+                )
+        target = state.build_hash
         if served is not None and served.build_hash == target:
+            if accepted is None or state.seq != accepted["seq"]:
+                self._save_tag_state(state)
             self.problem = None
+            self._check_announced(state)
             return None
         refused_at = self._refused.get(target)
         if refused_at is not None and trigger == "poll" and self._clock() - refused_at < self.retry_refused_s:
             return None
-        return self._rollout(target, trigger)
+        attempt = self._rollout(target, trigger)
+        if attempt.outcome == "serving":
+            self._save_tag_state(state)
+            self._check_announced(state)
+        return attempt
+
+    def _check_announced(self, state: TagState) -> None:
+        """A signed notification announced a newer event than the registry shows: say so (a
+        registry view that is stale, or frozen by someone who withholds the newest state)."""
+        if self.announced_seq > state.seq:
+            self._report_problem(
+                f"a notification announced history event {self.announced_seq} but the registry's tag {self.tag} "
+                f"is at event {state.seq}: the registry view is stale or frozen"
+            )
+
+    def _refuse_tag_state(self, trigger: str, reason: str, target: str | None = None) -> Attempt:
+        attempt = Attempt(target or "", trigger, _now_iso(), outcome="refused", error=reason)
+        self.last_attempt = attempt
+        old = self._current
+        keeping = f"still serving {short(old.build_hash)}" if old else "nothing is being served"
+        self._report_problem(f"tag {self.tag} refused: {reason}; {keeping}")
+        return attempt
 
     def _rollout(self, target: str, trigger: str) -> Attempt:
         attempt = Attempt(target, trigger, _now_iso())
@@ -332,9 +450,10 @@ class Deployment:
 
     def _remove_builds(self, keep: Path | None) -> None:
         """Deletes every build directory (and fetch leftovers) but `keep`: a loaded model needs
-        no files, so only the serving build's directory is kept, for inspection."""
+        no files, so only the serving build's directory is kept, for inspection. Only names
+        this service creates are touched."""
         for path in self.state_dir.iterdir():
-            if path.name == _LOCK_FILE or path == keep:
+            if path.name in (_LOCK_FILE, TAG_STATE_FILE) or path == keep or not _OWN_NAMES.fullmatch(path.name):
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)

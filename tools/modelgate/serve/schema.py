@@ -15,7 +15,11 @@ from typing import Mapping
 
 import torch
 
+from modelgate.registry.records import json_depth
 from modelgate.spec import ModelSpec, TensorSpec
+
+# A request is {"inputs": {name: nested lists}}: a few levels deeper than the deepest input.
+MAX_JSON_DEPTH = 32
 
 
 class InputError(Exception):
@@ -48,10 +52,14 @@ def parse_json(body: bytes) -> object:
     """The request body as JSON; 400 with the parser's reason when it is not JSON."""
     if not body.strip():
         raise InputError(400, "empty request body: expected JSON")
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise InputError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(body, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise InputError(400, "request body is not UTF-8 JSON") from None
+    except RecursionError:
+        raise InputError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as e:
         raise InputError(400, f"request body is not valid JSON: {e}") from None
 
@@ -153,11 +161,16 @@ def _unravel(index: int, shape: list[int]) -> list[int]:
 
 
 def _check_batch(spec: ModelSpec, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Inputs with a dynamic batch axis must agree on it (the model would fail less clearly)."""
-    batched = [(t.name, tensors[t.name].shape[0]) for t in spec.inputs if t.shape and t.shape[0] is None]
-    if len({size for _, size in batched}) > 1:
-        sizes = ", ".join(f"{name} has {size}" for name, size in batched)
-        raise InputError(422, f"inputs disagree on the batch size (axis 0): {sizes}")
+    """Inputs must agree on every dynamic axis they share, exactly: a size-1 axis is not
+    broadcast (tokens (1, 3) with a mask (1, 1) is refused, not answered). A dynamic axis is
+    written N in the schema; the same position of two inputs names the same N."""
+    axes = max((len(t.shape) for t in spec.inputs), default=0)
+    for axis in range(axes):
+        shared = [(t.name, tensors[t.name].shape[axis]) for t in spec.inputs if len(t.shape) > axis and t.shape[axis] is None]
+        if len({size for _, size in shared}) > 1:
+            sizes = ", ".join(f"{name} has {size}" for name, size in shared)
+            what = "the batch size (axis 0)" if axis == 0 else f"axis {axis} (shapes must match exactly; no broadcasting)"
+            raise InputError(422, f"inputs disagree on {what}: {sizes}")
 
 
 def to_json_outputs(outputs: Mapping[str, torch.Tensor]) -> dict[str, list]:
