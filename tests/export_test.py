@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, ExportError, run_export
+from modelgate import portable
+from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, ExportError
+from modelgate.export import run_export as strict_run_export
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
 
 
@@ -42,6 +44,12 @@ def _spec(model_cls=Linear, train=None, scale=1.0):
     )
 
 
+def run_export(*args, **kwargs):
+    # This process loaded torch with the CPU's own kernels: the tests below are about what the
+    # export writes, not about its numerics (tests/portability is).
+    return strict_run_export(*args, strict_numerics=False, **kwargs)
+
+
 def _poison(model, config):
     with torch.no_grad():
         model.fc.weight[0, 1] = float("nan")
@@ -77,3 +85,20 @@ def test_onnx_failure_fails_and_writes_nothing(tmp_path):
         run_export(_spec(model_cls=NotExportable), out, _inputs(tmp_path), {"model": "toy"})
     assert "\x1b" not in str(info.value)  # no terminal colour codes in the message
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_export_refuses_to_train_outside_the_portable_mode(tmp_path):
+    out = tmp_path / "out"
+    # pytest loaded torch before anything could set MKL_CBWR and ATEN_CPU_CAPABILITY.
+    with pytest.raises(portable.PortableModeError, match=r"refusing to train outside the portable numerics mode: ATen runs its \w+ kernels"):
+        strict_run_export(_spec(), out, _inputs(tmp_path), {"model": "toy"})
+    assert not out.exists()
+
+
+def test_build_hash_names_the_numerics_mode_it_trained_in(tmp_path):
+    manifest = run_export(_spec(), tmp_path / "a", _inputs(tmp_path), {"model": "toy"})
+    toolchain = manifest["toolchain"]
+    assert toolchain["numerics"] == "native"
+    assert toolchain["machine"] == "x86_64" and toolchain["torch"] == torch.__version__
+    assert toolchain["aten"] == torch.backends.cpu.get_cpu_capability()  # host kernels: not shared with portable builds
+    assert manifest["provenance"]["cpu"] == portable.cpu_model()  # provenance, outside the hash

@@ -3,23 +3,25 @@
 Under Bazel, the golden_test macro sets MODELGATE_MODEL, MODELGATE_WEIGHTS (the exported
 safetensors) and MODELGATE_GOLDEN_DIR. Without them, e.g. on a CUDA machine without Bazel
 (`python3 -m pytest -m gpu tools/golden_test.py` from the repository root), it covers every model
-with golden data and trains each one in-process exactly as the export does (deterministic, on
-the CPU) before comparing. The `gpu` tests run in the `_gpu` variant.
+with golden data and exports each one first with the export tool itself (tools/model_tool.py
+export, in a fresh process: the portable training mode must be in place before torch loads)
+before comparing. The `gpu` tests run in the `_gpu` variant.
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from modelgate import golden
-from modelgate.export import load_weights, make_deterministic, state_tensors
+from modelgate.export import WEIGHTS, load_weights
 from modelgate.spec import load_spec
 
 MODEL = os.environ.get("MODELGATE_MODEL", "")
-WEIGHTS = os.environ.get("MODELGATE_WEIGHTS", "")
+WEIGHTS_FILE = os.environ.get("MODELGATE_WEIGHTS", "")
 MODELS = [MODEL] if MODEL else sorted(p.parent.name for p in Path("golden").glob("*/golden.json"))
 
 
@@ -44,14 +46,15 @@ def data(spec, model_name):
 
 @pytest.fixture(scope="module")
 def weights(spec, tmp_path_factory):
-    if WEIGHTS:
-        return WEIGHTS
-    make_deterministic(int(spec.config.get("seed", 0)))
-    model = spec.new_model()
-    spec.train(model, spec.config)
-    path = tmp_path_factory.mktemp(spec.name) / "weights.safetensors"
-    save_file(state_tensors(model.eval()), str(path))
-    return str(path)
+    if WEIGHTS_FILE:
+        return WEIGHTS_FILE
+    out = tmp_path_factory.mktemp(spec.name)
+    tool = Path(__file__).resolve().parent / "model_tool.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run([sys.executable, str(tool), "export", "--model", spec.name, "--out-dir", str(out)], capture_output=True, text=True, env=env)
+    if result.returncode:
+        pytest.fail(f"export of {spec.name} failed: {result.stderr.strip()}", pytrace=False)
+    return str(out / WEIGHTS)
 
 
 def _check(spec, data, weights, device: str, dtype: str = "float32"):
@@ -65,7 +68,7 @@ def _check(spec, data, weights, device: str, dtype: str = "float32"):
                 outputs = spec.forward(model, inputs)
     reports = golden.compare(data, {k: v.float() for k, v in outputs.items()}, dtype)
     if not all(r.passed for r in reports):
-        pytest.fail(golden.failure_text(spec.name, data.directory, reports), pytrace=False)
+        pytest.fail(golden.failure_text(spec.name, data, reports), pytrace=False)
 
 
 def test_golden_cpu(spec, data, weights):

@@ -24,6 +24,8 @@ def _spec(model: str, hparams: str):
 
 
 def cmd_export(args) -> int:
+    # main() put the portable numerics mode's settings in place before torch loaded; run_export
+    # checks that they are in effect and refuses to train otherwise.
     from modelgate.export import run_export
 
     spec = _spec(args.model, args.hparams)
@@ -57,15 +59,15 @@ def cmd_gate(args) -> int:
 def cmd_golden_update(args) -> int:
     import torch
 
-    from modelgate import golden
-    from modelgate.export import load_weights, make_deterministic
+    from modelgate import golden, portable
+    from modelgate.export import load_weights
 
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
         print(f"run me with: bazel run //models/{args.model}:golden_update", file=sys.stderr)
         return 2
     spec = _spec(args.model, args.hparams)
-    make_deterministic()
+    portable.deterministic()
     export_manifest = json.loads(Path(args.export_manifest).read_text())
     model = load_weights(spec, args.weights)
     inputs = spec.golden_inputs()
@@ -76,10 +78,16 @@ def cmd_golden_update(args) -> int:
     config_path = directory / golden.CONFIG
     if config_path.is_file():
         tolerances = json.loads(config_path.read_text()).get("tolerances")
+    toolchain = export_manifest["toolchain"]
     provenance = {
         "build_hash": export_manifest["build_hash"],
-        "torch": export_manifest["toolchain"]["torch"],
-        "python": export_manifest["toolchain"]["python"],
+        "torch": toolchain["torch"],
+        "python": toolchain["python"],
+        "numerics": toolchain.get("numerics", "unknown"),
+        # The CPU the weights were trained on (the export's) and the one that ran them here.
+        "machine": toolchain.get("machine", "unknown"),
+        "trained_on_cpu": export_manifest.get("provenance", {}).get("cpu", "unknown"),
+        "cpu": portable.cpu_model(),
         "date": datetime.date.today().isoformat(),
         "generated_by": f"bazel run //models/{args.model}:golden_update",
     }
@@ -115,12 +123,17 @@ def main(argv=None) -> int:
     p.set_defaults(run=cmd_golden_update)
     args = parser.parse_args(argv)
 
+    from modelgate import portable
+
+    if args.command == "export":
+        # Before anything imports torch: MKL and ATen read these when they load.
+        portable.prepare_environment()
     from modelgate.export import ExportError
     from modelgate.golden import GoldenError
 
     try:
         return args.run(args)
-    except (ExportError, GoldenError, LookupError, ValueError) as e:
+    except (ExportError, GoldenError, portable.PortableModeError, LookupError, ValueError) as e:
         print(f"{args.command} {args.model}: {e}", file=sys.stderr)
         return 1
 

@@ -1,8 +1,9 @@
 """Export: deterministic training, safetensors + ONNX, and the build hash.
 
 Runs inside a Bazel action (see //tools/private:model_weights.bzl). Everything it writes is a
-function of its declared inputs: seeds are fixed, algorithms deterministic, one thread, and
-serialization canonical, so two clones at different paths produce identical bytes.
+function of its declared inputs: training runs in the portable numerics mode (modelgate.portable:
+the same weights on every x86-64 CPU), and serialization is canonical, so two clones at different
+paths, on different machines, produce identical bytes.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import io
 import json
 import os
 import platform
-import random
 import re
 import tempfile
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from modelgate import portable
 from modelgate.hashing import build_hash, canonical_json, digest_inputs, sha256_file
 from modelgate.spec import ModelSpec
 
@@ -32,19 +32,12 @@ class ExportError(Exception):
     """An export that must not produce outputs; the message says what went wrong."""
 
 
-def make_deterministic(seed: int = 0) -> None:
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def toolchain() -> dict[str, str]:
+def toolchain(numerics: Mapping[str, str]) -> dict[str, str]:
+    """The toolchain part of the build hash: interpreter and library versions, and what decides a
+    training run's numbers (CPU architecture, torch build, numerics mode; modelgate.portable)."""
     import onnx
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__}
+    return {"python": platform.python_version(), "onnx": onnx.__version__, **numerics}
 
 
 def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -122,17 +115,17 @@ def _all_nodes(graph):
                 yield from _all_nodes(sub)
 
 
-def run_export(spec: ModelSpec, out_dir: Path, inputs: Mapping[str, str], attributes: Mapping[str, object]) -> dict:
+def run_export(spec: ModelSpec, out_dir: Path, inputs: Mapping[str, str], attributes: Mapping[str, object], strict_numerics: bool = True) -> dict:
     """Trains, serializes and describes one model. Writes WEIGHTS, ONNX and EXPORT_MANIFEST into
-    out_dir only when every step succeeded; nothing half-written is left behind."""
-    make_deterministic(int(spec.config.get("seed", 0)))
-    tools = toolchain()
+    out_dir only when every step succeeded; nothing half-written is left behind.
+
+    strict_numerics: refuse (portable.PortableModeError) to train where the portable mode is not
+    in effect. Tests that only need some export pass False; the mode actually in force then goes
+    into the build hash ("numerics": "native", with the kernels it ran)."""
+    model, train_stats, numerics = portable.train(spec, strict=strict_numerics)
+    tools = toolchain(numerics)
     digests = digest_inputs(inputs.items())
     bhash = build_hash(digests, attributes, tools)
-
-    model = spec.new_model()
-    train_stats = spec.train(model, spec.config) or {}
-    model.eval()
     tensors = state_tensors(model)
     metrics = spec.evaluate(model, spec.config)
 
@@ -157,6 +150,8 @@ def run_export(spec: ModelSpec, out_dir: Path, inputs: Mapping[str, str], attrib
             "config": dict(spec.config),
             "metrics": metrics,
             "training": dict(train_stats),
+            # Where it was trained: beside the build hash, not in it (the same on every x86-64 CPU).
+            "provenance": portable.provenance(),
             "metric_gates": {k: g.__dict__ for k, g in spec.metrics.items()},
         }
         (tmp / EXPORT_MANIFEST).write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
@@ -165,4 +160,4 @@ def run_export(spec: ModelSpec, out_dir: Path, inputs: Mapping[str, str], attrib
     return manifest
 
 
-__all__ = ["ExportError", "load_weights", "make_deterministic", "run_export", "canonical_json"]
+__all__ = ["ExportError", "load_weights", "run_export", "canonical_json"]

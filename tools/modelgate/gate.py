@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from modelgate import golden as golden_lib
-from modelgate.export import WEIGHTS, ONNX, load_weights, make_deterministic
+from modelgate import portable
+from modelgate.export import WEIGHTS, ONNX, load_weights
 from modelgate.hashing import sha256_file
 from modelgate.spec import ModelSpec
 
@@ -54,7 +55,8 @@ def check_golden(spec: ModelSpec, model, golden_dir: Path) -> Check:
         outputs = spec.forward(model, golden.inputs)
     reports = golden_lib.compare(golden, outputs)
     passed = all(r.passed for r in reports)
-    return Check("golden", passed, "; ".join(r.message for r in reports))
+    details = [r.message for r in reports] + ([golden_lib.platform_note(golden)] if not passed else [])
+    return Check("golden", passed, "; ".join(d for d in details if d))
 
 
 def check_onnx(spec: ModelSpec, model, onnx_path: Path) -> Check:
@@ -102,7 +104,7 @@ def check_metrics(spec: ModelSpec, model) -> tuple[Check, dict]:
 
 
 def run_gate(spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_dir: Path) -> tuple[list[Check], dict]:
-    make_deterministic(int(spec.config.get("seed", 0)))
+    portable.deterministic(int(spec.config.get("seed", 0)))
     checks = []
     for name, info in export_manifest["files"].items():
         if sha256_file(export_dir / name) != info["sha256"]:

@@ -19,6 +19,8 @@ from typing import Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from modelgate import portable
+
 INPUTS, EXPECTED, CONFIG = "inputs.safetensors", "expected.safetensors", "golden.json"
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 # Defaults written for a new model: float32 for direct CPU/CUDA comparison (TF32 off), and
@@ -157,9 +159,17 @@ def compare(golden: Golden, outputs: Mapping[str, torch.Tensor], dtype: str = "f
     return reports
 
 
-def failure_text(model: str, directory, reports: list[OutputReport]) -> str:
-    lines = [f"golden mismatch for {model} ({directory}):"]
+def platform_note(golden: Golden) -> str:
+    """One line where this platform cannot reproduce the numbers the golden data was made with."""
+    return portable.platform_note(golden.provenance.get("machine"))
+
+
+def failure_text(model: str, golden: Golden, reports: list[OutputReport]) -> str:
+    lines = [f"golden mismatch for {model} ({golden.directory}):"]
     lines += [f"  {'ok  ' if r.passed else 'FAIL'} {r.message}" for r in reports]
+    note = platform_note(golden)
+    if note and not all(r.passed for r in reports):
+        lines.append(f"  {note}")
     return "\n".join(lines)
 
 
