@@ -14,7 +14,7 @@ import sys
 
 from modelgate.cli import Parser, add_registry_flag, open_registry, run, short, user_path, warner
 from modelgate.registry import api, signing
-from modelgate.registry.errors import EXIT_COMMITTED_TAG_PENDING
+from modelgate.registry.errors import EXIT_COMMITTED_TAG_PENDING, UsageError
 from modelgate.registry.uri import workspace_dir
 
 PROG = "registry"
@@ -24,6 +24,10 @@ def build_parser() -> Parser:
     common = argparse.ArgumentParser(add_help=False)
     add_registry_flag(common)
     common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument(
+        "--public-key", metavar="PEM",
+        help=f"verify the signatures of history events and tag pointers (default: ${signing.ENV_PUBLIC_KEY}; without one, their schema only)",
+    )  # fmt: skip
     p = Parser(prog=PROG, description="Inspect the model registry; roll a channel tag back.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{ls,show,history,rollback}", parser_class=Parser)
     sub.add_parser("ls", parents=[common], help="models and their tags")
@@ -74,6 +78,13 @@ def _print_history(events: list[dict]) -> None:
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     uri, registry = open_registry(args.registry)
+    if args.command != "rollback":
+        try:
+            key = signing.public_key_setting(user_path(args.public_key), allow_dev_key=uri.is_default, workspace=workspace_dir())
+        except UsageError:
+            key = None  # nothing to verify with: schema checks only
+        if key:
+            registry.use_keys(verifier=signing.RecordVerifier(key))
     if args.command == "ls":
         models = api.list_models(registry)
         if args.json:
@@ -86,6 +97,11 @@ def _main(argv: list[str]) -> int:
             print(json.dumps(info, indent=2))
         else:
             _print_show(info)
+        problems = [f"{tag}: {t['problem']}" for tag, t in sorted(info["tags"].items()) if t.get("problem")]
+        for problem in problems:
+            print(f"{PROG}: tag {problem}", file=sys.stderr)
+        if problems:
+            return 1
     elif args.command == "history":
         events = api.history(registry, args.model)
         if args.json:

@@ -259,11 +259,12 @@ def _settle_committed(registry: Registry, event: dict, repair: bool) -> str | No
     return None
 
 
-def _signer(registry: Registry, signing_key: Callable[[], str] | None) -> signing.RecordSigner:
+def _signer(registry: Registry, signing_key: Callable[[], str] | None, warn: Warn) -> signing.RecordSigner:
     """Loads the signing key once (it may create the workspace's development key) and makes the
     registry sign what it writes and verify what it reads with it."""
     if signing_key is None:
         raise UsageError("no signing key configured")
+    registry.warn = registry.warn or warn
     if registry.signer is None:
         registry.use_keys(signer=signing.RecordSigner(signing_key()))
     return registry.signer
@@ -319,7 +320,7 @@ def promote(
     if not dry_run:
         # The key is loaded before anything is written, so that a missing or unusable key writes
         # nothing; from here the registry verifies every event and pointer it reads with it.
-        _signer(registry, signing_key)
+        _signer(registry, signing_key, warn)
     planned = {}
     for b in selected:
         state = registry.tag_state(b.model, tag)
@@ -419,7 +420,7 @@ def rollback(
     kind = tags.tag_kind(tag)
     if not kind.movable:
         raise GateError(f"{tag} is a version tag: version tags never move, so there is nothing to roll back")
-    _signer(registry, signing_key)
+    _signer(registry, signing_key, warn)
     for attempt in range(MAX_COMMIT_ATTEMPTS):
         seqs = registry.history_seqs(model)
         registry.settle(model, seqs)

@@ -78,6 +78,7 @@ class Registry:
         self.signer = signer
         self.verifier = verifier or (signer.verifier() if signer else None)
         self._events: dict[tuple[str, int], dict] = {}  # checked events: create-only, so cacheable
+        self.warn: Callable[[str], None] | None = None  # told when materialize repairs a broken pointer
 
     def use_keys(self, *, signer: RecordSigner | None = None, verifier: RecordVerifier | None = None) -> None:
         """Signs what this registry writes with `signer`; verifies what it reads with `verifier`
@@ -271,6 +272,8 @@ class Registry:
             if problem is not None and not repair:
                 raise RegistryContentError(problem)
             if self.storage.swap(key, data, version):
+                if problem is not None and self.warn is not None:
+                    self.warn(f"{problem}; promote rewrites it from the signed history")
                 return
             backoff(attempt)
         raise StorageError(f"could not move {key} in {self.uri}: too many concurrent writers")
