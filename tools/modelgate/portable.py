@@ -62,15 +62,23 @@ def prepare_environment(environ=os.environ) -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (provenance only: never part of a build hash)."""
+    """The CPU, as lscpu names it, with family, model and widest vector unit (provenance only:
+    never part of a build hash). E.g. "AMD EPYC (AuthenticAMD family 25 model 1; AVX2)"."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor is enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or platform.machine() or "unknown"
+    flags = set(fields.get("flags", "").split())
+    vector = next((name.upper() for name in ("avx512f", "avx2", "avx", "sse4_2") if name in flags), "no SIMD flags")
+    vector = "AVX-512" if vector == "AVX512F" else vector
+    name = fields.get("model name", "unknown")
+    return f"{name} ({fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}; {vector})"
 
 
 def _mkl_cbwr_branch(torch) -> int | None:
