@@ -162,11 +162,12 @@ def start_server(
     extra_args=(),
     extra_env: dict | None = None,
     ready_timeout_s: float = 60,
+    state_dir: Path | None = None,
 ) -> Server:
     """Starts `python -m modelgate.cli.serve` and waits until it answers HTTP (not until it serves)."""
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
-    state_dir = work / "state"
+    state_dir = state_dir or work / "state"
     log_path = work / f"serve-{port}.log"
     env = {
         **os.environ,

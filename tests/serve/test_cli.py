@@ -57,3 +57,27 @@ def test_a_state_directory_in_use(capsys, keys, tmp_path):
 
 def test_non_positive_settings(capsys):
     assert "--poll-interval must be positive" in one_line_error(capsys, 2, "--model=tiny_transformer", "--tag=stable", "--poll-interval=0")
+
+
+def test_an_empty_registry_flag_is_an_error_not_the_workspace_default(capsys, keys, workspace):
+    line = one_line_error(capsys, 2, "--model=tiny_transformer", "--tag=stable", "--registry=", f"--public-key={keys['signer_public']}")
+    assert "empty --registry=" in line
+    assert not (workspace / ".modelgate").exists()  # no development key, no registry, no state
+
+
+@pytest.mark.parametrize("what", ["user files", "a registry"])
+def test_a_state_directory_holding_what_modelgate_did_not_create_is_refused(capsys, keys, tmp_path, what):
+    state = tmp_path / "state"
+    state.mkdir()
+    if what == "user files":
+        (state / "notes.txt").write_text("mine")
+    else:
+        for name in ("blobs/sha256", "models/tiny_transformer/tags"):
+            (state / name).mkdir(parents=True)
+    before = sorted(str(p.relative_to(state)) for p in state.rglob("*"))
+    line = one_line_error(
+        capsys, 2, "--model=tiny_transformer", "--tag=stable", f"--registry=file://{tmp_path}/registry",
+        f"--public-key={keys['signer_public']}", f"--state-dir={state}",
+    )  # fmt: skip
+    assert "holds files modelgate did not create" in line
+    assert sorted(str(p.relative_to(state)) for p in state.rglob("*")) == before

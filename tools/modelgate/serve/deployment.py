@@ -353,9 +353,8 @@ class Deployment:
         refused_at = self._refused.get(target)
         if refused_at is not None and trigger == "poll" and self._clock() - refused_at < self.retry_refused_s:
             return None
-        attempt = self._rollout(target, trigger)
+        attempt = self._rollout(target, trigger, state)
         if attempt.outcome == "serving":
-            self._save_tag_state(state)
             self._check_announced(state)
         return attempt
 
@@ -376,7 +375,7 @@ class Deployment:
         self._report_problem(f"tag {self.tag} refused: {reason}; {keeping}")
         return attempt
 
-    def _rollout(self, target: str, trigger: str) -> Attempt:
+    def _rollout(self, target: str, trigger: str, state: TagState | None = None) -> Attempt:
         attempt = Attempt(target, trigger, _now_iso())
         self.last_attempt = attempt
         old = self._current
@@ -398,6 +397,8 @@ class Deployment:
             self.problem = f"build {short(target)} (tag {self.tag}) {attempt.outcome}: {reason}; {keeping}"
             log.error("%s:%s: %s", self.model_name, self.tag, self.problem)
             return attempt
+        if state is not None:
+            self._save_tag_state(state)  # before the swap: whoever sees the build sees its seq
         self._current = served  # the swap: new requests see the new build from here on
         self._refused.pop(target, None)
         attempt.outcome = "serving"
