@@ -1,6 +1,6 @@
 """Trains models and prints the digest of their weights: the child process of portability_test.
 
-  train_digest.py --numerics=portable|native --steps=N MODEL...
+  train_digest.py --numerics=portable|native [--steps=N] MODEL...
 
 portable: the export's own path (modelgate.portable: prepare_environment before torch loads, then
 portable.train). native: what modelgate did before the portable mode, for the test's control
@@ -28,7 +28,7 @@ def weights_digest(model) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--numerics", choices=["portable", "native"], required=True)
-    parser.add_argument("--steps", required=True)
+    parser.add_argument("--steps", help="override the spec's training steps")
     parser.add_argument("models", nargs="+")
     args = parser.parse_args()
     if args.numerics == "portable":
@@ -38,7 +38,9 @@ def main() -> int:
     from modelgate.spec import load_spec
 
     for name in args.models:
-        spec = load_spec(name).with_config({"steps": args.steps})
+        spec = load_spec(name)
+        if args.steps:
+            spec = spec.with_config({"steps": args.steps})
         started = time.perf_counter()
         if args.numerics == "portable":
             model, _, _ = portable.train(spec)

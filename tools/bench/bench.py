@@ -1,6 +1,6 @@
 """The modelgate benchmark: what a team asks before adopting it, measured side by side in one run.
 
-    tools/bench/run [--only=affected,cache,overhead,promote,swap] [--model=NAME] [--size-mib=1024]
+    tools/bench/run [--only=affected,cache,overhead,promote,swap,training] [--model=NAME] [--size-mib=1024]
                     [--out=FILE] [--work=DIR] [--keep] [--no-dvc] [--no-whatif]
 
 Run through tools/bench/run, which provides the venv (the pinned lock, outside Bazel). Everything
@@ -19,6 +19,8 @@ Rows (each a ratio beside absolute times; timings are never test assertions):
   promote    1 GiB (synthetic) promote and verified fetch, fake-gcs-server and local registry,
              beside raw google-cloud-storage and file copies; re-promote; dvc push as a peer
   swap       promote -> first answer from the new build under load; failed requests; p99
+  training   each model's training in the portable numerics mode (what every export runs) beside
+             the same training on the CPU's own kernels, fresh processes, alternating
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2]
-ROWS = ("affected", "cache", "overhead", "promote", "swap")
+ROWS = ("affected", "cache", "overhead", "promote", "swap", "training")
+TRAINING_REPS = 2
 BAZEL_FLAGS = ["--disk_cache=", "--noshow_progress", "--color=no", "--curses=no"]
 # Sandbox and runfiles settings, each as (the faster setting, Bazel's default). Row 3c runs the cold
 # test once more with the other side of whichever .bazelrc sets: the faster settings where it lacks
@@ -59,6 +62,7 @@ TARGETS = {
     "transfer": "≥ 0.9× raw",
     "repromote": "0 B, < 2 s",
     "swap": "0 failed",
+    "training": "—",
 }
 
 
@@ -546,6 +550,28 @@ class Bench:
         self.data["swap"] = parsed
         log(f"  rollout {parsed['rollout_s']} s, failed {parsed['failed']}")
 
+    # ---- row 6: the cost of portable training numerics
+
+    def training_rows(self, clone: Path) -> None:
+        """Trains every model TRAINING_REPS times in each mode, alternating, in fresh processes
+        (tests/portability/train_digest.py: the export's own training path), full steps."""
+        models = sorted(p.parent.name for p in (clone / "models").glob("*/spec.py"))
+        env = clean_env(PYTHONPATH=f"{clone}{os.pathsep}{clone / 'tools'}", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                        PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
+        results: dict = {m: {"native": [], "portable": [], "digests": set()} for m in models}
+        log(f"training {', '.join(models)}: portable numerics beside the CPU's own kernels, {TRAINING_REPS} runs each")
+        for rep in range(TRAINING_REPS):
+            for numerics in ("native", "portable"):
+                r = run([self.python, "tests/portability/train_digest.py", f"--numerics={numerics}", *models],
+                        clone, env, self.logs / f"training-{numerics}-{rep}.log")  # fmt: skip
+                for line in r.log.splitlines():
+                    if line.startswith("{"):
+                        row = json.loads(line)
+                        results[row["model"]][numerics].append(row["seconds"])
+                        if numerics == "portable":
+                            results[row["model"]]["digests"].add(row["digest"])
+        self.data["training"] = results
+
     # ---- everything
 
     def run(self) -> None:
@@ -570,6 +596,8 @@ class Bench:
             self.promote_rows(self.code_clone)
         if "swap" in only:
             self.swap_rows(self.code_clone)
+        if "training" in only:
+            self.training_rows(self.code_clone)
         self.data["total_s"] = time.perf_counter() - start
         self.data["loadavg_end"] = os.getloadavg()
         self.build_rows(only)
@@ -936,6 +964,21 @@ class Bench:
                 f"{', '.join(f'`{x}`' for x in ran) or 'nothing'} and reported {len(cached)} other test(s) `(cached)`. "
                 "Clone A keeps the cold run's settings (it writes to the remote cache, as CI does). `pytest models/` "
                 "covers only the model-logic tests: no export, gate or golden test."
+            ))
+        if "training" in only:
+            for index, (model, r) in enumerate(sorted(d["training"].items())):
+                portable_s, native_s = min(r["portable"]), min(r["native"])
+                self.rows.append(Row(
+                    f"6{'abcdefgh'[index]}", f"Training `{model}` in the portable numerics mode (every export), best of {TRAINING_REPS}",
+                    f"{fmt_s(portable_s)}; {len(r['digests'])} weight digest(s) over {len(r['portable'])} runs",
+                    f"the CPU's own kernels: {fmt_s(native_s)}", f"{portable_s / native_s:.2f}×", TARGETS["training"],
+                    "cost" if len(r["digests"]) == 1 else "**NOT REPRODUCIBLE**", portable_s, name=f"training {model}",
+                ))  # fmt: skip
+            self.detail("6", (
+                "- Rows 6: training only (no ONNX export, no evaluation), in fresh processes through "
+                "`tests/portability/train_digest.py`, the export's own path (`modelgate.portable.train`); the portable mode "
+                "is MKL's compatible branch, ATen's default kernels, oneDNN off and a correctly rounded sqrt (README, "
+                "\"Portable training\")."
             ))
         if "overhead" in only:
             self.detail("3", (
