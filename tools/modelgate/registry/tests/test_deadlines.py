@@ -22,7 +22,10 @@ SLACK_S = 1.5  # process overhead on a loaded 2-core machine
 
 
 class BadEndpoint:
-    """Accepts connections; "silent" never answers, "trickle" answers one byte per second, forever."""
+    """Accepts connections; "silent" never answers, "trickle" answers one byte per second. Either
+    gives up after GIVE_UP_S, so that a client without a deadline fails the test instead of hanging it."""
+
+    GIVE_UP_S = 30
 
     def __init__(self, mode: str):
         self.mode = mode
@@ -46,12 +49,13 @@ class BadEndpoint:
         try:
             conn.recv(65536)  # the request (or its start)
             if self.mode == "trickle":
-                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000:
+                for byte in (b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000)[: self.GIVE_UP_S]:
                     if self.stopped.wait(1.0):
                         return
                     conn.sendall(bytes([byte]))
             else:
-                self.stopped.wait()
+                self.stopped.wait(self.GIVE_UP_S)
+            conn.close()
         except OSError:
             pass
 
