@@ -44,6 +44,7 @@ from .signing import RecordSigner, RecordVerifier, canonical_json
 from .storage import Progress, Storage
 
 SEQ_DIGITS = 10
+TAG_STATE_ATTEMPTS = 3
 NOTIFY_CONFIG = "config/notify.json"
 
 
@@ -196,6 +197,20 @@ class Registry:
         (fetch, serve): any disagreement is a RegistryContentError. Otherwise (promote) it is
         reported in TagState.problem and the next materialize repairs the pointer."""
         tags.check_model_name(model)
+        tags.tag_kind(tag)
+        for attempt in range(TAG_STATE_ATTEMPTS):
+            state = self._tag_state(model, tag, seqs)
+            if state.problem is None:
+                return state
+            # A pointer read just before concurrent promotions can look behind the history:
+            # look again before calling it a problem.
+            seqs = None
+            backoff(attempt)
+        if strict:
+            raise RegistryContentError(state.problem)
+        return state
+
+    def _tag_state(self, model: str, tag: str, seqs: list[int] | None) -> TagState:
         kind = tags.tag_kind(tag)
         pointer, _, problem = self._read_pointer(model, tag)  # first: the history read after it is as new
         if seqs is not None and pointer is not None and (not seqs or pointer.seq > seqs[-1]):
@@ -230,8 +245,6 @@ class Registry:
                     )
         elif problem is None and pointer is None and event is not None and event["seq"] != newest_seq:
             problem = f"the tag pointer {self._where(key)} is missing, but history event {event['seq']} set {tag}"
-        if problem and strict:
-            raise RegistryContentError(problem)
         if event is None:
             return TagState(None, 0, None, pointer, problem)
         return TagState(event["build_hash"], event["seq"], event, pointer, problem)
