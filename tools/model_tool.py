@@ -27,6 +27,7 @@ def cmd_export(args) -> int:
     # main() put the portable numerics mode's settings in place before torch loaded; run_export
     # checks that they are in effect and refuses to train otherwise.
     from modelgate.export import run_export
+    from modelgate.hashing import read_lock_entries
 
     spec = _spec(args.model, args.hparams)
     inputs = {}
@@ -34,7 +35,8 @@ def cmd_export(args) -> int:
         rel, _, path = pair.partition("=")
         inputs[rel] = path or rel
     attributes = {"model": args.model, "hparams": json.loads(args.hparams or "{}")}
-    manifest = run_export(spec, Path(args.out_dir), inputs, attributes)
+    packages = read_lock_entries(args.lock_entry)
+    manifest = run_export(spec, Path(args.out_dir), inputs, attributes, packages=packages)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(manifest["metrics"].items()))
     print(f"exported {args.model} build {manifest['build_hash'][:12]} ({metrics})")
     return 0
@@ -107,6 +109,12 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--input", action="append", default=[], help="REL=PATH of a declared input to hash")
     p.add_argument("--hparams", default="{}")
+    p.add_argument(
+        "--lock-entry",
+        action="append",
+        default=[],
+        help="PATH of a pip package's lock entry (lock_entries/<name>.json) to hash; one per package the model depends on",
+    )
     p.set_defaults(run=cmd_export)
     p = sub.add_parser("gate")
     p.add_argument("--model", required=True)

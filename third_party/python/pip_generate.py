@@ -2,11 +2,15 @@
 
 Run by the pip_repository rule with the toolchain's interpreter:
 
-  pip_generate.py generate LOCK_NAME SITE OUT_DIR
+  pip_generate.py generate LOCK_NAME SITE OUT_DIR [LOCK_FILE]
       one py_library per installed distribution, with its files (from RECORD) and its
       dependencies (from METADATA, markers evaluated for this interpreter), plus
       requirements.bzl with requirement(name) -> label. Fails, naming the lock, when a
-      distribution needs a package the lock does not pin.
+      distribution needs a package the lock does not pin. With LOCK_FILE (the lock it was
+      installed from), each py_library also carries its own lock entry,
+      lock_entries/<name>.json ({"name", "version", "hashes"}): what a model's build hash
+      covers of the lock is the entries of the packages it depends on (tools/private/
+      model_weights.bzl), so that an edit of another package's entry re-keys nothing of it.
   pip_generate.py explain-pip-error LOCK_NAME   (pip's output in $PIP_OUTPUT)
       one line per problem pip reported, and the command that fixes the lock.
 """
@@ -25,6 +29,58 @@ _LABEL_SAFE = re.compile(r"^[A-Za-z0-9!%@^_#$&'()*+,;<=>?\[\]{|}~/.-]+$")
 
 def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503: the name the lock entry is known by in a build hash."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]*?))?\s*(\\)?$")
+_HASH = re.compile(r"^--hash=(sha256:[0-9a-f]{64})\s*(\\)?$")
+
+
+class LockError(ValueError):
+    """A line of the lock this parser does not understand."""
+
+
+def read_lock_entries(text: str, where: str = "lock") -> dict:
+    """{normalized name: {"name", "version", "hashes"[, "marker"]}} for a pip-compile lock.
+
+    Comments ("# via ...") and global options ("--find-links ...") are not part of any entry.
+    The same parsing as modelgate.affected.read_lock_entries (checked by lock_tools_test).
+    """
+    entries, current, continued = {}, None, False
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if continued and current is not None:
+            m = _HASH.match(line)
+            if not m:
+                raise LockError(f"{where}:{number}: expected a --hash=sha256:... line, got {line!r}")
+            current["hashes"].append(m.group(1))
+            continued = bool(m.group(2))
+            continue
+        if raw[:1].isspace():
+            raise LockError(f"{where}:{number}: indented line outside an entry: {line!r}")
+        if line.startswith("-"):
+            continued, current = line.endswith("\\"), None  # a global option (--find-links DIR)
+            continue
+        m = _PIN.match(line)
+        if not m:
+            raise LockError(f"{where}:{number}: not a name==version pin: {line!r}")
+        current = {"name": canonical_name(m.group(1)), "version": m.group(2), "hashes": []}
+        if m.group(3):
+            current["marker"] = m.group(3)
+        key = normalize(m.group(1))
+        if key in entries:
+            raise LockError(f"{where}:{number}: {m.group(1)} is pinned twice")
+        entries[key] = current
+        continued = bool(m.group(4))
+    for entry in entries.values():
+        entry["hashes"] = sorted(set(entry["hashes"]))
+    return entries
 
 
 def _read_metadata(dist_info: Path):
@@ -73,7 +129,7 @@ def _break_cycles(deps):
     return dropped
 
 
-def generate(lock_name: str, site: str, out: str) -> int:
+def generate(lock_name: str, site: str, out: str, lock_file: str | None = None) -> int:
     site_path = Path(site)
     sys.path.insert(0, str(site_path.resolve()))
     from packaging.requirements import Requirement  # pinned in the lock itself
@@ -95,17 +151,33 @@ def generate(lock_name: str, site: str, out: str) -> int:
                 errors.append(f"{lock_name}: package '{req.name}' (required by {name}) is missing from the lock; {FIX}")
             elif dep != key:
                 deps[key].add(dep)
+    entries = None
+    if lock_file is not None:
+        try:
+            entries = read_lock_entries(Path(lock_file).read_text(encoding="utf-8"), lock_name)
+        except LockError as e:
+            errors.append(f"{e}; {FIX}")
+        else:
+            for key, (name, _, _) in dists.items():
+                if key not in entries:
+                    errors.append(f"{lock_name}: {name} is installed but has no entry in the lock; {FIX}")
     if errors:
         print("\n".join(sorted(set(errors))))
         return 1
     dropped = _break_cycles(deps)
+    if entries is not None:
+        Path(out, "lock_entries").mkdir(exist_ok=True)
+        for key in dists:
+            body = json.dumps(entries[key], sort_keys=True, separators=(",", ":")) + "\n"
+            Path(out, "lock_entries", key + ".json").write_text(body, encoding="utf-8")
 
     lines = [
         f'"""Generated by //third_party/python:pip_generate.py from {lock_name}. Do not edit."""',
         "",
         'package(default_visibility = ["//visibility:public"])',
         "",
-        "# The lock this repository was installed from; export actions hash it into the build hash.",
+        "# The lock this repository was installed from. Each py_library carries its own entry of it",
+        "# (lock_entries/<name>.json): a model's build hash covers the entries of its dependencies.",
         'exports_files(["requirements_lock.txt"])',
         "",
     ]
@@ -119,7 +191,8 @@ def generate(lock_name: str, site: str, out: str) -> int:
         skipped += len(files) - len(kept)
         lines.append("py_library(")
         lines.append(f'    name = "{key}",')
-        lines.append(f"    data = {json.dumps(['site/' + f for f in kept], indent=8)[:-1]}    ],")
+        data = ([f"lock_entries/{key}.json"] if entries is not None else []) + ["site/" + f for f in kept]
+        lines.append(f"    data = {json.dumps(data, indent=8)[:-1]}    ],")
         lines.append('    imports = ["site"],')
         lines.append(f"    deps = {json.dumps([':' + d for d in sorted(deps[key])])},")
         lines.append(f'    tags = ["pypi_name={name}"],')
@@ -191,7 +264,7 @@ def explain_pip_error(lock_name: str) -> int:
 
 
 def main(argv):
-    if len(argv) >= 2 and argv[0] == "generate" and len(argv) == 4:
+    if len(argv) in (4, 5) and argv[0] == "generate":
         return generate(*argv[1:])
     if len(argv) == 2 and argv[0] == "explain-pip-error":
         return explain_pip_error(argv[1])

@@ -115,7 +115,8 @@ def _pip_repository_impl(rctx):
     # Pythons (torch ships a few); that is expected.
     rctx.execute([python, "-S", "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-s", str(rctx.path("site")), "-p", "site", "site"], timeout = 1800, quiet = True)
 
-    res = rctx.execute([python, rctx.path(rctx.attr._generator), "generate", lock_name, "site", "."], timeout = 600, quiet = True)
+    # The lock entry of each package goes beside its py_library (lock_entries/<name>.json).
+    res = rctx.execute([python, rctx.path(rctx.attr._generator), "generate", lock_name, "site", ".", "requirements_lock.txt"], timeout = 600, quiet = True)
     if res.return_code != 0:
         fail("\n" + (res.stdout + res.stderr).strip())
 

@@ -115,9 +115,20 @@ def _all_nodes(graph):
                 yield from _all_nodes(sub)
 
 
-def run_export(spec: ModelSpec, out_dir: Path, inputs: Mapping[str, str], attributes: Mapping[str, object], strict_numerics: bool = True) -> dict:
+def run_export(
+    spec: ModelSpec,
+    out_dir: Path,
+    inputs: Mapping[str, str],
+    attributes: Mapping[str, object],
+    strict_numerics: bool = True,
+    packages: Mapping[str, Mapping[str, object]] | None = None,
+) -> dict:
     """Trains, serializes and describes one model. Writes WEIGHTS, ONNX and EXPORT_MANIFEST into
     out_dir only when every step succeeded; nothing half-written is left behind.
+
+    inputs: {workspace-relative path: path on disk} of the files to hash. packages: the lock
+    entries ({name: {"version", "hashes"}}, hashing.read_lock_entries) of the pip packages the
+    model depends on; they go into the build hash instead of the whole lock.
 
     strict_numerics: refuse (portable.PortableModeError) to train where the portable mode is not
     in effect. Tests that only need some export pass False; the mode actually in force then goes
@@ -125,7 +136,8 @@ def run_export(spec: ModelSpec, out_dir: Path, inputs: Mapping[str, str], attrib
     model, train_stats, numerics = portable.train(spec, strict=strict_numerics)
     tools = toolchain(numerics)
     digests = digest_inputs(inputs.items())
-    bhash = build_hash(digests, attributes, tools)
+    packages = {name: dict(entry) for name, entry in sorted((packages or {}).items())}
+    bhash = build_hash(digests, attributes, tools, packages)
     tensors = state_tensors(model)
     metrics = spec.evaluate(model, spec.config)
 
@@ -145,6 +157,7 @@ def run_export(spec: ModelSpec, out_dir: Path, inputs: Mapping[str, str], attrib
             "build_hash": bhash,
             "files": files,
             "inputs": digests,
+            "packages": packages,
             "attributes": dict(attributes),
             "toolchain": tools,
             "config": dict(spec.config),

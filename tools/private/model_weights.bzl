@@ -40,13 +40,48 @@ _GOLDEN_BUNDLE_NAMES = {
 }
 
 def _relative(f):
-    # short_path is workspace-relative ("models/x/model.py", "../pip/requirements_lock.txt").
+    # short_path is workspace-relative ("models/x/model.py", "../python_interpreter/bin/python3").
     return f.short_path
+
+# --- the pip packages a model depends on --------------------------------------------------------
+#
+# The pip repository rule (third_party/python) gives each package's py_library its own lock entry,
+# lock_entries/<name>.json ({"name", "version", "hashes"} of that package in the lock it installed:
+# the CPU or the CUDA lock, as MODELGATE_TORCH says). This aspect follows `deps` and collects the
+# entries of every @pip library reached, so that a model's build hash covers the lock entries of
+# its own dependency closure, not the whole lock: an edit of another package's entry leaves the
+# export action's inputs, and so its cache key and build hash, unchanged.
+#
+# An aspect rather than a provider: the libraries are native py_library rules generated into an
+# external repository, which cannot return a provider of ours, and the closure is exactly what
+# `deps` reaches (what the export tool can import), computed at analysis time.
+
+PipLockEntriesInfo = provider(
+    doc = "Lock entries of the pip packages in a target's transitive deps.",
+    fields = {"entries": "depset of File: lock_entries/<name>.json of each @pip library reached"},
+)
+
+def _is_lock_entry(f):
+    return f.owner.workspace_name != "" and f.owner.name.startswith("lock_entries/") and f.basename.endswith(".json")
+
+def _pip_lock_entries_aspect_impl(target, ctx):
+    own = []
+    if target.label.workspace_name != "":
+        own = [f for f in getattr(ctx.rule.files, "data", []) if _is_lock_entry(f)]
+    transitive = [dep[PipLockEntriesInfo].entries for dep in getattr(ctx.rule.attr, "deps", []) if PipLockEntriesInfo in dep]
+    return [PipLockEntriesInfo(entries = depset(own, transitive = transitive))]
+
+pip_lock_entries_aspect = aspect(
+    implementation = _pip_lock_entries_aspect_impl,
+    attr_aspects = ["deps"],
+    doc = "Collects the lock entries of the @pip libraries in a target's transitive deps.",
+)
 
 def _model_weights_impl(ctx):
     sources = depset(transitive = [dep[PyInfo].transitive_sources for dep in ctx.attr.deps])
     hashed = [f for f in sources.to_list() if f.owner.workspace_name == ""]
-    hashed += ctx.files.golden + [ctx.file.lock, ctx.file.interpreter, ctx.file.tool_src]
+    hashed += ctx.files.golden + [ctx.file.interpreter, ctx.file.tool_src]
+    lock_entries = depset(transitive = [dep[PipLockEntriesInfo].entries for dep in ctx.attr.deps]).to_list()
     outputs = [ctx.outputs.weights, ctx.outputs.onnx, ctx.outputs.export_manifest]
 
     args = ctx.actions.args()
@@ -58,11 +93,13 @@ def _model_weights_impl(ctx):
     args.add("--hparams", json.encode(ctx.attr.hparams))
     for f in sorted(hashed, key = _relative):
         args.add("--input", "%s=%s" % (_relative(f), f.path))
+    for f in sorted(lock_entries, key = _relative):
+        args.add("--lock-entry", f.path)
 
     ctx.actions.run(
         executable = ctx.executable.tool,
         arguments = [args],
-        inputs = hashed,
+        inputs = hashed + lock_entries,
         outputs = outputs,
         env = _EXPORT_ENV,
         mnemonic = "ModelExport",
@@ -83,11 +120,14 @@ def _model_weights_impl(ctx):
 _model_weights = rule(
     implementation = _model_weights_impl,
     attrs = {
-        "deps": attr.label_list(providers = [PyInfo], doc = "libraries whose sources go into the build hash"),
+        "deps": attr.label_list(
+            providers = [PyInfo],
+            aspects = [pip_lock_entries_aspect],
+            doc = "libraries whose sources, and the lock entries of whose pip packages, go into the build hash",
+        ),
         "golden": attr.label_list(allow_files = True),
         "hparams": attr.string_dict(),
         "interpreter": attr.label(default = "@python_interpreter//:bin/python3", allow_single_file = True),
-        "lock": attr.label(default = "@pip//:requirements_lock.txt", allow_single_file = True),
         "model": attr.string(mandatory = True),
         "tool": attr.label(mandatory = True, executable = True, cfg = "exec"),
         "tool_src": attr.label(default = "//tools:model_tool.py", allow_single_file = True),
@@ -162,8 +202,9 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, visi
 
     Trains (or initializes) the model deterministically from models/<model>/spec.py and writes
     `<name>/weights.safetensors`, `<name>/model.onnx` and `<name>/export.json`. The build hash in
-    export.json covers every declared input: the model's sources (deps), golden data, the lock,
-    the toolchain and `hparams`.
+    export.json covers every declared input: the model's sources (deps), golden data, the lock
+    entries (name, version, hashes) of the pip packages in the deps' closure, the toolchain and
+    `hparams`.
 
     Args:
       name: target name, conventionally "weights".
