@@ -1,11 +1,14 @@
 """Export's answers to broken models: a clear error and nothing half-written."""
 
+import json
+
 import pytest
 import torch
 
 from modelgate import portable
 from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, ExportError
 from modelgate.export import run_export as strict_run_export
+from modelgate.hashing import LockEntryError, build_hash, read_lock_entries
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
 
 
@@ -102,3 +105,45 @@ def test_build_hash_names_the_numerics_mode_it_trained_in(tmp_path):
     assert toolchain["machine"] == "x86_64" and toolchain["torch"] == torch.__version__
     assert toolchain["aten"] == torch.backends.cpu.get_cpu_capability()  # host kernels: not shared with portable builds
     assert manifest["provenance"]["cpu"] == portable.cpu_model()  # provenance, outside the hash
+
+
+# --- the lock entries of the model's pip packages ------------------------------------------------
+
+NUMPY = {"version": "2.4.6", "hashes": ["sha256:" + "a" * 64]}
+HTTPX = {"version": "0.28.1", "hashes": ["sha256:" + "b" * 64, "sha256:" + "c" * 64]}
+
+
+def test_build_hash_covers_the_given_lock_entries_and_records_them(tmp_path):
+    inputs = _inputs(tmp_path)
+    first = run_export(_spec(), tmp_path / "a", inputs, {"model": "toy"}, packages={"numpy": NUMPY})
+    assert first["packages"] == {"numpy": NUMPY}
+    same = run_export(_spec(), tmp_path / "b", inputs, {"model": "toy"}, packages={"numpy": dict(NUMPY)})
+    assert same["build_hash"] == first["build_hash"]
+    moved = run_export(_spec(), tmp_path / "c", inputs, {"model": "toy"}, packages={"numpy": NUMPY | {"hashes": NUMPY["hashes"] + ["sha256:" + "d" * 64]}})
+    assert moved["build_hash"] != first["build_hash"]
+    # A package the model does not depend on is simply not given: it cannot move the hash.
+    assert build_hash(first["inputs"], {"model": "toy"}, first["toolchain"], {"numpy": NUMPY}) == first["build_hash"]
+    assert build_hash(first["inputs"], {"model": "toy"}, first["toolchain"], {"numpy": NUMPY, "httpx": HTTPX}) != first["build_hash"]
+
+
+def test_lock_entry_files_are_read_and_checked(tmp_path):
+    good = tmp_path / "numpy.json"
+    good.write_text(json.dumps({"name": "numpy", "version": "2.4.6", "hashes": NUMPY["hashes"]}))
+    other = tmp_path / "httpx.json"
+    other.write_text(json.dumps({"name": "httpx", "version": "0.28.1", "hashes": list(reversed(HTTPX["hashes"]))}))
+    assert read_lock_entries([other, good]) == {"httpx": HTTPX, "numpy": NUMPY}
+    for text, why in [
+        ("{", "cannot read it"),
+        ('{"name": "x", "version": "1"}', "expected an object with keys name, version, hashes"),
+        ('{"name": "x", "version": "1", "hashes": [], "extra": 1}', "expected an object with keys name, version, hashes"),
+        ('{"name": "x", "version": "1", "hashes": ["md5:00"]}', "hashes must be a non-empty list of sha256:... strings"),
+        ('{"name": "", "version": "1", "hashes": ["sha256:00"]}', "name and version must be non-empty strings"),
+    ]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(LockEntryError, match=f"lock entry {bad}: {why}"):
+            read_lock_entries([bad])
+    with pytest.raises(LockEntryError, match="numpy is given twice"):
+        read_lock_entries([good, good])
+    with pytest.raises(LockEntryError, match="cannot read it"):
+        read_lock_entries([tmp_path / "missing.json"])

@@ -6,8 +6,10 @@ one label per line on stdout (a one-line summary and per-file notes go to stderr
     bazel test -- $(bazel run //tools:affected -- --base=origin/main)
 
 tests exactly those. It fails open: when it cannot answer file by file (WORKSPACE, .bazelrc, a
-.bzl file or third_party/ changed, an unknown or missing base revision, a failing query) it lists
-every test and says why, and still exits 0. Exit 2 is for bad arguments only.
+.bzl file or third_party/ changed (but the CPU lock: see below), an unknown or missing base revision, a failing query) it lists
+every test and says why, and still exits 0. A modified third_party/requirements_lock.txt is
+mapped entry by entry: the tests that depend on the @pip libraries of the changed entries.
+Exit 2 is for bad arguments only.
 """
 
 import argparse

@@ -23,7 +23,26 @@ FILES = {
     "tools/defs.bzl": "def model_test(**kw): pass\n",
     "tools/BUILD.bazel": "py_library(name = 'spec')\n",
     "tools/spec.py": "SPEC = 1\n",
-    "third_party/requirements_lock.txt": "torch==2\n",
+    "third_party/BUILD.bazel": "exports_files(['requirements.in', 'requirements_lock.txt'])\n",
+    "third_party/requirements.in": "torch\nnumpy\nhttpx\n",
+    "third_party/requirements_lock.txt": (
+        "--find-links /opt/wheels\n"
+        "\n"
+        "filelock==3.20.0 \\\n"
+        f"    --hash=sha256:{'1' * 64}\n"
+        "    # via torch\n"
+        "httpx==0.28.1 \\\n"
+        f"    --hash=sha256:{'2' * 64} \\\n"
+        f"    --hash=sha256:{'3' * 64}\n"
+        "    # via -r third_party/requirements.in\n"
+        "numpy==2.4.6 \\\n"
+        f"    --hash=sha256:{'4' * 64}\n"
+        "    # via -r third_party/requirements.in\n"
+        "torch==2.13.0+cpu \\\n"
+        f"    --hash=sha256:{'5' * 64}\n"
+        "    # via -r third_party/requirements.in\n"
+    ),
+    "third_party/requirements_lock_cuda.txt": "torch==2.13.0\n",
     "third_party/stub/BUILD.bazel": "\n",
 }
 MODELS = ("image_cnn", "sequence_rnn", "tiny_transformer")
@@ -37,12 +56,18 @@ for _m in MODELS:
 def graph(root: Path):
     """Targets of the workspace as the BUILD files would declare them: name -> (deps, tags)."""
     rules = {"//tools:spec": (["//tools:spec.py"], [])}
+    # The pip repository: one py_library per package of the lock (torch needs filelock).
+    rules |= {f"@pip//:{p}": ([], []) for p in ("filelock", "httpx", "numpy")}
+    rules["@pip//:torch"] = (["@pip//:filelock"], [])
+    rules["//third_party:lock_test"] = (["//third_party:requirements_lock.txt", "//third_party:requirements.in"], [])
+    rules["//tools:http_test"] = (["@pip//:httpx"], [])
     for m in MODELS:
         pkg = f"//models/{m}"
         if not (root / f"models/{m}/BUILD.bazel").is_file():
             continue
         srcs = [f"{pkg}:{f}" for f in ("model.py", "model_test.py") if (root / f"models/{m}/{f}").is_file()]
-        rules[f"{pkg}:{m}"] = ([s for s in srcs if "test" not in s] + ["//tools:spec"], [])
+        pip = ["@pip//:torch"] + (["@pip//:numpy"] if m == "image_cnn" else [])
+        rules[f"{pkg}:{m}"] = ([s for s in srcs if "test" not in s] + ["//tools:spec"] + pip, [])
         for variant, tags in (("cpu", ["cpu"]), ("gpu", ["gpu", "requires-gpu-nvidia"])):
             rules[f"{pkg}:model_test_{variant}"] = ([f"{pkg}:{m}", f"{pkg}:model_test.py", "//:pytest.ini"], tags)
     rules["//tools:manual_test"] = (["//tools:spec"], ["manual"])
@@ -60,6 +85,10 @@ class FakeQuery:
     def _sources(self):
         files = {d for deps, _ in self.rules.values() for d in deps if d not in self.rules}
         return files | {"//:BUILD.bazel", "//:pytest.ini"}
+
+    def pip_libraries(self):
+        self.asked.append(("pip_libraries",))
+        return {r for r in self.rules if r.startswith("@pip//")}
 
     def source_files(self, packages):
         self.asked.append(("source_files", tuple(packages)))
@@ -149,7 +178,8 @@ def on_branch(root: Path) -> None:
     sh(root, "checkout", "-q", "-b", "change")
 
 
-EVERY_TEST = [f"//models/{m}:model_test_{v}" for m in MODELS for v in ("cpu", "gpu")]
+MODEL_TESTS = [f"//models/{m}:model_test_{v}" for m in MODELS for v in ("cpu", "gpu")]
+EVERY_TEST = MODEL_TESTS + ["//third_party:lock_test", "//tools:http_test"]
 CNN_TESTS = ["//models/image_cnn:model_test_cpu", "//models/image_cnn:model_test_gpu"]
 
 
@@ -181,7 +211,7 @@ def test_a_shared_library_affects_every_model_but_never_manual_tests(repo):
     write(repo, "tools/spec.py", "SPEC = 2\n")
     commit(repo, "edit spec")
     result = run(repo)
-    assert result.tests == EVERY_TEST
+    assert result.tests == MODEL_TESTS
     assert "//tools:manual_test" not in result.tests
     assert not result.fail_open
 
@@ -201,7 +231,9 @@ def test_no_change_lists_nothing(repo):
         (".bazelrc", "flags of every build and test"),
         ("WORKSPACE", "external repositories"),
         ("tools/defs.bzl", "Starlark"),
-        ("third_party/requirements_lock.txt", "pinned dependencies"),
+        ("third_party/requirements.in", "pinned dependencies"),
+        ("third_party/requirements_lock_cuda.txt", "pinned dependencies"),
+        ("third_party/BUILD.bazel", "pinned dependencies"),
     ],
 )
 def test_workspace_wide_files_list_every_test_and_say_why(repo, path, why):
@@ -213,7 +245,7 @@ def test_workspace_wide_files_list_every_test_and_say_why(repo, path, why):
     assert result.tests == EVERY_TEST
     assert len(result.reasons) == 1 and result.reasons[0].startswith(f"{path} changed (")
     assert why in result.reasons[0]
-    assert result.summary().startswith(f"affected: every test (6 test targets); failing open: {path} changed")
+    assert result.summary().startswith(f"affected: every test (8 test targets); failing open: {path} changed")
 
 
 def test_a_renamed_bzl_file_fails_open_by_its_old_name_too(repo):
@@ -368,6 +400,138 @@ def test_a_new_package_affects_itself_and_the_package_it_takes_files_from(repo):
     assert result.tests == CNN_TESTS
 
 
+# --- the CPU lock, entry by entry ---------------------------------------------------------------
+
+LOCK = "third_party/requirements_lock.txt"
+LOCK_TERMS = ("//third_party:requirements_lock.txt", "@pip//:requirements_lock.txt")
+
+
+def edit_lock(root: Path, old: str, new: str) -> None:
+    text = (root / LOCK).read_text()
+    assert old in text, old
+    write(root, LOCK, text.replace(old, new, 1))
+
+
+def extra_hash(package_line: str, digit: str = "9") -> tuple[str, str]:
+    """An edit that adds one --hash line to an entry (pip still installs it: any listed hash may match)."""
+    return package_line, f"{package_line}\n    --hash=sha256:{digit * 64} \\"
+
+
+def lock_effect(result):
+    return next(f for f in result.files if f.path == LOCK)
+
+
+def test_a_lock_entry_no_model_uses_affects_only_its_own_tests(repo):
+    on_branch(repo)
+    edit_lock(repo, *extra_hash("httpx==0.28.1 \\"))
+    commit(repo, "httpx hash")
+    result = run(repo)
+    assert not result.fail_open, result.reasons
+    assert result.tests == ["//third_party:lock_test", "//tools:http_test"]  # no model's tests
+    effect = lock_effect(result)
+    assert effect.terms == ("@pip//:httpx",) + LOCK_TERMS
+    assert "lock entries changed: httpx 0.28.1 (hashes)" in effect.note
+
+
+def test_a_lock_entry_one_model_uses_affects_that_model(repo):
+    on_branch(repo)
+    edit_lock(repo, "numpy==2.4.6", "numpy==2.4.7")
+    commit(repo, "numpy bump")
+    result = run(repo)
+    assert not result.fail_open
+    assert result.tests == CNN_TESTS + ["//third_party:lock_test"]
+    assert "numpy 2.4.6 -> 2.4.7" in lock_effect(result).note
+
+
+def test_a_transitive_lock_entry_affects_every_model_that_reaches_it(repo):
+    on_branch(repo)
+    edit_lock(repo, *extra_hash("filelock==3.20.0 \\"))  # torch needs filelock; every model needs torch
+    commit(repo, "filelock hash")
+    result = run(repo)
+    assert result.tests == MODEL_TESTS + ["//third_party:lock_test"]
+
+
+def test_comments_only_affect_what_reads_the_lock(repo):
+    on_branch(repo)
+    edit_lock(repo, "    # via torch\n", "    # via\n    #   torch\n    #   other\n")
+    commit(repo, "via")
+    result = run(repo)
+    assert not result.fail_open
+    assert result.tests == ["//third_party:lock_test"]
+    assert lock_effect(result).terms == LOCK_TERMS
+
+
+def test_an_uncommitted_lock_edit_counts(repo):
+    on_branch(repo)
+    edit_lock(repo, *extra_hash("httpx==0.28.1 \\"))
+    result = run(repo)
+    assert result.dirty and result.tests == ["//third_party:lock_test", "//tools:http_test"]
+
+
+@pytest.mark.parametrize(
+    "old, new, why",
+    [
+        ("--find-links /opt/wheels", "--find-links /elsewhere", "changed its global options (--find-links /elsewhere, --find-links /opt/wheels)"),
+        ("numpy==2.4.6 \\", "numpy>=2.4.6 \\", "does not parse (third_party/requirements_lock.txt:10: not a name==version pin: 'numpy>=2.4.6 \\\\')"),
+        (f"    --hash=sha256:{'4' * 64}\n", "    garbage\n", "does not parse (third_party/requirements_lock.txt:11: expected a --hash=sha256:... line"),
+        ("numpy==2.4.6", "numpy==2.4.6\nnewpkg==1.0 \\\n    --hash=sha256:" + "6" * 64 + "\nnumpy2==2.4.6", "no @pip library to map them to: newpkg added (1.0)"),
+    ],
+)
+def test_lock_changes_it_cannot_map_fail_open(repo, old, new, why):
+    on_branch(repo)
+    edit_lock(repo, old, new)
+    commit(repo, "lock")
+    result = run(repo)
+    assert result.fail_open and result.tests == EVERY_TEST
+    assert why in result.reasons[0], result.reasons
+
+
+def test_a_removed_lock_entry_fails_open(repo):
+    on_branch(repo)
+    text = (repo / LOCK).read_text()
+    start = text.index("httpx==")
+    write(repo, LOCK, text[:start] + text[text.index("numpy==") :])
+    commit(repo, "drop httpx")
+    result = run(repo)
+    assert result.fail_open and "entries removed, whose users the build graph no longer shows: httpx removed (was 0.28.1)" in result.reasons[0]
+
+
+def test_a_deleted_lock_or_another_third_party_file_with_it_fails_open(repo):
+    on_branch(repo)
+    edit_lock(repo, *extra_hash("httpx==0.28.1 \\"))
+    write(repo, "third_party/requirements.in", "torch\nnumpy\nhttpx\nrich\n")
+    commit(repo, "lock and requirements.in")
+    result = run(repo)
+    assert result.fail_open and result.reasons == ["third_party/requirements.in changed (pinned dependencies, the toolchain rules and Bazel shims)"]
+    sh(repo, "checkout", "-q", "-B", "delete", "main")
+    sh(repo, "rm", "-q", LOCK)
+    commit(repo, "delete the lock")
+    result = run(repo)
+    assert result.fail_open and result.reasons[0].startswith(f"{LOCK} changed (")
+
+
+def test_read_lock_entries_options_markers_and_continuations():
+    text = (
+        "--find-links /opt/wheels\n--extra-index-url \\\n    https://example.com/simple\n\n"
+        "Typing_Extensions==4.15.0 ; python_version < '3.13' \\\n"
+        f"    --hash=sha256:{'b' * 64} \\\n    --hash=sha256:{'a' * 64}\n    # via torch\n"
+        "six==1.17.0\n"
+    )
+    entries, options = lib.read_lock(text)
+    assert options == ["--find-links /opt/wheels", "--extra-index-url \\ https://example.com/simple"]
+    assert entries == {
+        "typing_extensions": {
+            "name": "typing-extensions",
+            "version": "4.15.0",
+            "hashes": [f"sha256:{'a' * 64}", f"sha256:{'b' * 64}"],
+            "marker": "python_version < '3.13'",
+        },
+        "six": {"name": "six", "version": "1.17.0", "hashes": []},
+    }
+    with pytest.raises(lib.LockParseError, match="pinned twice"):
+        lib.read_lock("six==1.17.0\nSix==1.16.0\n")
+
+
 # --- parsing and the real query's expressions ---------------------------------------------------
 
 
@@ -398,6 +562,9 @@ def test_query_expressions():
     assert query.source_files(["", "models/x"]) == {"//a:t", "//b:t"}
     assert query.tests_depending_on(["//models/x:model.py", "//:*"], lib.TagFilter.parse("gpu")) == ["//a:t", "//b:t"]
     query.all_tests(lib.TagFilter.parse("-gpu"))
+    query.pip_libraries()
+    assert sent[-1] == 'kind("py_library rule", "@pip//:*")'
+    sent.pop()
     assert sent == [
         'kind("source file", "//:*" + "//models/x:*")',
         (

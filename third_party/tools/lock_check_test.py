@@ -109,3 +109,65 @@ def test_package_missing_from_lock(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "third_party/requirements_lock.txt: package 'beta' (required by alpha) is missing from the lock" in out
     assert "gamma" not in out  # its marker does not apply here
+
+
+# --- lock entries: what a model's build hash covers of the lock -----------------------------------
+
+ROOT = Path("third_party")
+
+
+def _site(tmp_path, names):
+    site = tmp_path / "site"
+    for name in names:
+        info = site / f"{name}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Name: {name}\nVersion: 1.0\n")
+        (info / "RECORD").write_text(f"{name}-1.0.dist-info/METADATA,,\n")
+    import packaging
+
+    (site / "packaging").symlink_to(Path(packaging.__file__).parent)
+    return site
+
+
+def test_generate_gives_each_library_its_lock_entry(tmp_path):
+    site = _site(tmp_path, ["Alpha_Pkg", "packaging"])
+    lock = tmp_path / "requirements_lock.txt"
+    lock.write_text(
+        "--find-links /opt/wheels\n\n"
+        f"alpha-pkg==1.0 \\\n    --hash=sha256:{'b' * 64} \\\n    --hash=sha256:{'a' * 64}\n    # via -r requirements.in\n"
+        f"packaging==1.0 \\\n    --hash=sha256:{'c' * 64}\n"
+    )
+    assert pip_generate.generate("third_party/requirements_lock.txt", str(site), str(tmp_path), str(lock)) == 0
+    entry = (tmp_path / "lock_entries" / "alpha_pkg.json").read_text()
+    assert entry == '{"hashes":["sha256:%s","sha256:%s"],"name":"alpha-pkg","version":"1.0"}\n' % ("a" * 64, "b" * 64)
+    build = (tmp_path / "BUILD.bazel").read_text()
+    assert '"lock_entries/alpha_pkg.json",' in build and '"lock_entries/packaging.json",' in build
+
+
+def test_generate_fails_when_an_installed_package_has_no_entry(tmp_path, capsys):
+    site = _site(tmp_path, ["alpha", "packaging"])
+    lock = tmp_path / "requirements_lock.txt"
+    lock.write_text(f"packaging==1.0 \\\n    --hash=sha256:{'c' * 64}\n")
+    assert pip_generate.generate("third_party/requirements_lock.txt", str(site), str(tmp_path), str(lock)) == 1
+    assert "third_party/requirements_lock.txt: alpha is installed but has no entry in the lock" in capsys.readouterr().out
+    lock.write_text("packaging>=1.0\n")
+    assert pip_generate.generate("third_party/requirements_lock.txt", str(site), str(tmp_path), str(lock)) == 1
+    assert "third_party/requirements_lock.txt:1: not a name==version pin: 'packaging>=1.0'" in capsys.readouterr().out
+
+
+def test_the_build_hash_and_affected_read_the_same_entries():
+    from modelgate import affected
+
+    for lock in ("requirements_lock.txt", "requirements_lock_cuda.txt"):
+        text = (ROOT / lock).read_text()
+        entries = pip_generate.read_lock_entries(text, lock)
+        assert entries == affected.read_lock(text, lock)[0]
+        assert entries and all(e["version"] and e["hashes"] for e in entries.values())
+
+
+def test_the_cuda_lock_gives_torch_its_own_entry():
+    # --config=gpu installs the CUDA lock into @pip: its torch entry, not the CPU one, is hashed.
+    cpu = pip_generate.read_lock_entries((ROOT / "requirements_lock.txt").read_text())
+    cuda = pip_generate.read_lock_entries((ROOT / "requirements_lock_cuda.txt").read_text())
+    assert cpu["torch"] != cuda["torch"]
+    assert cpu["numpy"] == cuda["numpy"]

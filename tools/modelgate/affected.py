@@ -9,9 +9,15 @@ be queried, so each changed file is first mapped onto the build graph:
   a deleted file                                    -> every target of the package that held it
   a file no rule names, or outside any package      -> nothing (said so, per file)
 
+  third_party/requirements_lock.txt (modified)      -> the @pip libraries of the packages whose
+                                                       entries (version, hashes, marker) changed,
+                                                       and the lock itself (both its labels)
+
 Whatever cannot be reasoned about file by file fails open -- every test is listed, with the
-reason: WORKSPACE, .bazelrc, any .bzl, anything under third_party/, and any error (a revision
-that does not exist, a shallow clone without the base, a query that fails).
+reason: WORKSPACE, .bazelrc, any .bzl, anything else under third_party/ (requirements.in, the
+CUDA lock, the pip rules), a lock whose global options changed, that does not parse, or whose
+changed entry names no @pip library, and any error (a revision that does not exist, a shallow
+clone without the base, a query that fails).
 
 git and bazel query are reached through two small interfaces (`Git`, `Query`) so that the logic
 is tested without either; `run_git` and `BazelQuery` are the real ones.
@@ -43,6 +49,14 @@ FAIL_OPEN_FILES = {
 FAIL_OPEN_PREFIXES = {"third_party/": "pinned dependencies, the toolchain rules and Bazel shims"}
 FAIL_OPEN_SUFFIXES = {".bzl": "Starlark rules and macros"}
 
+# The CPU lock, which the pip repository @pip installs (without --config=gpu): a modification is
+# mapped entry by entry onto @pip's libraries (one py_library per package, named by its
+# normalized name), which is how a model's build hash covers it too (tools/private/
+# model_weights.bzl). Added, deleted or renamed, it fails open like the rest of third_party/.
+LOCK_FILE = "third_party/requirements_lock.txt"
+PIP_REPOSITORY = "@pip"
+LOCK_LABELS = ("//third_party:requirements_lock.txt", PIP_REPOSITORY + "//:requirements_lock.txt")
+
 _TAG = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -64,6 +78,8 @@ class Git(Protocol):
 
 class Query(Protocol):
     def source_files(self, packages: Iterable[str]) -> set[str]: ...
+
+    def pip_libraries(self) -> set[str]: ...
 
     def tests_depending_on(self, terms: Sequence[str], tags: TagFilter) -> list[str]: ...
 
@@ -431,6 +447,114 @@ def _build_file_effect(status: str, path: str, ws: Workspace) -> FileEffect:
     )
 
 
+# --- the lock, entry by entry -------------------------------------------------------------------
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]*?))?\s*(\\)?$")
+_HASH = re.compile(r"^--hash=(sha256:[0-9a-f]{64})\s*(\\)?$")
+
+
+class LockParseError(ValueError):
+    """A line of a lock that is not a pin, a hash, an option or a comment."""
+
+
+def normalize(name: str) -> str:
+    """The name of a package's py_library in @pip (third_party/python/pip_generate.py)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def read_lock(text: str, where: str = LOCK_FILE) -> tuple[dict[str, dict], list[str]]:
+    """({normalized name: {"name", "version", "hashes"[, "marker"]}}, global option lines) of a
+    pip-compile lock. Comments ("# via ...") belong to nothing. The same entries as
+    third_party/python/pip_generate.py's read_lock_entries, which the build hash uses (checked by
+    //third_party:lock_tools_test)."""
+    entries: dict[str, dict] = {}
+    options: list[str] = []
+    current, continued = None, False
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if continued and current is not None:
+            m = _HASH.match(line)
+            if not m:
+                raise LockParseError(f"{where}:{number}: expected a --hash=sha256:... line, got {line!r}")
+            current["hashes"].append(m.group(1))
+            continued = bool(m.group(2))
+            continue
+        if continued:  # continuation of a global option
+            options[-1] += " " + line
+            continued = line.endswith("\\")
+            continue
+        if raw[:1].isspace():
+            raise LockParseError(f"{where}:{number}: indented line outside an entry: {line!r}")
+        if line.startswith("-"):
+            options.append(line)
+            current, continued = None, line.endswith("\\")
+            continue
+        m = _PIN.match(line)
+        if not m:
+            raise LockParseError(f"{where}:{number}: not a name==version pin: {line!r}")
+        key = normalize(m.group(1))
+        if key in entries:
+            raise LockParseError(f"{where}:{number}: {m.group(1)} is pinned twice")
+        current = {"name": re.sub(r"[-_.]+", "-", m.group(1)).lower(), "version": m.group(2), "hashes": []}
+        if m.group(3):
+            current["marker"] = m.group(3)
+        entries[key] = current
+        continued = bool(m.group(4))
+    for entry in entries.values():
+        entry["hashes"] = sorted(set(entry["hashes"]))
+    return entries, options
+
+
+def _describe(old: dict | None, new: dict | None) -> str:
+    if old is None:
+        return f"{new['name']} added ({new['version']})"
+    if new is None:
+        return f"{old['name']} removed (was {old['version']})"
+    if old["version"] != new["version"]:
+        return f"{new['name']} {old['version']} -> {new['version']}"
+    if old.get("marker") != new.get("marker"):
+        return f"{new['name']} {new['version']} (marker)"
+    return f"{new['name']} {new['version']} (hashes)"
+
+
+def lock_effect(git: Git, ws: Workspace, query: Query, merge_base: str) -> FileEffect:
+    """A modified CPU lock: the @pip libraries of the changed entries, and the lock itself.
+    Raises FailOpen for what cannot be mapped: global options, a parse error, a changed entry
+    that names no @pip library (one not installed on this platform), a removed entry."""
+    try:
+        old_text = git("show", f"{merge_base}:{LOCK_FILE}")
+    except GitError as e:
+        raise FailOpen(f"{LOCK_FILE} changed and its base version cannot be read ({e})") from None
+    try:
+        new_text = (ws.root / LOCK_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FailOpen(f"{LOCK_FILE} changed and cannot be read ({e})") from None
+    try:
+        old, old_options = read_lock(old_text, f"{LOCK_FILE} at {_short(merge_base)}")
+        new, new_options = read_lock(new_text)
+    except LockParseError as e:
+        raise FailOpen(f"{LOCK_FILE} changed and does not parse ({e})") from None
+    if old_options != new_options:
+        raise FailOpen(f"{LOCK_FILE} changed its global options ({', '.join(sorted(set(old_options) ^ set(new_options)))})")
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not changed:
+        return FileEffect("M", LOCK_FILE, LOCK_LABELS, "lock changed in comments only: no entry changed; tests reading the lock itself")
+    removed = [_describe(old[k], None) for k in changed if k not in new]
+    if removed:
+        # What used a removed package is no longer in the graph that the query reads.
+        raise FailOpen(f"{LOCK_FILE}: entries removed, whose users the build graph no longer shows: {', '.join(removed)}")
+    libraries = query.pip_libraries()
+    labels = [f"{PIP_REPOSITORY}//:{k}" for k in changed]
+    unmapped = [_describe(old.get(k), new.get(k)) for k, lbl in zip(changed, labels) if lbl not in libraries]
+    if unmapped:
+        raise FailOpen(f"{LOCK_FILE}: changed entries with no {PIP_REPOSITORY} library to map them to: {', '.join(unmapped)}")
+    what = ", ".join(_describe(old.get(k), new.get(k)) for k in changed)
+    note = f"lock entries changed: {what}; the tests that depend on {', '.join(labels)} or read the lock"
+    return FileEffect("M", LOCK_FILE, tuple(sorted(labels)) + LOCK_LABELS, note)
+
+
 # --- the answer ---------------------------------------------------------------------------------
 
 
@@ -448,10 +572,14 @@ def affected(
     try:
         result.base_commit, result.merge_base, result.head_commit = resolve_revisions(git, base, head)
         result.changes, result.dirty, result.notes = changed_files(git, result.merge_base)
-        reasons = fail_open_reasons(result.changes)
+        lock = [c for c in result.changes if c.status == "M" and c.path == LOCK_FILE]
+        others = [c for c in result.changes if c not in lock]
+        reasons = fail_open_reasons(others)
         if reasons:
             raise FailOpen("; ".join(reasons))
-        result.files = resolve(result.changes, workspace, query)
+        result.files = resolve(others, workspace, query)
+        if lock:
+            result.files = sorted(result.files + [lock_effect(git, workspace, query, result.merge_base)], key=lambda e: (e.path, e.status))
         terms = sorted({t for f in result.files for t in f.terms})
         result.tests = query.tests_depending_on(terms, tags) if terms else []
         return result
@@ -515,6 +643,9 @@ class BazelQuery:
     def source_files(self, packages: Iterable[str]) -> set[str]:
         union = " + ".join(_quote(package_pattern(p)) for p in packages)
         return set(self.run(f'kind("source file", {union})'))
+
+    def pip_libraries(self) -> set[str]:
+        return set(self.run(f'kind("py_library rule", {_quote(PIP_REPOSITORY + "//:*")})'))
 
     def _tests_expr(self, universe: str, tags: TagFilter) -> str:
         expr = f"let t = kind({self.TEST_RULES}, {universe}) in $t"
