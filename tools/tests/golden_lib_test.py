@@ -93,3 +93,20 @@ def test_nan_fails_naming_the_index():
     actual = torch.tensor([1.0, float("nan"), 2.0])
     report = golden.compare_output("y", actual, torch.ones(3), 1.0, 1.0)
     assert not report.passed and "first at (1,)" in report.message
+
+
+def _failing_reports(data):
+    return golden.compare(data, {"y": data.expected["y"] + 1.0})
+
+
+def test_failure_on_another_architecture_says_training_numbers_differ_there(tmp_path, monkeypatch):
+    data = golden.load(_write(tmp_path), "m", ["x"], ["y"])
+    data = golden.Golden(data.directory, "m", data.inputs, data.expected, data.tolerances, {"machine": "x86_64"})
+    assert "note:" not in golden.failure_text("m", data, _failing_reports(data))  # x86-64 here too
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    text = golden.failure_text("m", data, _failing_reports(data))
+    note = text.splitlines()[-1].strip()
+    assert note.startswith("note: this machine is aarch64 and golden data was made on x86_64;")
+    assert "same weights on every x86_64 CPU only" in note
+    # A passing comparison needs no excuse.
+    assert "note:" not in golden.failure_text("m", data, golden.compare(data, data.expected))
