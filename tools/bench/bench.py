@@ -704,6 +704,22 @@ class Bench:
                 "Client and server share the machine's CPUs."
             )  # fmt: skip
 
+        if "training" in only:
+            for index, (model, r) in enumerate(sorted(self.data["training"].items())):
+                portable_s, native_s = min(r["portable"]), min(r["native"])
+                self.rows.append(Row(
+                    f"6{'abcdefgh'[index]}", f"Training `{model}` in the portable numerics mode (every export), best of {TRAINING_REPS}",
+                    f"{fmt_s(portable_s)}; {len(r['digests'])} weight digest(s) over {len(r['portable'])} runs",
+                    f"the CPU's own kernels: {fmt_s(native_s)}", f"{portable_s / native_s:.2f}×", TARGETS["training"],
+                    "cost" if len(r["digests"]) == 1 else "**NOT REPRODUCIBLE**", portable_s, name=f"training {model}",
+                ))  # fmt: skip
+            self.detail("6", (
+                "- Rows 6: training only (no ONNX export, no evaluation), in fresh processes through "
+                "`tests/portability/train_digest.py`, the export's own path (`modelgate.portable.train`); the portable mode "
+                "is MKL's compatible branch, ATen's default kernels, oneDNN off and a correctly rounded sqrt (README, "
+                "\"Portable training\")."
+            ))
+
     def warm_detail(self, prof: dict, warm: Run, cold_s: float) -> str:
         """Where a fully cached run's seconds go: none of them in running tests."""
         phases, spawn, kinds = prof.get("phases", {}), prof.get("spawn", {}), prof.get("action_kinds", {})
@@ -964,21 +980,6 @@ class Bench:
                 f"{', '.join(f'`{x}`' for x in ran) or 'nothing'} and reported {len(cached)} other test(s) `(cached)`. "
                 "Clone A keeps the cold run's settings (it writes to the remote cache, as CI does). `pytest models/` "
                 "covers only the model-logic tests: no export, gate or golden test."
-            ))
-        if "training" in only:
-            for index, (model, r) in enumerate(sorted(d["training"].items())):
-                portable_s, native_s = min(r["portable"]), min(r["native"])
-                self.rows.append(Row(
-                    f"6{'abcdefgh'[index]}", f"Training `{model}` in the portable numerics mode (every export), best of {TRAINING_REPS}",
-                    f"{fmt_s(portable_s)}; {len(r['digests'])} weight digest(s) over {len(r['portable'])} runs",
-                    f"the CPU's own kernels: {fmt_s(native_s)}", f"{portable_s / native_s:.2f}×", TARGETS["training"],
-                    "cost" if len(r["digests"]) == 1 else "**NOT REPRODUCIBLE**", portable_s, name=f"training {model}",
-                ))  # fmt: skip
-            self.detail("6", (
-                "- Rows 6: training only (no ONNX export, no evaluation), in fresh processes through "
-                "`tests/portability/train_digest.py`, the export's own path (`modelgate.portable.train`); the portable mode "
-                "is MKL's compatible branch, ATen's default kernels, oneDNN off and a correctly rounded sqrt (README, "
-                "\"Portable training\")."
             ))
         if "overhead" in only:
             self.detail("3", (
