@@ -3,12 +3,15 @@
 
 Clones this repository, exports every model once, then applies one edit at a time, re-exports,
 and reports which build hashes moved. Expected: a model's source, its golden data, its
-hyperparameters and the lock change its hash; another model, the README and test-only files do not.
+hyperparameters and the lock entry of a pip package it depends on change its hash; another
+model, the lock entry of a package no model depends on (httpx), a comment in the lock, the
+README and test-only files do not.
 
     tests/reproducibility/hash_sensitivity.py
 """
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,7 +25,10 @@ EDITS = [
     ("model source", "models/tiny_transformer/model.py", "append", "one"),
     ("golden data", "golden/tiny_transformer/golden.json", "golden", "one"),
     ("hyperparameter", "models/tiny_transformer/BUILD.bazel", "hparam", "one"),
-    ("pinned lock", "third_party/requirements_lock.txt", "append", "all"),
+    # An extra --hash line: pip still installs the entry (any listed hash may match the wheel).
+    ("lock: numpy", "third_party/requirements_lock.txt", "hash:numpy", "all"),
+    ("lock: httpx", "third_party/requirements_lock.txt", "hash:httpx", "none"),
+    ("lock: comment", "third_party/requirements_lock.txt", "append", "none"),
     ("another model", "models/image_cnn/model.py", "append", "other"),
     ("README", "README.md", "append", "none"),
     ("test-only file", "models/tiny_transformer/model_test.py", "append", "none"),
@@ -52,6 +58,12 @@ def apply(clone: Path, path: str, how: str) -> None:
     if how == "append":
         comment = "#" if not path.endswith(".md") else ""
         file.write_text(text + f"\n{comment} edited by hash_sensitivity.py\n")
+    elif how.startswith("hash:"):
+        package = how[len("hash:"):]
+        match = re.search(rf"^{re.escape(package)}==\S+ \\\n", text, re.MULTILINE)
+        if not match:
+            sys.exit(f"no entry for {package} in {path}")
+        file.write_text(text[: match.end()] + f"    --hash=sha256:{'0' * 64} \\\n" + text[match.end() :])
     elif how == "golden":
         config = json.loads(text)
         config["provenance"]["reviewed_by"] = "hash_sensitivity.py"
