@@ -17,8 +17,24 @@ def workspace(monkeypatch, tmp_path, keys):
     return tmp_path
 
 
+class _StillRunning(Exception):
+    pass
+
+
+def _too_long(signum, frame):
+    raise _StillRunning("serve did not refuse its command line: it started serving")
+
+
 def one_line_error(capsys, rc_expected: int, *argv) -> str:
-    rc = serve.main([str(a) for a in argv])
+    import signal
+
+    previous = signal.signal(signal.SIGALRM, _too_long)
+    signal.alarm(60)  # a refusal is immediate; a serve that starts instead fails the test here
+    try:
+        rc = serve.main([str(a) for a in argv])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     out, err = capsys.readouterr()
     assert rc == rc_expected, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

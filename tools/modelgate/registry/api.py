@@ -282,11 +282,9 @@ def _check_space(registry: Registry, selected: list[bundles.Bundle]) -> None:
                 digests[f.sha256] = f.size
     needed = sum(digests.values()) + 1024 * 1024 * len(selected)  # blobs, plus room for manifests and history
     if needed > free:
-        from modelgate.cli import human_bytes
-
         raise StorageError(
-            f"{registry.uri}: not enough space: this promote writes about {human_bytes(needed)} and "
-            f"{human_bytes(free)} are free; nothing was written"
+            f"{registry.uri}: not enough space: this promote writes about {needed / 2**20:.1f} MiB and "
+            f"{free / 2**20:.1f} MiB are free; nothing was written"
         )
 
 
