@@ -10,7 +10,6 @@ writes nothing and says which check failed and by how much.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
