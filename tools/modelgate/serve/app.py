@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -183,7 +182,7 @@ def slow_client_protocol(read_timeout_s: float):
         def _arm(self) -> None:
             self._disarm()
             self._head_deadline = self.loop.call_later(read_timeout_s, self._head_timeout)
-            self._armed_at = time.monotonic()
+            self._partial = False  # no byte of the next request yet
 
         def _disarm(self) -> None:
             if self._head_deadline is not None:
@@ -194,14 +193,16 @@ def slow_client_protocol(read_timeout_s: float):
             self._head_deadline = None
             in_request = self.cycle is not None and not self.cycle.response_complete
             if not in_request and not self.transport.is_closing():
-                self.transport.write(response)
-                self.transport.close()
+                if self._partial:  # a request head begun and not finished: say why
+                    self.transport.write(response)
+                self.transport.close()  # an idle keep-alive connection is just closed
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            self._partial = True
             super().data_received(data)
             if self.cycle is not None and not self.cycle.response_complete:
                 self._disarm()  # the head is complete: the body's deadline is read_body's
