@@ -298,6 +298,10 @@ def _fsync_dir(path: Path) -> None:
 ENV_GCS_TIMEOUT = "MODELGATE_GCS_TIMEOUT"
 DEFAULT_GCS_TIMEOUT_S = 10.0  # the deadline of one call, retries included
 CONNECT_TIMEOUT_S = 5.0
+# The per-read socket timeout modelgate used before calls had deadlines; kept for the benchmark's
+# plain-client baseline (tools/bench/registry_bench.py). A read timeout alone bounds nothing: it
+# restarts with every byte that arrives.
+READ_TIMEOUT_S = 120.0
 # A blob transfer may take longer than one small call: its deadline grows by one second per MiB
 # (a floor of 1 MiB/s). A trickling endpoint still fails at the deadline, whatever it sends.
 TRANSFER_FLOOR_BYTES_PER_S = 1 << 20
