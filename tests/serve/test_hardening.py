@@ -271,3 +271,39 @@ def deploy_factory(local_registry, keys):
     yield make
     for d in made:
         d.stop()
+
+
+def test_allow_rollback_is_the_operators_way_past_the_protection(local_registry, releases, keys, tmp_path):
+    v1, v2 = releases["v1"], releases["v2"]
+    h1, h2 = build_hash(v1), build_hash(v2)
+    registry = harness.open_registry(local_registry)
+    harness.promote(local_registry, v1, keys["signer"])
+    v1_pointer = registry.storage.read(registry.tag_key(M, "stable"))
+    harness.promote(local_registry, v2, keys["signer"])
+    state_dir = tmp_path / "state"
+
+    def deployment(**kwargs) -> Deployment:
+        d = Deployment(load_spec(M), "stable", harness.open_registry(local_registry), str(keys["signer_public"]), state_dir, **kwargs)
+        d.claim()
+        return d
+
+    first = deployment()
+    assert first.check("startup").outcome == "serving" and first.accepted["seq"] == 2
+    # A notification announcing an event the registry does not show: reported as a stale view.
+    first.request_check("notify", announced_seq=7)
+    first.check("notify")
+    assert "announced history event 7" in first.problem and "stale or frozen" in first.problem
+    first.stop()
+
+    _delete(local_registry, registry.history_key(M, 2))
+    _write(local_registry, registry.tag_key(M, "stable"), v1_pointer)
+    refusing = deployment()
+    attempt = refusing.check("startup")
+    assert attempt.outcome == "refused" and "rollback refused" in attempt.error and refusing.current is None
+    refusing.stop()
+
+    allowing = deployment(allow_rollback=True)
+    assert allowing.check("startup").outcome == "serving"
+    assert allowing.current.build_hash == h1 and allowing.accepted == {**allowing.accepted, "seq": 1, "build_hash": h1}
+    allowing.stop()
+    assert h2 != h1
