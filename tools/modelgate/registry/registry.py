@@ -27,6 +27,16 @@ from an older promotion or copied from another tag, an edited or deleted event: 
 What a stateless reader cannot see (the newest events deleted together with the pointer rolled
 back) the service catches with the highest seq it has accepted (modelgate.serve.deployment).
 Signed tag state does not expire: see README "Registry" for why.
+
+Why not python-tuf (tuf 7 is in the lock, through sigstore): its client's guarantees come from the
+chain root -> timestamp -> snapshot -> targets, with one snapshot version for the whole repository
+and a timestamp that must be re-signed online before it expires. Here every model has its own log,
+written concurrently by create-only seq slots and moved by per-object compare-and-swap (the only
+precondition fake-gcs-server and GCS enforce on small objects); a repository-wide snapshot would
+serialize every promotion of every model behind one object and need an online key. Its metadata
+envelope ({"signed", "signatures"}) would also change the shape of every stored event and pointer.
+What is taken from TUF is its rules: signed, versioned records; never accept a version lower than
+one seen (the service's state); a rollback is a new, higher version; an explicit expiry decision.
 """
 
 from __future__ import annotations

@@ -311,9 +311,9 @@ UPLOAD_CHUNK = 100 << 20
 
 
 class DeadlineExceeded(Exception):
-    def __init__(self, bound: float, cause: BaseException | None):
+    def __init__(self, bound: float, cause: BaseException | None, cut_off: bool = False):
         super().__init__(f"deadline of {bound:g}s exceeded")
-        self.bound, self.cause = bound, cause
+        self.bound, self.cause, self.cut_off = bound, cause, cut_off
 
 
 class _Deadline:
@@ -477,7 +477,7 @@ class GCSStorage(Storage):
                     return fn((min(CONNECT_TIMEOUT_S, remaining), remaining))
                 except Exception as e:  # noqa: BLE001 - classified here
                     if deadline.fired or deadline.remaining() <= 0:
-                        raise DeadlineExceeded(bound, e) from e
+                        raise DeadlineExceeded(bound, e, cut_off=deadline.fired) from e
                     if not _should_retry(e) or (retry_if is not None and not retry_if()):
                         raise
                     pause = min(1.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
@@ -655,7 +655,10 @@ def _gcs_error_message(e: Exception, budget: float) -> str | None:
         return f"authentication failed: {_first_line(e)}"
     if isinstance(e, (DeadlineExceeded, api.RetryError)):
         bound = e.bound if isinstance(e, DeadlineExceeded) else budget
-        cause = type(e.cause).__name__ if e.cause is not None else "no response"
+        if isinstance(e, DeadlineExceeded) and e.cut_off:
+            cause = "cut off: connected, but the answer did not arrive in time"
+        else:
+            cause = type(e.cause).__name__ if e.cause is not None else "no response"
         endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "storage.googleapis.com"
         extra = f" ({budget:g}s + 1s per MiB transferred)" if bound != budget else ""
         return f"no answer from {endpoint} within {bound:g}s{extra} ({cause}); set ${ENV_GCS_TIMEOUT} to wait longer"
