@@ -1,0 +1,46 @@
+"""The lock entries in each model's build hash: its own pip closure, as the lock pins it.
+
+tools/private/model_weights.bzl collects the lock entries of the @pip libraries that a model's
+deps reach (and the export tooling's); the export hashes them and records them under `packages`,
+which the release manifest keeps. This checks what the build really did, from the manifests of
+//models:releases and the CPU lock (the one @pip installs without --config=gpu).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from modelgate import affected
+
+RELEASES = Path(os.environ["MODELGATE_RELEASES"])
+LOCK = Path(os.environ["MODELGATE_LOCK"])
+# Imported by the export tooling and every model (through //tools:spec and //tools:export).
+EVERY_MODEL_NEEDS = {"torch", "numpy", "onnx", "onnxruntime", "onnxscript", "safetensors", "filelock", "sympy"}
+# Used by the registry, the service or the tests, never by a model's export.
+NO_MODEL_NEEDS = {"httpx", "hypothesis", "fastapi", "uvicorn", "pytest", "google-cloud-storage", "pip-tools", "pip"}
+
+
+def manifests():
+    index = json.loads(RELEASES.read_text())["releases"]
+    return {r["model"]: json.loads((RELEASES.parent.parent / r["dir"] / "manifest.json").read_text()) for r in index}
+
+
+@pytest.fixture(scope="module")
+def lock():
+    entries, _ = affected.read_lock(LOCK.read_text(), str(LOCK))
+    return {e["name"]: {k: v for k, v in e.items() if k != "name"} for e in entries.values()}
+
+
+def test_every_model_hashes_exactly_the_lock_entries_of_its_closure(lock):
+    found = manifests()
+    assert sorted(found) == ["image_cnn", "sequence_rnn", "tiny_transformer"]
+    for model, manifest in found.items():
+        packages = manifest["packages"]
+        assert EVERY_MODEL_NEEDS <= set(packages), (model, sorted(packages))
+        assert not NO_MODEL_NEEDS & set(packages), (model, sorted(NO_MODEL_NEEDS & set(packages)))
+        for name, entry in packages.items():
+            assert entry == lock[name], f"{model}: {name}'s hashed entry is not the lock's"
+        # Not the whole lock, and no lock file among the hashed input files.
+        assert len(packages) < len(lock)
+        assert not [p for p in manifest["inputs"] if p.endswith("requirements_lock.txt")]
