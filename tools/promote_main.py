@@ -74,7 +74,7 @@ def build_releases(workspace: Path, models: list[str], bazel_flags: list[str]) -
     print(f"{PROG}: building and gating {', '.join(chosen)}", file=sys.stderr, flush=True)
     if _bazel(workspace, "build", *bazel_flags, "--", *chosen, capture=False).returncode:
         names = ", ".join(label.split(":")[0].rsplit("/", 1)[-1] for label in chosen)
-        raise PromoteSetupError(f"the release of {names} did not build (a failed gate or build error, above); nothing was promoted")
+        raise PromoteSetupError(f"not every release of {names} built (a failed gate or a build error, above); nothing was promoted")
     info = _bazel(workspace, "info", *bazel_flags, "bazel-bin")
     if info.returncode:
         raise PromoteSetupError(f"bazel info bazel-bin failed: {(info.stderr.strip().splitlines() or ['no output'])[-1]}")

@@ -70,7 +70,7 @@ def test_a_failed_gate_promotes_nothing_in_one_line(promote, tmp_path):
     proc, calls = promote("--tag=canary", "--model=image_cnn", f"--registry=file://{tmp_path}/registry", BUILD_EXIT="1")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        "promote: the release of image_cnn did not build (a failed gate or build error, above); nothing was promoted"
+        "promote: not every release of image_cnn built (a failed gate or a build error, above); nothing was promoted"
     )
     assert calls == [QUERY, "build -- //models/image_cnn:release"]
     assert not (tmp_path / "registry").exists()
