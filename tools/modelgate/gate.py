@@ -106,6 +106,8 @@ def run_gate(spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_di
     portable.deterministic(int(spec.config.get("seed", 0)))
     checks = []
     for name, info in export_manifest["files"].items():
+        if not (export_dir / name).is_file():
+            return [Check("digests", False, f"{name} is missing from {export_dir}")], {}
         if sha256_file(export_dir / name) != info["sha256"]:
             checks.append(Check("digests", False, f"{name} does not match the digest the export recorded"))
             return checks, {}
