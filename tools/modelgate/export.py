@@ -32,6 +32,11 @@ class ExportError(Exception):
     """An export that must not produce outputs; the message says what went wrong."""
 
 
+# For tools outside this repository that train a spec the way modelgate once did (the shared
+# numerics_probe.py): deterministic, one thread, seeded. Training itself goes through portable.train.
+make_deterministic = portable.deterministic
+
+
 def toolchain(numerics: Mapping[str, str]) -> dict[str, str]:
     """The toolchain part of the build hash: interpreter and library versions, and what decides a
     training run's numbers (CPU architecture, torch build, numerics mode; modelgate.portable)."""
