@@ -5,7 +5,7 @@ Haswell (GenuineIntel, AVX2) and as an AMD EPYC Rome (AuthenticAMD, AVX2): MKL a
 their code paths by vendor and features, and qemu computes approximate instructions (rsqrtps,
 rcpps) its own way, as another vendor's silicon would. 20-70x slower than native, so it trains a
 few steps (one differing bit shows in the digest after the first), both CPUs side by side, as a
-target of its own that runs alone.
+target of its own that takes both cores.
 """
 
 from concurrent.futures import ThreadPoolExecutor
