@@ -10,26 +10,17 @@ from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, ExportError
 from modelgate.export import run_export as strict_run_export
 from modelgate.hashing import LockEntryError, build_hash, read_lock_entries
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
+from tests.toy_model import ScaledLinear
 
 
-class Linear(torch.nn.Module):
-    def __init__(self, scale: float):
-        super().__init__()
-        self.fc = torch.nn.Linear(4, 2)
-        self.scale = scale
-
-    def forward(self, x):
-        return self.fc(x) * self.scale
-
-
-class NotExportable(Linear):
+class NotExportable(ScaledLinear):
     def forward(self, x):
         # Control flow on a tensor's value: torch.export cannot capture it as one graph.
         y = self.fc(x)
         return y * 2 if y.sum() > 0 else y
 
 
-def _spec(model_cls=Linear, train=None, scale=1.0):
+def _spec(model_cls=ScaledLinear, train=None, scale=1.0):
     def build(config):
         torch.manual_seed(int(config["seed"]))
         return model_cls(float(config["scale"]))

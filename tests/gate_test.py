@@ -11,22 +11,13 @@ from modelgate import gate, golden
 from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, load_weights, run_export
 from modelgate.hashing import sha256_file
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
-
-
-class Scaled(torch.nn.Module):
-    def __init__(self, scale: float):
-        super().__init__()
-        self.fc = torch.nn.Linear(4, 2)
-        self.scale = scale
-
-    def forward(self, x):
-        return self.fc(x) * self.scale
+from tests.toy_model import ScaledLinear
 
 
 def _spec(scale=1.0, accuracy=0.9, metrics=None):
     def build(config):
         torch.manual_seed(0)
-        return Scaled(float(config["scale"]))
+        return ScaledLinear(float(config["scale"]))
 
     return ModelSpec(
         name="toy",

@@ -68,13 +68,21 @@ _CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
 def _check_key(path: Path, setting: str, *, private: bool) -> None:
     """Refuses, in one line, a key that model-signing cannot use (it would fail with a traceback)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{setting} cannot be read ({e.strerror or type(e).__name__})") from None
+    _parse_key(data, setting, private=private)
+
+
+def _parse_key(data: bytes, setting: str, *, private: bool):
+    """The EC key in PEM `data`; UsageError, in one line naming `setting`, for anything else."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     try:
-        data = path.read_bytes()
         key = serialization.load_pem_private_key(data, None) if private else serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError) as e:
         reason = str(e).split(". ")[0] if str(e) else type(e).__name__
         kind = "an unencrypted private" if private else "a public"
         raise UsageError(f"{setting} is not {kind} key in PEM ({reason})") from None
@@ -82,6 +90,7 @@ def _check_key(path: Path, setting: str, *, private: bool) -> None:
     if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) or curve not in _CURVES:
         kind = curve or type(key).__name__.replace("PrivateKey", "").replace("PublicKey", "")
         raise UsageError(f"{setting}: {kind} keys are not supported; model-signing needs an EC P-256/384/521 key")
+    return key
 
 
 @contextlib.contextmanager
@@ -266,23 +275,8 @@ def _keyid(public_key) -> str:
 
 
 def _load_key(value: str, *, private: bool):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     what, env = ("signing key", ENV_SIGNING_KEY) if private else ("public key", ENV_PUBLIC_KEY)
-    setting = f"{what} {_describe(value, env)}"
-    data = _key_bytes(value, what)
-    try:
-        key = serialization.load_pem_private_key(data, None) if private else serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
-        reason = str(e).split(". ")[0] if str(e) else type(e).__name__
-        kind = "an unencrypted private" if private else "a public"
-        raise UsageError(f"{setting} is not {kind} key in PEM ({reason})") from None
-    curve = getattr(getattr(key, "curve", None), "name", None)
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) or curve not in _CURVES:
-        kind = curve or type(key).__name__.replace("PrivateKey", "").replace("PublicKey", "")
-        raise UsageError(f"{setting}: {kind} keys are not supported; model-signing needs an EC P-256/384/521 key")
-    return key
+    return _parse_key(_key_bytes(value, what), f"{what} {_describe(value, env)}", private=private)
 
 
 def record_bytes(record: dict) -> bytes:
