@@ -44,6 +44,17 @@ def _wait_readable(fd: int, timeout_s: float = 30) -> None:
     os.read(fd, 1)
 
 
+def _kill_mid_write(body, ready_r: int, ready_w: int, delay_s: float) -> None:
+    """Forks `body`, waits until it says it is inside the write, waits `delay_s` more, SIGKILLs it."""
+    pid = _fork(body)
+    _wait_readable(ready_r)
+    time.sleep(delay_s)
+    os.kill(pid, signal.SIGKILL)
+    _exit_code(pid)
+    os.close(ready_r)
+    os.close(ready_w)
+
+
 def _tree_bytes(path: Path) -> tuple[int, list[str]]:
     """Bytes and names of everything under `path` (files and directories)."""
     total, names = 0, []
@@ -79,13 +90,7 @@ def test_killed_promotes_leave_nothing_after_the_next_run(tmp_path):
             storage_module._copy = slow_copy
             return _quiet(promote.main, ["--tag=stable", f"--release={bundle}", f"--registry={uri}"])
 
-        pid = _fork(body)
-        _wait_readable(ready_r)
-        time.sleep(rng.uniform(0.0, 0.3))
-        os.kill(pid, signal.SIGKILL)
-        _exit_code(pid)
-        os.close(ready_r)
-        os.close(ready_w)
+        _kill_mid_write(body, ready_r, ready_w, rng.uniform(0.0, 0.3))
         # (each killed promote's own first write already swept the one before it)
         left_by_kills.append(_tree_bytes(tmp_dir)[0])
     before = _tree_bytes(tmp_dir)
@@ -126,13 +131,7 @@ def test_killed_fetches_leave_nothing_after_the_next_run(capsys, registry_uri, t
             api._VerifyingWriter.write = slow_write
             return _quiet(fetch.main, argv)
 
-        pid = _fork(body)
-        _wait_readable(ready_r)
-        time.sleep(rng.uniform(0.0, 0.5))
-        os.kill(pid, signal.SIGKILL)
-        _exit_code(pid)
-        os.close(ready_r)
-        os.close(ready_w)
+        _kill_mid_write(body, ready_r, ready_w, rng.uniform(0.0, 0.5))
         left_by_kills.append(_tree_bytes(base)[0])
         if out.exists():  # the kill came after the rename: a complete fetch, not a leftover
             import shutil
