@@ -17,11 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from modelgate.errors import ModelgateError
+
 RELEASE_SET = "//models:releases"
 PROG = "promote"
 
 
-class PromoteSetupError(Exception):
+class PromoteSetupError(ModelgateError):
     """One line for the user; exit status 1 (2 for a usage error)."""
 
     def __init__(self, message: str, exit_code: int = 1):

@@ -177,7 +177,7 @@ def test_one_service_per_state_directory(deploy, tmp_path):
 
 
 def test_a_registry_outage_keeps_serving_and_is_retried_at_the_next_poll(deploy, local_registry, releases, keys):
-    from modelgate.registry.errors import StorageError
+    from modelgate.errors import StorageError
 
     v1, v2 = releases["v1"], releases["v2"]
     harness.promote(local_registry, v1, keys["signer"])

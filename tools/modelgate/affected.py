@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from modelgate.errors import GitError, ModelgateError, QueryError
+
 BUILD_FILE_NAMES = ("BUILD.bazel", "BUILD")
 WORKSPACE_FILE_NAMES = ("WORKSPACE", "WORKSPACE.bazel")
 
@@ -58,14 +60,6 @@ PIP_REPOSITORY = "@pip"
 LOCK_LABELS = ("//third_party:requirements_lock.txt", PIP_REPOSITORY + "//:requirements_lock.txt")
 
 _TAG = re.compile(r"^[A-Za-z0-9_.+-]+$")
-
-
-class GitError(Exception):
-    """A git command failed; the message is git's own."""
-
-
-class QueryError(Exception):
-    """A bazel query failed; the message is Bazel's own."""
 
 
 class FailOpen(Exception):
@@ -453,7 +447,7 @@ _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]*?
 _HASH = re.compile(r"^--hash=(sha256:[0-9a-f]{64})\s*(\\)?$")
 
 
-class LockParseError(ValueError):
+class LockParseError(ModelgateError, ValueError):
     """A line of a lock that is not a pin, a hash, an option or a comment."""
 
 

@@ -41,10 +41,6 @@ class Check:
         return {"name": self.name, "passed": self.passed, "detail": self.detail}
 
 
-class GateFailed(Exception):
-    pass
-
-
 def check_golden(spec: ModelSpec, model, golden_dir: Path) -> Check:
     try:
         golden = golden_lib.load(golden_dir, spec.name, [t.name for t in spec.inputs], spec.outputs)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modelgate import portable
+from modelgate.errors import GoldenError
 
 INPUTS, EXPECTED, CONFIG = "inputs.safetensors", "expected.safetensors", "golden.json"
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
@@ -32,10 +33,6 @@ DEFAULT_TOLERANCES = {
 }
 _TOP_KEYS = {"model", "tolerances", "provenance"}
 _TOLERANCE_KEYS = {"atol", "rtol"}
-
-
-class GoldenError(Exception):
-    """Golden data that cannot be used: the message names the file and the key."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from modelgate.errors import LockEntryError
+
 CHUNK = 1 << 20
 
 
@@ -44,10 +46,6 @@ def build_hash(
             }
         )
     ).hexdigest()
-
-
-class LockEntryError(ValueError):
-    """A lock entry file (lock_entries/<name>.json of the pip repository) that is not one."""
 
 
 _ENTRY_KEYS = {"name", "version", "hashes"}

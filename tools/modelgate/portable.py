@@ -38,6 +38,8 @@ import platform
 import random
 import warnings
 
+from modelgate.errors import ModelgateError
+
 MODE = "portable-1"
 # What the mode sets in the environment of a process that trains. Read by libraries at load time.
 ENV = {
@@ -52,7 +54,7 @@ _MKL_CBWR_BRANCH, _MKL_CBWR_COMPATIBLE = 1, 3
 PORTABLE_MACHINES = ("x86_64",)
 
 
-class PortableModeError(Exception):
+class PortableModeError(ModelgateError):
     """Training was asked for in a process where the portable mode is not in effect."""
 
 

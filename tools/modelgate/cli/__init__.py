@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from modelgate.registry.errors import ModelgateError
+from modelgate.errors import ModelgateError
 from modelgate.registry.registry import Registry
 from modelgate.registry.storage import open_storage
 from modelgate.registry.uri import RegistryURI, resolve

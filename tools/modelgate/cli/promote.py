@@ -11,7 +11,7 @@ import sys
 
 from modelgate.cli import Parser, add_registry_flag, human_bytes, open_registry, release_path, run, short, user_path, warner
 from modelgate.registry import api, signing, tags
-from modelgate.registry.errors import EXIT_COMMITTED_TAG_PENDING
+from modelgate.errors import EXIT_COMMITTED_TAG_PENDING
 from modelgate.registry.uri import workspace_dir
 
 PROG = "promote"

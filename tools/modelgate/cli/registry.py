@@ -14,7 +14,7 @@ import sys
 
 from modelgate.cli import Parser, add_registry_flag, open_registry, run, short, user_path, warner
 from modelgate.registry import api, signing
-from modelgate.registry.errors import EXIT_COMMITTED_TAG_PENDING, UsageError
+from modelgate.errors import EXIT_COMMITTED_TAG_PENDING, UsageError
 from modelgate.registry.uri import workspace_dir
 
 PROG = "registry"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from modelgate.cli import Parser, add_registry_flag, open_registry, run, user_path
 from modelgate.registry import signing, tags
-from modelgate.registry.errors import UsageError
+from modelgate.errors import UsageError
 from modelgate.registry.uri import workspace_dir
 
 PROG = "serve"

@@ -21,7 +21,16 @@ from modelgate import notify
 
 from . import bundle as bundles
 from . import gates, leftovers, records, signing, tags
-from .errors import BundleError, GateError, ModelgateError, RegistryContentError, StorageError, UsageError, VerificationError
+from modelgate.errors import (
+    BundleError,
+    GateError,
+    ModelgateError,
+    RegistryContentError,
+    StorageError,
+    UsageError,
+    VerificationError,
+    model_not_in_registry,
+)
 from .registry import BUILD_SCHEMA, EVENT_SCHEMA, Registry, TagState, backoff
 from .storage import LocalStorage
 
@@ -508,8 +517,7 @@ def _no_tag_message(registry: Registry, model: str, tag: str) -> str:
     if not known:
         models = registry.list_models()
         if model not in models:
-            listing = ", ".join(models) if models else "none"
-            return f"model {model!r} is not in registry {registry.uri} (models: {listing})"
+            return str(model_not_in_registry(model, registry.uri, models))
     return f"{model} has no tag {tag!r} in {registry.uri} (tags: {', '.join(known) or 'none'})"
 
 
@@ -628,8 +636,7 @@ def show(registry: Registry, model: str) -> dict:
     tags.check_model_name(model)
     builds = registry.list_builds(model)
     if not builds:
-        models = registry.list_models()
-        raise UsageError(f"model {model!r} is not in registry {registry.uri} (models: {', '.join(models) or 'none'})")
+        raise model_not_in_registry(model, registry.uri, registry.list_models())
     seqs = registry.history_seqs(model)
     events = registry.events(model, seqs)
     shown_tags = {}
@@ -659,6 +666,5 @@ def history(registry: Registry, model: str) -> list[dict]:
     tags.check_model_name(model)
     events = registry.events(model)
     if not events and model not in registry.list_models():
-        models = registry.list_models()
-        raise UsageError(f"model {model!r} is not in registry {registry.uri} (models: {', '.join(models) or 'none'})")
+        raise model_not_in_registry(model, registry.uri, registry.list_models())
     return events

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import tags
-from .errors import BundleError, UsageError
+from modelgate.errors import BundleError, UsageError
 from .storage import CHUNK
 
 RELEASE_SCHEMA = "modelgate/release@1"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from . import tags
-from .errors import RegistryContentError, UsageError
+from modelgate.errors import RegistryContentError, UsageError
 
 EVENT_SCHEMA = "modelgate/event@1"
 TAG_SCHEMA = "modelgate/tag@1"
@@ -157,7 +157,7 @@ def check_pointer(doc, what: str, *, model: str, tag: str) -> dict:
 def check_build(doc, what: str, *, model: str, build_hash: str) -> dict:
     """A stored build manifest: the release manifest's schema plus the registry's own fields."""
     from .bundle import check_manifest
-    from .errors import BundleError
+    from modelgate.errors import BundleError
 
     c = _Checker(doc, what)
     try:

@@ -48,7 +48,7 @@ from typing import Callable
 
 from . import records, tags
 from .bundle import ReleaseFile
-from .errors import RegistryContentError, StorageError, UsageError, VerificationError
+from modelgate.errors import RegistryContentError, StorageError, UsageError, VerificationError
 from .records import BUILD_SCHEMA, EVENT_SCHEMA, TAG_SCHEMA  # noqa: F401 - re-exported
 from .signing import RecordSigner, RecordVerifier, canonical_json
 from .storage import Progress, Storage

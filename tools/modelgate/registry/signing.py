@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelgateError, UsageError, VerificationError
+from modelgate.errors import ModelgateError, UsageError, VerificationError
 
 ENV_SIGNING_KEY = "MODELGATE_SIGNING_KEY"
 ENV_PUBLIC_KEY = "MODELGATE_PUBLIC_KEY"

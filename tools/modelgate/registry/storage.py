@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import leftovers
-from .errors import StorageError
+from modelgate.errors import StorageError
 from .uri import RegistryURI
 
 CHUNK = 1 << 20

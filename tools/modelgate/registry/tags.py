@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import UsageError
+from modelgate.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from modelgate.errors import UsageError
 
 ENV_REGISTRY = "MODELGATE_REGISTRY"
 DEFAULT_REGISTRY_DIR = Path(".modelgate") / "registry"

@@ -50,7 +50,7 @@ from modelgate import golden as golden_lib
 from modelgate.export import WEIGHTS, load_weights
 from modelgate.gate import GOLDEN_BUNDLE_NAMES
 from modelgate.registry import api, signing
-from modelgate.registry.errors import ModelgateError, StorageError, UsageError, VerificationError
+from modelgate.errors import ModelgateError, RolloutError, StorageError, UsageError, VerificationError
 from modelgate.registry.registry import Registry, TagState
 from modelgate.spec import ModelSpec
 
@@ -72,10 +72,6 @@ def _now_iso() -> str:
 
 def short(build_hash: str | None) -> str:
     return build_hash[:12] if build_hash else "-"
-
-
-class RolloutError(Exception):
-    """A build that must not be served; the message says which step refused it and why."""
 
 
 class StateDirBusy(ModelgateError):

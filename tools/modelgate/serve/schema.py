@@ -15,20 +15,12 @@ from typing import Mapping
 
 import torch
 
+from modelgate.errors import InputError
 from modelgate.registry.records import json_depth
 from modelgate.spec import ModelSpec, TensorSpec
 
 # A request is {"inputs": {name: nested lists}}: a few levels deeper than the deepest input.
 MAX_JSON_DEPTH = 32
-
-
-class InputError(Exception):
-    """A request the service refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 # JSON leaf types each dtype accepts. bool is excluded from the integer types on purpose

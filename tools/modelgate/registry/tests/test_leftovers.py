@@ -19,7 +19,7 @@ import pytest
 from modelgate.cli import fetch, promote
 from modelgate.registry import api
 from modelgate.registry import storage as storage_module
-from modelgate.registry.errors import StorageError
+from modelgate.errors import StorageError
 
 from .helpers import build_hash, make_bundle
 from .test_behaviour import one_line_error, promote_ok, run

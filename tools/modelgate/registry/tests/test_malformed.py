@@ -109,7 +109,7 @@ def test_a_malformed_tag_pointer(capsys, registry_uri, registry, tmp_path, case)
 
 
 def test_a_traversal_key_never_becomes_a_local_path(tmp_path):
-    from modelgate.registry.errors import StorageError
+    from modelgate.errors import StorageError
     from modelgate.registry.storage import LocalStorage
 
     storage = LocalStorage(tmp_path / "registry")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from modelgate import notify
 from modelgate.registry import gates, tags, uri
-from modelgate.registry.errors import UsageError
+from modelgate.errors import UsageError
 
 
 @pytest.mark.parametrize("tag", ["stable", "canary", "prod-eu", "a", "rc"])
