@@ -22,14 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modelgate import portable
+from modelgate.errors import ExportError
+from modelgate.formats import EXPORT_MANIFEST, EXPORT_SCHEMA, ONNX, WEIGHTS
 from modelgate.hashing import build_hash, canonical_json, digest_inputs, sha256_file
 from modelgate.spec import ModelSpec
-
-WEIGHTS, ONNX, EXPORT_MANIFEST = "weights.safetensors", "model.onnx", "export.json"
-
-
-class ExportError(Exception):
-    """An export that must not produce outputs; the message says what went wrong."""
 
 
 # For tools outside this repository that train a spec the way modelgate once did (the shared
@@ -157,7 +153,7 @@ def run_export(
                 raise ExportError(f"export of {spec.name} did not write {name}")
             files[name] = {"sha256": sha256_file(tmp / name), "size": (tmp / name).stat().st_size}
         manifest = {
-            "schema": "modelgate/export@1",
+            "schema": EXPORT_SCHEMA,
             "model": spec.name,
             "build_hash": bhash,
             "files": files,

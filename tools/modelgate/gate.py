@@ -19,7 +19,7 @@ import torch
 from modelgate import golden as golden_lib
 from modelgate import portable
 from modelgate.export import WEIGHTS, ONNX, load_weights
-from modelgate.hashing import sha256_file
+from modelgate.formats import RELEASE_SCHEMA, file_entry, sha256_file
 from modelgate.spec import ModelSpec
 
 ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-3
@@ -120,8 +120,8 @@ def release_manifest(export_manifest: dict, checks: list[Check], metrics: dict, 
     manifest["files"] = dict(manifest["files"])
     for source, name in sorted(GOLDEN_BUNDLE_NAMES.items()):
         path = Path(golden_dir) / source
-        manifest["files"][name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-    manifest["schema"] = "modelgate/release@1"
+        manifest["files"][name] = file_entry(path)
+    manifest["schema"] = RELEASE_SCHEMA
     manifest["metrics"] = metrics
     manifest["training"] = export_manifest.get("training", {})
     manifest["gate"] = {"passed": all(c.passed for c in checks), "checks": [c.as_dict() for c in checks]}

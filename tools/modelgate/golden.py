@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from modelgate import portable
 from modelgate.errors import GoldenError
+from modelgate.formats import GOLDEN_CONFIG, GOLDEN_EXPECTED, GOLDEN_INPUTS
 
-INPUTS, EXPECTED, CONFIG = "inputs.safetensors", "expected.safetensors", "golden.json"
+INPUTS, EXPECTED, CONFIG = GOLDEN_INPUTS, GOLDEN_EXPECTED, GOLDEN_CONFIG
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 # Defaults written for a new model: float32 for direct CPU/CUDA comparison (TF32 off), and
 # autocast comparisons against the float32 reference (measured on an H200; see DESIGN.md).

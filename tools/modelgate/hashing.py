@@ -8,21 +8,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from modelgate.errors import LockEntryError
-
-CHUNK = 1 << 20
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def canonical_json(value) -> bytes:
-    """The one serialization that is hashed or compared: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+from modelgate.formats import canonical_json, sha256_file  # noqa: F401 - export.py imports them from here
 
 
 def build_hash(

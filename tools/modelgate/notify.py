@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import time
 import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime, timezone
+
+from modelgate.formats import canonical_json
 
 ENV_SECRET = "MODELGATE_NOTIFY_SECRET"
 TIMESTAMP_HEADER = "X-Modelgate-Timestamp"
@@ -83,7 +84,7 @@ def make_event(model: str, tag: str, build_hash: str, previous: str | None, regi
 
 
 def encode(event: dict) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+    return canonical_json(event)
 
 
 def post(url: str, event: dict, secret: str | bytes, timeout_s: float = 5.0) -> int:

@@ -31,6 +31,7 @@ from modelgate.errors import (
     VerificationError,
     model_not_in_registry,
 )
+from modelgate.formats import MANIFEST_SIGNATURE, RELEASE_MANIFEST
 from .registry import BUILD_SCHEMA, EVENT_SCHEMA, Registry, TagState, backoff
 from .storage import LocalStorage
 
@@ -592,8 +593,8 @@ def fetch(
                 f.flush()
                 os.fsync(f.fileno())
             total += spec["size"]
-        (temp / "manifest.json").write_bytes(signing.signed_bytes(doc))
-        (temp / "manifest.sig").write_bytes(signing.signature_file_bytes(doc))
+        (temp / RELEASE_MANIFEST).write_bytes(signing.signed_bytes(doc))
+        (temp / MANIFEST_SIGNATURE).write_bytes(signing.signature_file_bytes(doc))
         for path in temp.iterdir():
             path.chmod(0o644)
         for path in [temp, *temp.parents]:

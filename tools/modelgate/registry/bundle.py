@@ -1,7 +1,7 @@
 """Release bundles: what a model's `release` target produces and promote uploads.
 
 A bundle is a directory holding manifest.json and the files it lists:
-    {"schema": "modelgate/release@1", "model": ..., "build_hash": <64 hex>,
+    {"schema": RELEASE_SCHEMA, "model": ..., "build_hash": <64 hex>,
      "files": {"weights.safetensors": {"sha256": ..., "size": ...}, ...},
      "inputs": {...}, "toolchain": {...}, "config": {...}, "metrics": {...},
      "metric_gates": {"accuracy": {"floor": ..., "max_regression": ..., "higher_is_better": true}},
@@ -10,7 +10,6 @@ A bundle is a directory holding manifest.json and the files it lists:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -18,10 +17,8 @@ from pathlib import Path
 
 from . import tags
 from modelgate.errors import BundleError, UsageError
-from .storage import CHUNK
-
-RELEASE_SCHEMA = "modelgate/release@1"
-MANIFEST = "manifest.json"
+from modelgate.formats import RELEASE_MANIFEST as MANIFEST
+from modelgate.formats import RELEASE_SCHEMA, file_digest
 
 
 @dataclass(frozen=True)
@@ -130,13 +127,3 @@ def verify_files(bundle: Bundle) -> None:
                 f"release bundle {bundle.directory}: {f.name} does not match its manifest "
                 f"(size {size} vs {f.size}, sha256 {digest[:12]} vs {f.sha256[:12]})"
             )
-
-
-def file_digest(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()

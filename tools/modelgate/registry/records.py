@@ -11,10 +11,8 @@ import json
 
 from . import tags
 from modelgate.errors import RegistryContentError, UsageError
+from modelgate.formats import BUILD_SCHEMA, EVENT_SCHEMA, TAG_SCHEMA
 
-EVENT_SCHEMA = "modelgate/event@1"
-TAG_SCHEMA = "modelgate/tag@1"
-BUILD_SCHEMA = "modelgate/build@1"
 ACTIONS = ("promote", "rollback")
 # Nesting deeper than any object modelgate writes is refused before json.loads recurses into it.
 MAX_JSON_DEPTH = 64

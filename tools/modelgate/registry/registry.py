@@ -49,8 +49,9 @@ from typing import Callable
 from . import records, tags
 from .bundle import ReleaseFile
 from modelgate.errors import RegistryContentError, StorageError, UsageError, VerificationError
+from modelgate.formats import canonical_json
 from .records import BUILD_SCHEMA, EVENT_SCHEMA, TAG_SCHEMA  # noqa: F401 - re-exported
-from .signing import RecordSigner, RecordVerifier, canonical_json
+from .signing import RecordSigner, RecordVerifier
 from .storage import Progress, Storage
 
 SEQ_DIGITS = 10

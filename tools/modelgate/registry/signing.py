@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelgate.errors import ModelgateError, UsageError, VerificationError
+from modelgate.formats import RELEASE_MANIFEST, canonical_json
 
 ENV_SIGNING_KEY = "MODELGATE_SIGNING_KEY"
 ENV_PUBLIC_KEY = "MODELGATE_PUBLIC_KEY"
@@ -32,12 +33,7 @@ SIGNATURE_FORMAT = "model-signing/ec-key@1"
 DEV_KEY_DIR = Path(".modelgate") / "keys"
 DEV_PRIVATE_KEY = "dev-signing-key.pem"
 DEV_PUBLIC_KEY = "dev-signing-key.pub.pem"
-_SIGNED_FILE = "manifest.json"
-
-
-def canonical_json(obj) -> bytes:
-    """The one byte encoding of a JSON value that signatures and digests are computed over."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+_SIGNED_FILE = RELEASE_MANIFEST  # a fetched build's manifest.json, re-checkable with model_signing
 
 
 def signed_bytes(build: dict) -> bytes:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from modelgate.errors import UsageError
+from modelgate.formats import MANIFEST_SIGNATURE, RELEASE_MANIFEST
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 BUILD_HASH = re.compile(r"[0-9a-f]{64}")
 # Files of a release are flat: no directories, nothing hidden, no manifest.* (fetch writes those).
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-RESERVED_FILE_NAMES = frozenset({"manifest.json", "manifest.sig"})
+RESERVED_FILE_NAMES = frozenset({RELEASE_MANIFEST, MANIFEST_SIGNATURE})
 
 
 def tag_kind(tag: str) -> TagKind:

@@ -51,6 +51,7 @@ from modelgate.export import WEIGHTS, load_weights
 from modelgate.gate import GOLDEN_BUNDLE_NAMES
 from modelgate.registry import api, signing
 from modelgate.errors import ModelgateError, RolloutError, StorageError, UsageError, VerificationError
+from modelgate.formats import RELEASE_MANIFEST, SERVE_STATE_SCHEMA
 from modelgate.registry.registry import Registry, TagState
 from modelgate.spec import ModelSpec
 
@@ -59,7 +60,7 @@ log = logging.getLogger("modelgate.serve")
 WARMUP_ROUNDS = 3
 _LOCK_FILE = ".lock"
 TAG_STATE_FILE = "tag-state.json"
-TAG_STATE_SCHEMA = "modelgate/serve-state@1"
+TAG_STATE_SCHEMA = SERVE_STATE_SCHEMA
 # Everything the service creates in its state directory, and nothing else.
 _OWN_NAMES = re.compile(
     r"\.lock|tag-state\.json(?:\.tmp)?|[0-9a-f]{16}-[0-9a-f]{8}|\.[0-9a-f]{16}-[0-9a-f]{8}\.fetch-\d+-[0-9a-f]{16}|warmup-\w+"
@@ -410,7 +411,7 @@ class Deployment:
         seconds["fetch_verify"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest = json.loads((directory / RELEASE_MANIFEST).read_text())
         try:
             spec = self.spec.with_config(manifest.get("config") or {})
         except ValueError as e:

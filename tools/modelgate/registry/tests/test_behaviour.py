@@ -12,7 +12,7 @@ import pytest
 from modelgate.cli import fetch, promote
 from modelgate.cli import registry as registry_cli
 from modelgate.registry.registry import Registry
-from modelgate.registry.signing import canonical_json
+from modelgate.formats import canonical_json
 
 from .helpers import build_hash, file_digests, make_bundle
 

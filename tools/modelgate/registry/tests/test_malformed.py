@@ -12,7 +12,7 @@ import pytest
 
 from modelgate.cli import fetch, promote
 from modelgate.cli import registry as registry_cli
-from modelgate.registry.signing import canonical_json
+from modelgate.formats import canonical_json
 
 from .helpers import make_bundle
 from .test_behaviour import _overwrite, one_line_error, promote_ok, run

@@ -12,8 +12,9 @@ import pytest
 
 from modelgate.cli import fetch, promote
 from modelgate.cli import registry as registry_cli
+from modelgate.formats import canonical_json
 from modelgate.registry.registry import Registry
-from modelgate.registry.signing import RecordSigner, canonical_json
+from modelgate.registry.signing import RecordSigner
 from modelgate.registry.storage import open_storage
 from modelgate.registry.uri import parse
 
