@@ -13,6 +13,12 @@ which expands to its library and tests, then the export pipeline:
     golden_test(name = "golden_test", weights = ":weights")  # exported weights vs golden/<model>/
     model_release(name = "release", weights = ":weights")    # the gated, promotable bundle
     golden_update(name = "golden_update", weights = ":weights")
+    model_train(name = "train", weights = ":weights")        # bazel run: train outside, pin it
+
+or, when the weights come from outside the build (a pin file, checkpoint.json, in the package):
+
+    pinned_checkpoint(name = "checkpoint", model = "my_model", pin = "checkpoint.json")
+    model_weights(name = "weights", deps = [":my_model"], checkpoint = ":checkpoint")
 
 Each is a thin, keyword-only macro; what they expand to lives in //tools/private.
 """
@@ -24,6 +30,7 @@ load(
     _model_test_suites = "model_test_suites",
     _pytest_test = "pytest_test",
 )
+load("//tools/private:checkpoint.bzl", _CheckpointInfo = "CheckpointInfo", _pinned_checkpoint = "pinned_checkpoint")
 load(
     "//tools/private:model_weights.bzl",
     _ReleaseInfo = "ReleaseInfo",
@@ -32,10 +39,12 @@ load(
     _golden_update = "golden_update",
     _model_package = "model_package",
     _model_release = "model_release",
+    _model_train = "model_train",
     _model_weights = "model_weights",
     _release_set = "release_set",
 )
 
+CheckpointInfo = _CheckpointInfo
 ReleaseInfo = _ReleaseInfo
 WeightsInfo = _WeightsInfo
 golden_test = _golden_test
@@ -45,6 +54,8 @@ model_package = _model_package
 model_release = _model_release
 model_test = _model_test
 model_test_suites = _model_test_suites
+model_train = _model_train
 model_weights = _model_weights
+pinned_checkpoint = _pinned_checkpoint
 pytest_test = _pytest_test
 release_set = _release_set

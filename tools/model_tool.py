@@ -1,6 +1,8 @@
 """The per-model build tool behind model_weights, model_release and golden_update.
 
-  export         train deterministically, write weights.safetensors, model.onnx, export.json
+  export         train deterministically (or load the pinned checkpoint), write weights.safetensors,
+                 model.onnx, export.json
+  train          train outside the build, upload the checkpoint, rewrite the pin (bazel run :train)
   gate           validate the exported files; write the release manifest only if they pass
   golden-update  regenerate golden/<model>/ from the exported weights (bazel run :golden_update)
 
@@ -36,10 +38,27 @@ def cmd_export(args) -> int:
         inputs[rel] = path or rel
     attributes = {"model": args.model, "hparams": json.loads(args.hparams or "{}")}
     packages = read_lock_entries(args.lock_entry)
-    manifest = run_export(spec, Path(args.out_dir), inputs, attributes, packages=packages)
+    checkpoint = None
+    if args.checkpoint:
+        from modelgate.checkpoint import read_pin
+
+        path, _, display = args.checkpoint_pin.partition("=")
+        checkpoint = (read_pin(path, display or path, args.model), Path(args.checkpoint))
+    manifest = run_export(spec, Path(args.out_dir), inputs, attributes, packages=packages, checkpoint=checkpoint)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(manifest["metrics"].items()))
-    print(f"exported {args.model} build {manifest['build_hash'][:12]} ({metrics})")
+    origin = f"from checkpoint {checkpoint[0].sha256[:12]}" if checkpoint else "trained in the build"
+    print(f"exported {args.model} build {manifest['build_hash'][:12]}, {origin} ({metrics})")
     return 0
+
+
+def cmd_train(args) -> int:
+    from modelgate import train_and_pin
+
+    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    if not workspace:
+        print(f"run me with: bazel run //models/{args.model}:train", file=sys.stderr)
+        return 2
+    return train_and_pin.run(_spec(args.model, args.hparams), Path(workspace), args)
 
 
 def cmd_gate(args) -> int:
@@ -115,7 +134,22 @@ def main(argv=None) -> int:
         default=[],
         help="PATH of a pip package's lock entry (lock_entries/<name>.json) to hash; one per package the model depends on",
     )
+    p.add_argument("--checkpoint", help="PATH of the fetched pinned checkpoint: load it instead of training")
+    p.add_argument("--checkpoint-pin", help="PATH=WORKSPACE_PATH of the pin file (models/<m>/checkpoint.json)")
     p.set_defaults(run=cmd_export)
+    p = sub.add_parser("train", help="train outside the build, upload the checkpoint, rewrite the pin (bazel run :train)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--hparams", default="{}")
+    p.add_argument("--registry", help="where the checkpoint goes: gs://BUCKET[/PREFIX] or file:///ABS/PATH (default: as promote)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU where there is one)")
+    p.add_argument(
+        "--portable",
+        action="store_true",
+        help="train in the build's portable numerics mode (CPU): the checkpoint is then the one the build would train",
+    )
+    p.add_argument("--source", action="append", default=[], help="extra source URI to list in the pin (e.g. a public https mirror)")
+    p.add_argument("--dry-run", action="store_true", help="train and print the metric change; upload and rewrite nothing")
+    p.set_defaults(run=cmd_train)
     p = sub.add_parser("gate")
     p.add_argument("--model", required=True)
     p.add_argument("--export-dir", required=True)
@@ -133,15 +167,18 @@ def main(argv=None) -> int:
 
     from modelgate import portable
 
-    if args.command == "export":
+    if args.command == "export" or (args.command == "train" and args.portable):
         # Before anything imports torch: MKL and ATen read these when they load.
         portable.prepare_environment()
-    from modelgate.export import ExportError
-    from modelgate.golden import GoldenError
+    from modelgate.checkpoint import CheckpointError
+    from modelgate.errors import ModelgateError
 
     try:
         return args.run(args)
-    except (ExportError, GoldenError, portable.PortableModeError, LookupError, ValueError) as e:
+    except CheckpointError as e:
+        print(str(e), file=sys.stderr)  # it names the model and the pin file itself
+        return 1
+    except (ModelgateError, LookupError, ValueError) as e:
         print(f"{args.command} {args.model}: {e}", file=sys.stderr)
         return 1
 

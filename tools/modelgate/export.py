@@ -21,6 +21,7 @@ from typing import Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from modelgate import checkpoint as checkpoints
 from modelgate import portable
 from modelgate.errors import ExportError
 from modelgate.formats import EXPORT_MANIFEST, EXPORT_SCHEMA, ONNX, WEIGHTS
@@ -61,6 +62,11 @@ def load_weights(spec: ModelSpec, path: str | Path, device: str = "cpu") -> torc
     if result.missing_keys or result.unexpected_keys:
         raise ExportError(f"{path}: weights do not fit {spec.name}: missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
     return model.to(device).eval()
+
+
+def checkpoint_provenance(pin: checkpoints.Pin, path: Path) -> dict:
+    """Where a pinned checkpoint came from (the pin's provenance and metrics), beside the hash."""
+    return {"pin": pin.path, "sha256": pin.sha256, "size": pin.size, "provenance": dict(pin.provenance), "metrics": dict(pin.metrics)}
 
 
 def _example_args(spec: ModelSpec) -> tuple:
@@ -123,6 +129,7 @@ def run_export(
     attributes: Mapping[str, object],
     strict_numerics: bool = True,
     packages: Mapping[str, Mapping[str, object]] | None = None,
+    checkpoint: tuple[checkpoints.Pin, Path] | None = None,
 ) -> dict:
     """Trains, serializes and describes one model. Writes WEIGHTS, ONNX and EXPORT_MANIFEST into
     out_dir only when every step succeeded; nothing half-written is left behind.
@@ -133,8 +140,21 @@ def run_export(
 
     strict_numerics: refuse (portable.PortableModeError) to train where the portable mode is not
     in effect. Tests that only need some export pass False; the mode actually in force then goes
-    into the build hash ("numerics": "native", with the kernels it ran)."""
-    model, train_stats, numerics = portable.train(spec, strict=strict_numerics)
+    into the build hash ("numerics": "native", with the kernels it ran).
+
+    checkpoint: (pin, path of the fetched file) for a model whose weights come from a pinned
+    checkpoint: nothing is trained, the tensors are loaded strictly, and the pin's sha256 and
+    size go into the build hash (the pin's sources and provenance do not: the same bytes from
+    another source are the same build)."""
+    attributes = dict(attributes)
+    if checkpoint is None:
+        model, train_stats, numerics = portable.train(spec, strict=strict_numerics)
+    else:
+        pin, path = checkpoint
+        # Evaluation runs in the same mode as after training, so metrics agree across CPUs too.
+        numerics = portable.enter(int(spec.config.get("seed", 0)), strict=strict_numerics)
+        model, train_stats = checkpoints.load_into(spec, path, pin), {}
+        attributes["checkpoint"] = {"sha256": pin.sha256, "size": pin.size}
     tools = toolchain(numerics)
     digests = digest_inputs(inputs.items())
     packages = {name: dict(entry) for name, entry in sorted((packages or {}).items())}
@@ -165,7 +185,7 @@ def run_export(
             "metrics": metrics,
             "training": dict(train_stats),
             # Where it was trained: beside the build hash, not in it (the same on every x86-64 CPU).
-            "provenance": portable.provenance(),
+            "provenance": portable.provenance() | ({"checkpoint": checkpoint_provenance(*checkpoint)} if checkpoint else {}),
             "metric_gates": {k: g.__dict__ for k, g in spec.metrics.items()},
         }
         (tmp / EXPORT_MANIFEST).write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")

@@ -5,7 +5,9 @@ action, the golden tests, the release gate and the inference service all work fr
 model is described once:
 
 - how to build a fresh instance from its hyperparameters (`build`),
-- how to train or initialize it deterministically on data it generates itself (`train`),
+- how to train or initialize it deterministically on data it generates itself (`train`), unless
+  its weights come from a pinned checkpoint (models/<name>/checkpoint.json; modelgate.checkpoint),
+  whose tensors `load_checkpoint` may rename to the model's,
 - its forward signature (`inputs`, `outputs`), for ONNX export and for the service's JSON schema,
 - a small, fixed set of golden inputs (`golden_inputs`),
 - held-out evaluation (`evaluate`) and the floor and regression budget of each metric (`metrics`).
@@ -90,12 +92,16 @@ class ModelSpec:
     name: str
     config: Mapping[str, object]
     build: Callable[[Mapping[str, object]], torch.nn.Module]
-    train: Callable[[torch.nn.Module, Mapping[str, object]], Mapping[str, float]]
+    # None for a model whose weights only ever come from a pinned checkpoint.
+    train: Callable[[torch.nn.Module, Mapping[str, object]], Mapping[str, float]] | None
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[str, ...]
     golden_inputs: Callable[[], dict[str, torch.Tensor]]
     evaluate: Callable[[torch.nn.Module, Mapping[str, object]], dict[str, float]]
     metrics: Mapping[str, MetricGate] = field(default_factory=dict)
+    # For a pinned checkpoint whose tensor names are not the model's (a published model): maps
+    # the checkpoint's {name: tensor} to the model's state_dict names. Loading stays strict.
+    load_checkpoint: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
 
     def with_config(self, overrides: Mapping[str, object]) -> "ModelSpec":
         """This spec with some hyperparameters replaced; unknown keys are an error."""

@@ -18,13 +18,17 @@ EVAL_SIZE = 512
 
 def train_classifier(model: torch.nn.Module, config: Mapping[str, object], make_batch: MakeBatch, clip_grad_norm: float | None = None) -> dict:
     """AdamW on cross-entropy over `config["steps"]` generated batches (seed + 1); leaves the model
-    in eval mode (batchnorm on its running statistics)."""
+    in eval mode (batchnorm on its running statistics). Batches are generated on the CPU (the same
+    data on every device) and moved to the model's device, so `:train` can run on a GPU."""
+    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(int(config["seed"]) + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
     model.train()
     loss = torch.tensor(0.0)
     for _ in range(int(config["steps"])):
         *inputs, labels = make_batch(config, int(config["batch_size"]), generator)
+        if device.type != "cpu":
+            inputs, labels = [t.to(device) for t in inputs], labels.to(device)
         loss = F.cross_entropy(model(*inputs), labels)
         optimizer.zero_grad()
         loss.backward()

