@@ -27,10 +27,11 @@ import copy
 import random
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from modelgate import numerics
 
 __all__ = [
     "Comparison",
@@ -48,30 +49,9 @@ __all__ = [
 
 # --- Tolerances -------------------------------------------------------------------------------
 
-# Two results computed in the same dtype (e.g. two kernels, two devices): torch.testing's defaults.
-_DIRECT_TOLERANCES = {
-    torch.float64: (1e-7, 1e-7),
-    torch.float32: (1.3e-6, 1e-5),
-    torch.bfloat16: (1.6e-2, 1e-5),
-    torch.float16: (1e-3, 1e-5),
-}
-
-# A result computed under autocast to `dtype` against the float32 reference of the same model.
-# The bound is atol + rtol * |expected|, never rtol alone: relative errors blow up where the
-# reference is near zero. A low-precision layer's error grows with the size of the values it adds
-# up, not with each output element, so under autocast the default atol is multiplied by the output's
-# scale, max(1, max |expected|) (see _autocast_atol).
-# Measured errors, as a share of that scale: on an H200 (DESIGN.md, "A GPU machine"; outputs of
-# order one) bf16 2.1e-3 abs with up to 0.25 rel near zero, fp16 1.5e-4 abs / 2e-2 rel; on this
-# CPU, trained models/ (logits up to 9.3, 512 held-out inputs) bf16 up to 7.2e-3 and fp16 up to
-# 1.1e-3 of the scale: about one unit in the last place (bf16 2^-7, fp16 2^-10) of the largest
-# output. atol is 2.5 (bf16) and 2 (fp16) of those units; rtol is two units (bf16: torch.testing's
-# 1.6e-2) so large outputs may move by that share as well.
-_AUTOCAST_TOLERANCES = {
-    torch.float32: _DIRECT_TOLERANCES[torch.float32],  # no autocast: the reference itself
-    torch.bfloat16: (1.6e-2, 2e-2),
-    torch.float16: (2e-3, 2e-3),
-}
+# The default tolerances are numerics.TOLERANCES: "direct" for two results in one dtype,
+# "autocast" for a run under autocast against the float32 reference (its atol is per unit of the
+# output's scale: see _autocast_atol).
 
 _DTYPE_NAMES = {
     name: getattr(torch, name)
@@ -98,7 +78,7 @@ def default_tolerance(dtype: torch.dtype | str, autocast: bool = False) -> tuple
     autocast=False: two results in the same dtype (torch.testing.assert_close's defaults), e.g.
         CUDA vs CPU in float32, or two runs of one kernel.
     autocast=True: a forward run under torch.autocast(dtype=...) against the float32 reference of
-        the same model: looser, from measured errors (see _AUTOCAST_TOLERANCES). The atol returned is
+        the same model: looser, from measured errors (numerics.TOLERANCES["autocast"]). The atol returned is
         for outputs of order one; assert_close(autocast=True) and dtype_sweep multiply it by
         max(1, max |expected|) unless atol is given.
     Integer and bool dtypes compare exactly: (0.0, 0.0).
@@ -106,28 +86,15 @@ def default_tolerance(dtype: torch.dtype | str, autocast: bool = False) -> tuple
     dtype = _as_dtype(dtype)
     if not dtype.is_floating_point and not dtype.is_complex:
         return (0.0, 0.0)
-    table = _AUTOCAST_TOLERANCES if autocast else _DIRECT_TOLERANCES
-    if dtype not in table:
-        kind = "autocast" if autocast else "direct"
-        raise ValueError(f"no default {kind} tolerance for {_dtype_name(dtype)}; pass rtol= and atol= explicitly")
-    return table[dtype]
+    tol = numerics.tolerance("autocast" if autocast else "direct", _dtype_name(dtype))
+    return (tol.rtol, tol.atol)
 
 
 # --- Helpers ------------------------------------------------------------------------------------
 
 
-def _index(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
-    """The index tuple of element `flat` of a contiguous tensor of `shape`."""
-    index = []
-    for size in reversed(shape):
-        flat, rest = divmod(flat, size)
-        index.append(rest)
-    return tuple(reversed(index))
-
-
-def _value(tensor: torch.Tensor, index: tuple[int, ...]) -> str:
-    value = tensor[index].item() if tensor.dim() else tensor.item()
-    return f"{value:.7g}" if isinstance(value, float) else str(value)
+_index = numerics.index_of
+_value = numerics.value_text
 
 
 def _flatten(output: Any, name: str) -> list[tuple[str, torch.Tensor]]:
@@ -167,19 +134,11 @@ def _map_tensors(inputs: Any, convert: Callable[[torch.Tensor], torch.Tensor]) -
 
 def _nonfinite_summary(tensor: torch.Tensor) -> str | None:
     """'3 non-finite values of 96 (2 NaN, 1 +Inf); first at index (1, 4): nan', or None if all finite."""
-    if not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+    bad = numerics.nonfinite(tensor)
+    if bad is None:
         return None
-    values = tensor.detach().cpu()
-    bad = ~torch.isfinite(values)
-    count = int(bad.sum())
-    if not count:
-        return None
-    nan = int(torch.isnan(values).sum())
-    posinf = int((values == float("inf")).sum())
-    neginf = int((values == float("-inf")).sum())
-    kinds = ", ".join(f"{n} {label}" for n, label in ((nan, "NaN"), (posinf, "+Inf"), (neginf, "-Inf")) if n)
-    first = _index(int(bad.reshape(-1).nonzero()[0]), values.shape)
-    return f"{count} non-finite values of {values.numel()} ({kinds}); first at index {first}: {_value(values, first)}"
+    kinds = ", ".join(f"{n} {label}" for n, label in ((bad.nan, "NaN"), (bad.posinf, "+Inf"), (bad.neginf, "-Inf")) if n)
+    return f"{bad.count} non-finite values of {tensor.numel()} ({kinds}); first at index {bad.first}: {bad.first_value}"
 
 
 # --- Shapes and values --------------------------------------------------------------------------
@@ -494,68 +453,8 @@ def assert_deterministic(
 # --- Numerics -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """How `actual` compares with `expected`: counts, and where the worst errors are."""
-
-    name: str
-    rtol: float
-    atol: float
-    numel: int
-    mismatched: int
-    max_abs: float
-    max_abs_index: tuple[int, ...]
-    max_abs_values: tuple[str, str]  # (actual, expected) at max_abs_index
-    max_rel: float
-    max_rel_index: tuple[int, ...]
-    max_rel_values: tuple[str, str]
-
-    @property
-    def ok(self) -> bool:
-        return self.mismatched == 0
-
-    def describe(self, context: str = "") -> str:
-        head = f"{self.name}{context}: "
-        if self.ok:
-            head += f"all {self.numel} values within"
-        else:
-            head += f"{self.mismatched} of {self.numel} values differ beyond"
-        return (
-            f"{head} atol={self.atol:.2g} + rtol={self.rtol:.2g}*|expected|; "
-            f"worst abs error {self.max_abs:.3g} at index {self.max_abs_index} "
-            f"(actual {self.max_abs_values[0]}, expected {self.max_abs_values[1]}); "
-            f"worst rel error {self.max_rel:.3g} at index {self.max_rel_index} "
-            f"(actual {self.max_rel_values[0]}, expected {self.max_rel_values[1]})"
-        )
-
-
-def _compare(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, name: str) -> Comparison:
-    if tuple(actual.shape) != tuple(expected.shape):
-        raise AssertionError(f"{name}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
-    a = actual.detach().cpu().double()
-    e = expected.detach().cpu().double()
-    same = (a == e) | (torch.isnan(a) & torch.isnan(e))  # equal infinities and NaN in both count as equal
-    abs_err = torch.where(same, torch.zeros_like(a), (a - e).abs().nan_to_num(nan=float("inf")))
-    rel_err = torch.where(same, torch.zeros_like(a), abs_err / e.abs())
-    rel_err = rel_err.nan_to_num(nan=float("inf"))
-    bad = abs_err > atol + rtol * e.abs().nan_to_num(nan=0.0, posinf=0.0)
-    if not a.numel():
-        return Comparison(name, rtol, atol, 0, 0, 0.0, (), ("", ""), 0.0, (), ("", ""))
-    abs_at = _index(int(abs_err.reshape(-1).argmax()), a.shape)
-    rel_at = _index(int(rel_err.reshape(-1).argmax()), a.shape)
-    return Comparison(
-        name=name,
-        rtol=rtol,
-        atol=atol,
-        numel=a.numel(),
-        mismatched=int(bad.sum()),
-        max_abs=float(abs_err[abs_at]),
-        max_abs_index=abs_at,
-        max_abs_values=(_value(actual.detach().cpu(), abs_at), _value(expected.detach().cpu(), abs_at)),
-        max_rel=float(rel_err[rel_at]),
-        max_rel_index=rel_at,
-        max_rel_values=(_value(actual.detach().cpu(), rel_at), _value(expected.detach().cpu(), rel_at)),
-    )
+Comparison = numerics.Comparison
+_compare = numerics.compare
 
 
 def _tolerance(
@@ -661,7 +560,7 @@ def dtype_sweep(
     failures = []
     for requested in dtypes:
         dtype = _as_dtype(requested)
-        if dtype not in _AUTOCAST_TOLERANCES:
+        if _dtype_name(dtype) not in numerics.TOLERANCES["autocast"]:
             raise ValueError(
                 f"dtype_sweep: {_dtype_name(dtype)} is not an autocast dtype; use float32, bfloat16 or float16"
             )

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from modelgate import golden as golden_lib
-from modelgate import portable
+from modelgate import numerics, portable
 from modelgate.export import WEIGHTS, ONNX, load_weights
 from modelgate.formats import RELEASE_SCHEMA, file_entry, sha256_file
 from modelgate.spec import ModelSpec
 
-ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-3
 # golden/<model>/<file> -> its name in a release bundle (kept in step with model_weights.bzl).
 GOLDEN_BUNDLE_NAMES = {
     golden_lib.INPUTS: "golden.inputs.safetensors",
@@ -73,8 +72,9 @@ def check_onnx(spec: ModelSpec, model, onnx_path: Path) -> Check:
     with torch.no_grad():
         reference = spec.forward(model, inputs)
     details, passed = [], True
+    onnx_tol = numerics.tolerance("onnx", "float32")
     for name in spec.outputs:
-        report = golden_lib.compare_output(name, torch.from_numpy(np.asarray(results[name])), reference[name], ONNX_ATOL, ONNX_RTOL)
+        report = golden_lib.compare_output(name, torch.from_numpy(np.asarray(results[name])), reference[name], onnx_tol.atol, onnx_tol.rtol)
         passed &= report.passed
         details.append(report.message)
     return Check("onnx", passed, "; ".join(details))

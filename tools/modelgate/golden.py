@@ -19,18 +19,15 @@ from typing import Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from modelgate import portable
+from modelgate import numerics, portable
 from modelgate.errors import GoldenError
 from modelgate.formats import GOLDEN_CONFIG, GOLDEN_EXPECTED, GOLDEN_INPUTS
+from modelgate.numerics import FLOAT_DTYPES
 
 INPUTS, EXPECTED, CONFIG = GOLDEN_INPUTS, GOLDEN_EXPECTED, GOLDEN_CONFIG
-FLOAT_DTYPES = ("float32", "bfloat16", "float16")
-# Defaults written for a new model: float32 for direct CPU/CUDA comparison (TF32 off), and
-# autocast comparisons against the float32 reference (measured on an H200; see DESIGN.md).
+# What a new golden.json gets, per output (numerics.TOLERANCES["golden"]).
 DEFAULT_TOLERANCES = {
-    "float32": {"atol": 1e-5, "rtol": 1e-4},
-    "bfloat16": {"atol": 2e-2, "rtol": 5e-2},
-    "float16": {"atol": 2e-3, "rtol": 2e-2},
+    dtype: {"atol": tol.atol, "rtol": tol.rtol} for dtype, tol in numerics.TOLERANCES["golden"].items()
 }
 _TOP_KEYS = {"model", "tolerances", "provenance"}
 _TOLERANCE_KEYS = {"atol", "rtol"}
@@ -119,34 +116,22 @@ class OutputReport:
     max_rel: float = 0.0
 
 
-def _index(flat_index: int, shape) -> tuple[int, ...]:
-    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_index), shape)) if shape else ()
-
-
 def compare_output(name: str, actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, dtype: str = "float32") -> OutputReport:
-    """Compares one output with its golden value: |actual - expected| <= atol + rtol * |expected|."""
+    """Compares one output with its golden value (modelgate.numerics): |actual - expected| <= atol + rtol * |expected|."""
     if tuple(actual.shape) != tuple(expected.shape):
         return OutputReport(name, False, f"{name}: shape {tuple(actual.shape)} from the model, {tuple(expected.shape)} in golden data")
     if actual.numel() == 0:
         return OutputReport(name, True, f"{name}: empty")
-    a = actual.detach().to("cpu", torch.float64)
-    e = expected.to(torch.float64)
-    nonfinite = ~torch.isfinite(a)
-    if nonfinite.any():
-        where = _index(int(nonfinite.flatten().nonzero()[0]), a.shape)
-        return OutputReport(name, False, f"{name}: {int(nonfinite.sum())} non-finite values, first at {where} ({a[where].item()})")
-    diff = (a - e).abs()
-    rel = diff / e.abs().clamp_min(1e-12)
-    abs_at, rel_at = int(diff.flatten().argmax()), int(rel.flatten().argmax())
-    max_abs, max_rel = diff.flatten()[abs_at].item(), rel.flatten()[rel_at].item()
-    outside = int((diff > atol + rtol * e.abs()).sum())
-    abs_idx, rel_idx = _index(abs_at, a.shape), _index(rel_at, a.shape)
+    bad = numerics.nonfinite(actual)
+    if bad is not None:
+        return OutputReport(name, False, f"{name}: {bad.count} non-finite values, first at {bad.first} ({bad.first_value})")
+    c = numerics.compare(actual, expected, rtol, atol, name)
     text = (
-        f"{name}: max abs {max_abs:.3g} at {abs_idx} (got {a.flatten()[abs_at].item():.6g}, expected {e.flatten()[abs_at].item():.6g}); "
-        f"max rel {max_rel:.3g} at {rel_idx}; tolerance atol={atol:g} rtol={rtol:g} ({dtype}); "
-        f"{outside} of {a.numel()} elements outside"
+        f"{name}: max abs {c.max_abs:.3g} at {c.max_abs_index} (got {c.max_abs_values[0]}, expected {c.max_abs_values[1]}); "
+        f"max rel {c.max_rel:.3g} at {c.max_rel_index}; tolerance atol={atol:g} rtol={rtol:g} ({dtype}); "
+        f"{c.mismatched} of {c.numel} elements outside"
     )
-    return OutputReport(name, outside == 0, text, max_abs, max_rel)
+    return OutputReport(name, c.ok, text, c.max_abs, c.max_rel)
 
 
 def compare(golden: Golden, outputs: Mapping[str, torch.Tensor], dtype: str = "float32") -> list[OutputReport]:
@@ -189,9 +174,11 @@ def write(directory: str | Path, model: str, inputs, outputs, provenance: dict, 
         elif old[name].shape != value.shape:
             summary.append(f"{name}: shape {tuple(old[name].shape)} -> {tuple(value.shape)}")
         else:
-            diff = (value.double() - old[name].double()).abs()
-            rel = diff / old[name].double().abs().clamp_min(1e-12)
-            summary.append(f"{name}: max abs change {diff.max().item():.3g}, max rel change {rel.max().item():.3g}" + (" (unchanged)" if diff.max().item() == 0 else ""))
+            change = numerics.compare(value, old[name], rtol=0.0, atol=0.0, name=name)
+            summary.append(
+                f"{name}: max abs change {change.max_abs:.3g}, max rel change {change.max_rel:.3g}"
+                + (" (unchanged)" if change.ok else "")
+            )
     save_file({k: v.detach().cpu().contiguous() for k, v in inputs.items()}, str(directory / INPUTS))
     save_file({k: v.detach().cpu().contiguous() for k, v in outputs.items()}, str(directory / EXPECTED))
     config = {
