@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -83,6 +84,18 @@ def add_registry_flag(parser: argparse.ArgumentParser) -> None:
         metavar="URI",
         help="gs://BUCKET[/PREFIX] or file:///ABS/PATH (default: $MODELGATE_REGISTRY, else <workspace>/.modelgate/registry)",
     )
+
+
+def git_commit(workspace: Path) -> str | None:
+    """HEAD of the workspace's git checkout, if there is one: recorded beside the build hash."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) in (40, 64) else None
 
 
 def short(build_hash: str | None) -> str:

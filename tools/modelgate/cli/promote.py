@@ -9,9 +9,20 @@ from __future__ import annotations
 import json
 import sys
 
-from modelgate.cli import Parser, add_registry_flag, human_bytes, open_registry, release_path, run, short, user_path, warner
-from modelgate.registry import api, signing, tags
+from modelgate.cli import (
+    Parser,
+    add_registry_flag,
+    git_commit,
+    human_bytes,
+    open_registry,
+    release_path,
+    run,
+    short,
+    user_path,
+    warner,
+)
 from modelgate.errors import EXIT_COMMITTED_TAG_PENDING
+from modelgate.registry import api, signing, tags
 from modelgate.registry.uri import workspace_dir
 
 PROG = "promote"
@@ -79,7 +90,7 @@ def _main(argv: list[str]) -> int:
         force=args.force,
         reason=args.reason,
         dry_run=args.dry_run,
-        commit=api.git_commit(workspace),
+        commit=git_commit(workspace),
         progress=progress,
         notify_urls=tuple(args.notify),
         warn=warn,

@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
-from modelgate.cli import Parser, add_registry_flag, open_registry, run, short, user_path, warner
-from modelgate.registry import api, signing
+from modelgate.cli import Parser, add_registry_flag, git_commit, open_registry, run, short, user_path, warner
 from modelgate.errors import EXIT_COMMITTED_TAG_PENDING, UsageError
+from modelgate.registry import api, signing
 from modelgate.registry.uri import workspace_dir
 
 PROG = "registry"
@@ -122,7 +122,7 @@ def _main(argv: list[str]) -> int:
             args.tag,
             signing_key=signing_key,
             reason=args.reason,
-            commit=api.git_commit(workspace_dir()),
+            commit=git_commit(workspace_dir()),
             notify_urls=tuple(args.notify),
             warn=warn,
         )

@@ -1,8 +1,13 @@
 """The model registry: content-addressed builds, signed manifests, tags moved by compare-and-swap.
 
-Layers, each using only the one below it:
-    modelgate.cli.{promote,fetch,registry}   argument parsing and printing
-    modelgate.registry.api                   what the commands do
-    modelgate.registry.registry              the layout, the history log, tag pointers
+Layers, each importing only from the ones below it (never up):
+    modelgate.cli.{promote,fetch,registry}   argument parsing and printing (and the workspace's git commit)
+    modelgate.registry.api                   what the commands do: promote, rollback, fetch, ls/show/history;
+                                             reads release bundles (bundle), checks metric gates (gates), signs
+                                             manifests (signing)
+    modelgate.registry.registry              the layout, the history log, tag pointers; the one place a tag
+                                             moves (Registry.move_tag); checks what it reads (records, tags)
     modelgate.registry.storage               local directory or Google Cloud Storage
+Beside them, used by any layer above: modelgate.errors, modelgate.formats (names, schemas,
+canonical JSON, the file hasher).
 """

@@ -10,7 +10,6 @@ import getpass
 import hashlib
 import os
 import re
-import subprocess
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -18,9 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 from modelgate import notify
-
-from . import bundle as bundles
-from . import gates, leftovers, records, signing, tags
 from modelgate.errors import (
     BundleError,
     GateError,
@@ -32,13 +28,15 @@ from modelgate.errors import (
     model_not_in_registry,
 )
 from modelgate.formats import MANIFEST_SIGNATURE, RELEASE_MANIFEST
-from .registry import BUILD_SCHEMA, EVENT_SCHEMA, Registry, TagState, backoff
+
+from . import bundle as bundles
+from . import gates, leftovers, records, signing, tags
+from .registry import BUILD_SCHEMA, EVENT_SCHEMA, Registry, TagMove, TagState
 from .storage import LocalStorage
 
 Warn = Callable[[str], None]
 # progress(description, total_bytes) -> an object with update(n) and close(), e.g. a tqdm bar.
 ProgressFactory = Callable[[str, int], object]
-MAX_COMMIT_ATTEMPTS = 200
 
 
 def _now() -> str:
@@ -50,18 +48,6 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
-
-
-def git_commit(workspace: Path) -> str | None:
-    """HEAD of the workspace's git checkout, if there is one: recorded beside the build hash."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and len(commit) in (40, 64) else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,7 +163,7 @@ def _upload(registry: Registry, b: bundles.Bundle, progress: ProgressFactory | N
             continue
         bar = progress(f"{b.model}/{f.name}", f.size) if progress and f.size else None
         try:
-            if registry.put_blob(f, bar.update if bar else None):
+            if registry.put_blob(f.sha256, f.path, f.size, bar.update if bar else None):
                 uploaded_bytes += f.size
                 uploaded_files += 1
         finally:
@@ -187,7 +173,7 @@ def _upload(registry: Registry, b: bundles.Bundle, progress: ProgressFactory | N
 
 
 def _event(
-    seqs: list[int],
+    seq: int,
     action: str,
     model: str,
     tag: str,
@@ -199,10 +185,10 @@ def _event(
     forced: bool = False,
     checks: list[gates.MetricCheck] = (),
 ) -> dict:
-    """A history event claiming the slot after the newest one the writer has seen."""
+    """A history event claiming slot `seq`, the one after the newest the writer has seen."""
     return {
         "schema": EVENT_SCHEMA,
-        "seq": (seqs[-1] if seqs else 0) + 1,
+        "seq": seq,
         "id": uuid.uuid4().hex,  # lets a retried create recognize its own first attempt
         "action": action,
         "model": model,
@@ -227,46 +213,22 @@ def _commit(
     force: bool,
     reason: str | None,
     commit: str | None,
-    warn: Warn,
-) -> tuple[TagState, _Decision, dict | None, str | None]:
-    """Appends the history event that moves `tag` to this build, then moves the pointer.
+) -> tuple[TagMove, _Decision]:
+    """Moves `tag` to this build (Registry.move_tag), deciding against the tag's state at commit time."""
+    decisions = []
 
-    Returns (state before, decision, the event written or None, why the pointer is still pending)."""
-    for attempt in range(MAX_COMMIT_ATTEMPTS):
-        seqs = registry.history_seqs(b.model)
-        registry.settle(b.model, seqs)
-        state = _tag_state_repairing(registry, b.model, tag, seqs, warn)
+    def decide(state: TagState, seq: int) -> dict | None:
         decision = _decide(registry, b, tag, kind, state, force)
+        decisions.append(decision)
         if decision.unchanged:
-            registry.materialize(state.event, repair=state.problem is not None)
-            return state, decision, None, None
-        event = _event(
-            seqs, "promote", b.model, tag, b.build_hash, state.build_hash, commit, reason,
+            return None
+        return _event(
+            seq, "promote", b.model, tag, b.build_hash, state.build_hash, commit, reason,
             forced=decision.forced, checks=decision.checks,
         )  # fmt: skip
-        if registry.append_event(event):
-            return state, decision, event, _settle_committed(registry, event, state.problem is not None)
-        backoff(attempt)
-    raise StorageError(f"{b.model}: gave up moving {tag} after {MAX_COMMIT_ATTEMPTS} concurrent attempts")
 
-
-def _tag_state_repairing(registry: Registry, model: str, tag: str, seqs: list[int], warn: Warn) -> TagState:
-    """The tag's state from the signed history; a pointer that disagrees with it is reported and
-    rewritten by the materialize that follows (promote holds the key; fetch and serve refuse)."""
-    state = registry.tag_state(model, tag, seqs)
-    if state.problem:
-        warn(f"{state.problem}; promote rewrites it from the signed history")
-    return state
-
-
-def _settle_committed(registry: Registry, event: dict, repair: bool) -> str | None:
-    """Moves the pointer to a committed event; a failure is returned, not raised: the promotion
-    stands (it is in the history), and the next promote settles the pointer."""
-    try:
-        registry.materialize(event, repair=repair)
-    except StorageError as e:
-        return str(e)
-    return None
+    move = registry.move_tag(b.model, tag, decide, what="moving")
+    return move, decisions[-1]
 
 
 def _signer(registry: Registry, signing_key: Callable[[], str] | None, warn: Warn) -> signing.RecordSigner:
@@ -391,7 +353,8 @@ def _promote_one(
     """Blobs, then the manifest, then the tag: a reader can never reach a build that is not complete."""
     uploaded_bytes, uploaded_files = _upload(registry, b, progress)
     _store_build(registry, b, signed)
-    state, decision, event, pending = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit, warn=warn)
+    move, decision = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit)
+    state, event, pending = move.state, move.event, move.pending
     status = "unchanged" if event is None else "committed" if pending else "promoted"
     result = PromoteResult(
         b.model, b.build_hash, tag, state.build_hash, uploaded_bytes, uploaded_files,
@@ -429,10 +392,8 @@ def rollback(
     if not kind.movable:
         raise GateError(f"{tag} is a version tag: version tags never move, so there is nothing to roll back")
     _signer(registry, signing_key, warn)
-    for attempt in range(MAX_COMMIT_ATTEMPTS):
-        seqs = registry.history_seqs(model)
-        registry.settle(model, seqs)
-        state = _tag_state_repairing(registry, model, tag, seqs, warn)
+
+    def decide(state: TagState, seq: int) -> dict:
         if state.build_hash is None:
             raise UsageError(_no_tag_message(registry, model, tag))
         target = _rollback_target(registry, model, tag, state.build_hash)
@@ -440,19 +401,18 @@ def rollback(
             raise GateError(f"{model}: nothing to roll {tag} back to: {state.build_hash[:12]} is the first build it named")
         if registry.read_checked_build(model, target) is None:
             raise StorageError(f"{model}: the previous build {target[:12]} has no manifest in {registry.uri}")
-        event = _event(seqs, "rollback", model, tag, target, state.build_hash, commit, reason)
-        if registry.append_event(event):
-            pending = _settle_committed(registry, event, state.problem is not None)
-            result = PromoteResult(
-                model, target, tag, state.build_hash, 0, 0, "committed" if pending else "rolled-back",
-                seq=event["seq"], reason=reason, pending=pending,
-            )  # fmt: skip
-            message = notify.make_event(model, tag, target, state.build_hash, registry.uri, seq=event["seq"])
-            endpoints = list(notify_urls) + registry.notify_endpoints()
-            result.notified = notify.send_all(endpoints, message, warn)
-            return result
-        backoff(attempt)
-    raise StorageError(f"{model}: gave up rolling back {tag} after {MAX_COMMIT_ATTEMPTS} concurrent attempts")
+        return _event(seq, "rollback", model, tag, target, state.build_hash, commit, reason)
+
+    move = registry.move_tag(model, tag, decide, what="rolling back")
+    event, previous = move.event, move.state.build_hash
+    result = PromoteResult(
+        model, event["build_hash"], tag, previous, 0, 0, "committed" if move.pending else "rolled-back",
+        seq=event["seq"], reason=reason, pending=move.pending,
+    )  # fmt: skip
+    message = notify.make_event(model, tag, event["build_hash"], previous, registry.uri, seq=event["seq"])
+    endpoints = list(notify_urls) + registry.notify_endpoints()
+    result.notified = notify.send_all(endpoints, message, warn)
+    return result
 
 
 def _rollback_target(registry: Registry, model: str, tag: str, current: str) -> str | None:

@@ -15,10 +15,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tags
 from modelgate.errors import BundleError, UsageError
 from modelgate.formats import RELEASE_MANIFEST as MANIFEST
 from modelgate.formats import RELEASE_SCHEMA, file_digest
+
+from . import tags
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 
-from . import tags
 from modelgate.errors import RegistryContentError, UsageError
 from modelgate.formats import BUILD_SCHEMA, EVENT_SCHEMA, TAG_SCHEMA
+
+from . import tags
 
 ACTIONS = ("promote", "rollback")
 # Nesting deeper than any object modelgate writes is refused before json.loads recurses into it.

@@ -44,18 +44,22 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from . import records, tags
-from .bundle import ReleaseFile
 from modelgate.errors import RegistryContentError, StorageError, UsageError, VerificationError
 from modelgate.formats import canonical_json
+
+from . import records, tags
 from .records import BUILD_SCHEMA, EVENT_SCHEMA, TAG_SCHEMA  # noqa: F401 - re-exported
-from .signing import RecordSigner, RecordVerifier
 from .storage import Progress, Storage
+
+if TYPE_CHECKING:  # the keys are handed in; this layer only calls sign() and verify() on them
+    from .signing import RecordSigner, RecordVerifier
 
 SEQ_DIGITS = 10
 TAG_STATE_ATTEMPTS = 3
+MOVE_TAG_ATTEMPTS = 200
 NOTIFY_CONFIG = "config/notify.json"
 
 
@@ -65,6 +69,17 @@ class Pointer:
     seq: int
     doc: dict
     version: object  # for Storage.swap
+
+
+@dataclass(frozen=True)
+class TagMove:
+    """What move_tag did: the tag's state it decided against, the event it committed (None: the
+    decision was to leave the tag where it is), and why the pointer still lags that event (None:
+    it moved; otherwise the event is committed and the next writer settles the pointer)."""
+
+    state: "TagState"
+    event: dict | None
+    pending: str | None
 
 
 @dataclass(frozen=True)
@@ -127,11 +142,11 @@ class Registry:
     def has_blob(self, sha256: str) -> bool:
         return self.storage.exists(self.blob_key(tags.check_build_hash(sha256)))
 
-    def put_blob(self, f: ReleaseFile, progress: Progress | None = None) -> bool:
-        """Uploads a release file unless its blob is already there. True if bytes were uploaded."""
-        if self.has_blob(f.sha256):
+    def put_blob(self, sha256: str, path: Path, size: int, progress: Progress | None = None) -> bool:
+        """Uploads a file as blob `sha256` unless it is already there. True if bytes were uploaded."""
+        if self.has_blob(sha256):
             return False
-        return self.storage.put_file(self.blob_key(f.sha256), f.path, f.size, progress)
+        return self.storage.put_file(self.blob_key(sha256), path, size, progress)
 
     def read_blob_into(self, sha256: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
         return self.storage.read_into(self.blob_key(tags.check_build_hash(sha256)), write, size)
@@ -301,6 +316,41 @@ class Registry:
                 return
             backoff(attempt)
         raise StorageError(f"could not move {key} in {self.uri}: too many concurrent writers")
+
+    def move_tag(
+        self,
+        model: str,
+        tag: str,
+        decide: Callable[["TagState", int], dict | None],
+        *,
+        what: str = "moving",
+    ) -> TagMove:
+        """The one way a tag moves: settle the newest event, read the tag's state from the signed
+        history, decide, commit the event, then move the pointer (the protocol in this module's
+        docstring); on losing the slot to another writer, back off and decide again.
+
+        decide(state, seq) returns the history event to commit at `seq` (it may raise to refuse
+        the move), or None to leave the tag where it is. A pointer that disagrees with the history
+        is reported (self.warn) and rewritten from it."""
+        for attempt in range(MOVE_TAG_ATTEMPTS):
+            seqs = self.history_seqs(model)
+            self.settle(model, seqs)
+            state = self.tag_state(model, tag, seqs)
+            if state.problem and self.warn is not None:
+                self.warn(f"{state.problem}; promote rewrites it from the signed history")
+            event = decide(state, (seqs[-1] if seqs else 0) + 1)
+            if event is None:
+                if state.event is not None:
+                    self.materialize(state.event, repair=state.problem is not None)
+                return TagMove(state, None, None)
+            if self.append_event(event):
+                try:
+                    self.materialize(event, repair=state.problem is not None)
+                except StorageError as e:  # committed: the move stands, the next writer settles the pointer
+                    return TagMove(state, event, str(e))
+                return TagMove(state, event, None)
+            backoff(attempt)
+        raise StorageError(f"{model}: gave up {what} {tag} after {MOVE_TAG_ATTEMPTS} concurrent attempts")
 
     # ---- history
 

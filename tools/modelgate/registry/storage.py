@@ -28,8 +28,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from . import leftovers
 from modelgate.errors import StorageError
+
+from . import leftovers
 from .uri import RegistryURI
 
 CHUNK = 1 << 20
