@@ -326,3 +326,76 @@ def test_a_file_that_is_not_safetensors_is_refused(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 4)}, path)  # a pickle: never loaded
     with pytest.raises(checkpoints.CheckpointError, match="is not a safetensors file"):
         run_export(_spec(), tmp_path / "out", {}, {"model": "toy"}, checkpoint=(_pin(path, [path.as_uri()]), path))
+
+
+# ---- bazel run :train ------------------------------------------------------------------------
+
+
+def _train_args(registry, **changes):
+    import argparse
+
+    values = {"registry": registry, "device": "cpu", "portable": False, "source": [], "dry_run": False}
+    values.update(changes)
+    return argparse.Namespace(**values)
+
+
+def _scaling_train(factor):
+    def train(model, config):
+        with torch.no_grad():
+            model.fc.weight.mul_(factor)
+        return {"final_train_loss": 0.5}
+
+    return train
+
+
+def test_train_uploads_the_checkpoint_and_pins_it_with_the_metric_change(tmp_path, store, capsys):
+    from modelgate import train_and_pin
+
+    workspace = tmp_path / "ws"
+    (workspace / "models" / "toy").mkdir(parents=True)
+    registry = tmp_path / "registry"
+    accuracy = iter([0.8, 0.7])
+    spec = _spec(train=_scaling_train(2.0))
+    spec = ModelSpec(**{**spec.__dict__, "evaluate": lambda model, config: {"accuracy": next(accuracy)}})
+
+    assert train_and_pin.run(spec, workspace, _train_args(registry.as_uri())) == 0
+    out = capsys.readouterr().out
+    pin = checkpoints.read_pin(workspace / PIN, PIN, "toy")
+    blob = registry / "blobs" / "sha256" / pin.sha256
+    assert blob.stat().st_size == pin.size and hashlib.sha256(blob.read_bytes()).hexdigest() == pin.sha256
+    assert pin.sources == (blob.as_uri(),)
+    assert pin.metrics == {"accuracy": 0.8} and pin.provenance["numerics"] == "native"
+    assert pin.provenance["device"].startswith("cpu") and pin.provenance["command"] == "bazel run //models/toy:train"
+    assert "accuracy 0.8000  (no previous pin)" in out and "new pin" in out
+
+    # Trained again, differently: a new digest, and the change against the pin it replaces.
+    spec = ModelSpec(**{**spec.__dict__, "train": _scaling_train(3.0)})
+    assert train_and_pin.run(spec, workspace, _train_args(registry.as_uri())) == 0
+    out = capsys.readouterr().out
+    again = checkpoints.read_pin(workspace / PIN, PIN, "toy")
+    assert again.sha256 != pin.sha256 and f"(was {pin.sha256[:12]})" in out
+    assert "accuracy 0.7000  (was 0.8000, -0.1000, worse)" in out
+
+    # The checkpoint it pinned is what an export of the pin writes.
+    fetched = checkpoints.fetch(again)
+    manifest = run_export(_spec(), tmp_path / "export", {}, {"model": "toy"}, checkpoint=(again, fetched.path))
+    assert manifest["files"][WEIGHTS]["sha256"] == again.sha256
+
+
+def test_train_dry_run_uploads_and_rewrites_nothing(tmp_path, store, capsys):
+    from modelgate import train_and_pin
+
+    workspace = tmp_path / "ws"
+    (workspace / "models" / "toy").mkdir(parents=True)
+    assert train_and_pin.run(_spec(train=_scaling_train(2.0)), workspace, _train_args(None, dry_run=True)) == 0
+    assert "dry run: checkpoint" in capsys.readouterr().out
+    assert not (workspace / PIN).exists() and not (workspace / ".modelgate").exists()
+
+
+def test_train_refuses_a_device_that_is_not_there(tmp_path):
+    from modelgate import train_and_pin
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(checkpoints.CheckpointError, match="no CUDA device is visible"):
+        train_and_pin.run(_spec(train=_scaling_train(2.0)), tmp_path, _train_args((tmp_path / "r").as_uri(), device="cuda"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -157,15 +158,17 @@ def run(spec, workspace: Path, args) -> int:
         "config": {k: v for k, v in sorted(spec.config.items())},
         "training": {k: v for k, v in sorted(dict(stats).items())},
         "trained_at": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-        "by": os.environ.get("USER") or "unknown",
+        "by": os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name,
         "command": f"bazel run //models/{spec.name}:train",
     }
-    extra = [s for s in args.source if s != source]
+    # The same bytes keep every source they were known by; new bytes start afresh.
+    known = list(previous.sources) if previous and previous.sha256 == sha256 else []
+    sources = list(dict.fromkeys([source, *args.source, *known]))
     pin = checkpoints.Pin(
         model=spec.name,
         sha256=sha256,
         size=size,
-        sources=tuple([source, *extra]),
+        sources=tuple(sources),
         provenance=provenance,
         metrics={k: float(v) for k, v in sorted(metrics.items())},
         path=display,
