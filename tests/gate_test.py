@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from modelgate import gate, golden
-from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, load_weights, run_export
-from modelgate.hashing import sha256_file
+from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, run_export
+from modelgate.formats import sha256_file
+from modelgate.loading import load_weights
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
 from tests.toy_model import ScaledLinear
 
@@ -66,7 +67,7 @@ def test_a_healthy_export_passes_every_check(release):
     assert [(c.name, c.passed) for c in checks.values()] == [("golden", True), ("onnx", True), ("metrics", True)]
     released = gate.release_manifest(manifest, list(checks.values()), metrics, golden_dir)
     assert released["gate"]["passed"] and released["schema"] == "modelgate/release@1"
-    assert set(released["files"]) == {WEIGHTS, ONNX, "golden.inputs.safetensors", "golden.expected.safetensors", "golden.json"}
+    assert set(released["files"]) == {WEIGHTS, ONNX, "inputs.safetensors", "expected.safetensors", "golden.json"}
 
 
 def test_flipped_weight_bytes_fail_the_digest_check_before_anything_loads(release):

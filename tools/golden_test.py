@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from modelgate import golden
-from modelgate.export import WEIGHTS, load_weights
+from modelgate.formats import WEIGHTS
+from modelgate.loading import load_weights
 from modelgate.spec import load_spec
 
 MODEL = os.environ.get("MODELGATE_MODEL", "")

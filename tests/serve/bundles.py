@@ -4,7 +4,7 @@
 writes golden data from the exported weights' own outputs, runs the release gate and assembles
 the bundle directory that promote uploads:
     manifest.json  weights.safetensors  model.onnx
-    golden.inputs.safetensors  golden.expected.safetensors  golden.json
+    inputs.safetensors  expected.safetensors  golden.json     (golden data, under its own names)
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from modelgate import gate, golden
-from modelgate.export import load_weights, run_export
+from modelgate.export import run_export
+from modelgate.formats import GOLDEN_EXPECTED, GOLDEN_FILES, RELEASE_MANIFEST, WEIGHTS
+from modelgate.loading import load_weights
 from modelgate.spec import ModelSpec
 
 
@@ -30,7 +32,7 @@ def make_release(spec: ModelSpec, hparams: dict, root: Path) -> Path:
     # In-process, after torch loaded: the native kernels (recorded as such in the build hash).
     export_manifest = run_export(spec, export_dir, inputs={}, attributes=attributes, strict_numerics=False)
 
-    model = load_weights(spec, export_dir / "weights.safetensors")
+    model = load_weights(spec, export_dir / WEIGHTS)
     inputs = spec.golden_inputs()
     with torch.no_grad():
         outputs = spec.forward(model, inputs)
@@ -44,9 +46,9 @@ def make_release(spec: ModelSpec, hparams: dict, root: Path) -> Path:
     bundle.mkdir(parents=True)
     for name in export_manifest["files"]:
         shutil.copy(export_dir / name, bundle / name)
-    for source, name in gate.GOLDEN_BUNDLE_NAMES.items():
-        shutil.copy(golden_dir / source, bundle / name)
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    for name in GOLDEN_FILES:
+        shutil.copy(golden_dir / name, bundle / name)
+    (bundle / RELEASE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return bundle
 
 
@@ -63,10 +65,10 @@ def with_golden_expected_of(bundle: Path, other: Path, out: Path) -> Path:
 
     out = Path(out)
     shutil.copytree(bundle, out)
-    shutil.copy(Path(other) / "golden.expected.safetensors", out / "golden.expected.safetensors")
+    shutil.copy(Path(other) / GOLDEN_EXPECTED, out / GOLDEN_EXPECTED)
     manifest = json.loads((out / "manifest.json").read_text())
-    data = (out / "golden.expected.safetensors").read_bytes()
-    manifest["files"]["golden.expected.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    data = (out / GOLDEN_EXPECTED).read_bytes()
+    manifest["files"][GOLDEN_EXPECTED] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     manifest["build_hash"] = hashlib.sha256(f"{manifest['build_hash']}/golden-of/{build_hash(other)}".encode()).hexdigest()
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out

@@ -271,7 +271,7 @@ def main() -> int:
         args.server_url = server.url
         try:
             server.wait_serving(h1, 60)
-            inputs = load_file(str(v1 / "golden.inputs.safetensors"))
+            inputs = load_file(str(v1 / "inputs.safetensors"))
             args.rows = len(next(iter(inputs.values())))
             body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
             env = {**os.environ, "PYTHONPATH": harness.child_pythonpath()}

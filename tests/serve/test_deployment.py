@@ -56,7 +56,7 @@ def deploy(local_registry, keys, tmp_path):
 
 
 def golden_request(bundle: Path) -> dict:
-    inputs = load_file(str(bundle / "golden.inputs.safetensors"))
+    inputs = load_file(str(bundle / "inputs.safetensors"))
     return {"inputs": {name: value.tolist() for name, value in inputs.items()}}
 
 
@@ -154,7 +154,7 @@ def test_requests_in_flight_finish_on_the_build_they_started_on(deploy, local_re
     thread.join(30)
     response = in_flight["response"]
     assert response.status_code == 200 and response.json()["build_hash"] == build_hash(v1)
-    expected = load_file(str(v1 / "golden.expected.safetensors"))["logits"]
+    expected = load_file(str(v1 / "expected.safetensors"))["logits"]
     torch.testing.assert_close(torch.tensor(response.json()["outputs"]["logits"]), expected, atol=1e-5, rtol=1e-4)
 
 
@@ -199,3 +199,18 @@ def test_a_registry_outage_keeps_serving_and_is_retried_at_the_next_poll(deploy,
     storage.read_into = real_read_into
     assert deployment.check("poll").outcome == "serving"  # an outage is not held against the build
     assert deployment.current.build_hash == build_hash(v2) and deployment.version()["error"] is None
+
+
+def test_the_service_does_not_load_the_export_path():
+    # Serving loads weights and checks golden data (modelgate.loading); onnx, onnxruntime and
+    # onnxscript belong to the build, and a service that imports them pulls in the whole exporter.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, modelgate.serve.deployment, modelgate.serve.app, modelgate.cli.serve\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'onnxruntime', 'onnxscript', 'modelgate.export'}"
+        " | {m for m in sys.modules if m in ('modelgate.export', 'modelgate.gate')}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=None)
+    assert out.stdout.strip() == "[]", out.stdout

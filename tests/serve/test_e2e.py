@@ -26,7 +26,7 @@ ROLLOUT_TIMEOUT_S = 60
 
 
 def golden_request(bundle: Path) -> dict:
-    inputs = load_file(str(bundle / "golden.inputs.safetensors"))
+    inputs = load_file(str(bundle / "inputs.safetensors"))
     return {"inputs": {name: value.tolist() for name, value in inputs.items()}}
 
 
@@ -35,7 +35,7 @@ def assert_answers_like(server: harness.Server, bundle: Path) -> None:
     status, body = server.post_json("/predict", golden_request(bundle))
     assert status == 200, body
     assert body["build_hash"] == build_hash(bundle)
-    expected = load_file(str(bundle / "golden.expected.safetensors"))["logits"]
+    expected = load_file(str(bundle / "expected.safetensors"))["logits"]
     torch.testing.assert_close(torch.tensor(body["outputs"]["logits"]), expected, atol=1e-5, rtol=1e-4)
 
 

@@ -28,6 +28,10 @@ class GoldenError(ModelgateError):
     """Golden data that cannot be used: the message names the file and the key."""
 
 
+class WeightsError(ModelgateError):
+    """Saved weights that do not fit the model they are loaded into."""
+
+
 class LockEntryError(ModelgateError, ValueError):
     """A lock entry file (lock_entries/<name>.json of the pip repository) that is not one."""
 

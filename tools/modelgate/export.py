@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from modelgate import checkpoint as checkpoints
 from modelgate import portable
 from modelgate.errors import ExportError
 from modelgate.formats import EXPORT_MANIFEST, EXPORT_SCHEMA, ONNX, WEIGHTS
 from modelgate.hashing import build_hash, canonical_json, digest_inputs, sha256_file
+from modelgate.loading import load_weights  # noqa: F401 - export.load_weights, as before
 from modelgate.spec import ModelSpec
 
 
@@ -52,16 +53,6 @@ def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             raise ExportError(f"weights contain {bad} non-finite values in {name!r}; training diverged or the model is broken")
         tensors[name] = value
     return tensors
-
-
-def load_weights(spec: ModelSpec, path: str | Path, device: str = "cpu") -> torch.nn.Module:
-    """A fresh model with the saved weights loaded (strictly: every tensor, no extras)."""
-    model = spec.new_model()
-    state = load_file(str(path), device="cpu")
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ExportError(f"{path}: weights do not fit {spec.name}: missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
-    return model.to(device).eval()
 
 
 def checkpoint_provenance(pin: checkpoints.Pin, path: Path) -> dict:

@@ -17,17 +17,9 @@ import numpy as np
 import torch
 
 from modelgate import golden as golden_lib
-from modelgate import numerics, portable
-from modelgate.export import WEIGHTS, ONNX, load_weights
-from modelgate.formats import RELEASE_SCHEMA, file_entry, sha256_file
+from modelgate import loading, numerics, portable
+from modelgate.formats import GOLDEN_FILES, ONNX, RELEASE_SCHEMA, WEIGHTS, file_entry, sha256_file
 from modelgate.spec import ModelSpec
-
-# golden/<model>/<file> -> its name in a release bundle (kept in step with model_weights.bzl).
-GOLDEN_BUNDLE_NAMES = {
-    golden_lib.INPUTS: "golden.inputs.safetensors",
-    golden_lib.EXPECTED: "golden.expected.safetensors",
-    golden_lib.CONFIG: "golden.json",
-}
 
 
 @dataclass
@@ -42,15 +34,11 @@ class Check:
 
 def check_golden(spec: ModelSpec, model, golden_dir: Path) -> Check:
     try:
-        golden = golden_lib.load(golden_dir, spec.name, [t.name for t in spec.inputs], spec.outputs)
+        result = loading.check_golden(spec, model, golden_dir)
     except golden_lib.GoldenError as e:
         return Check("golden", False, str(e))
-    with torch.no_grad():
-        outputs = spec.forward(model, golden.inputs)
-    reports = golden_lib.compare(golden, outputs)
-    passed = all(r.passed for r in reports)
-    details = [r.message for r in reports] + ([golden_lib.platform_note(golden)] if not passed else [])
-    return Check("golden", passed, "; ".join(d for d in details if d))
+    details = [r.message for r in result.reports] + ([golden_lib.platform_note(result.golden)] if not result.passed else [])
+    return Check("golden", result.passed, "; ".join(d for d in details if d))
 
 
 def check_onnx(spec: ModelSpec, model, onnx_path: Path) -> Check:
@@ -107,7 +95,7 @@ def run_gate(spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_di
         if sha256_file(export_dir / name) != info["sha256"]:
             checks.append(Check("digests", False, f"{name} does not match the digest the export recorded"))
             return checks, {}
-    model = load_weights(spec, export_dir / WEIGHTS)
+    model = loading.load_weights(spec, export_dir / WEIGHTS)
     checks.append(check_golden(spec, model, golden_dir))
     checks.append(check_onnx(spec, model, export_dir / ONNX))
     metric_check, metrics = check_metrics(spec, model)
@@ -118,9 +106,8 @@ def run_gate(spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_di
 def release_manifest(export_manifest: dict, checks: list[Check], metrics: dict, golden_dir: Path) -> dict:
     manifest = {k: v for k, v in export_manifest.items() if k not in ("schema", "attributes", "training")}
     manifest["files"] = dict(manifest["files"])
-    for source, name in sorted(GOLDEN_BUNDLE_NAMES.items()):
-        path = Path(golden_dir) / source
-        manifest["files"][name] = file_entry(path)
+    for name in sorted(GOLDEN_FILES):  # the bundle carries them under their own names
+        manifest["files"][name] = file_entry(Path(golden_dir) / name)
     manifest["schema"] = RELEASE_SCHEMA
     manifest["metrics"] = metrics
     manifest["training"] = export_manifest.get("training", {})

@@ -33,13 +33,6 @@ _EXPORT_ENV = {
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
 }
 
-# golden/<model>/<file> -> its name inside a release bundle (see modelgate.gate.GOLDEN_BUNDLE_NAMES).
-_GOLDEN_BUNDLE_NAMES = {
-    "expected.safetensors": "golden.expected.safetensors",
-    "golden.json": "golden.json",
-    "inputs.safetensors": "golden.inputs.safetensors",
-}
-
 def _relative(f):
     # short_path is workspace-relative ("models/x/model.py", "../python_interpreter/bin/python3").
     return f.short_path
@@ -175,14 +168,9 @@ def _model_release_impl(ctx):
     files = [manifest]
 
     # The bundle carries its golden data, so that a deployment can check the model it loaded
-    # against the same expectations the gate used.
+    # against the same expectations the gate used, under the names golden/<model>/ gives them.
     for src in [info.weights, info.onnx] + golden:
-        basename = src.basename
-        if src in golden:
-            basename = _GOLDEN_BUNDLE_NAMES.get(src.basename)
-            if not basename:
-                continue
-        link = ctx.actions.declare_file(bundle + "/" + basename)
+        link = ctx.actions.declare_file(bundle + "/" + src.basename)
         ctx.actions.symlink(output = link, target_file = src)
         files.append(link)
     return [

@@ -439,9 +439,11 @@ class FetchResult:
     out: str
     files: int
     bytes: int
+    # The verified manifest (signature checked, every file matched), as written to out/manifest.json.
+    manifest: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "manifest"}
 
 
 class _VerifyingWriter:
@@ -570,7 +572,7 @@ def fetch(
         raise
     finally:
         held.release()
-    return FetchResult(model, build_hash, tag, str(out), len(doc["files"]), total)
+    return FetchResult(model, build_hash, tag, str(out), len(doc["files"]), total, manifest={k: v for k, v in doc.items() if k != "signature"})
 
 
 _FETCH_TEMP = re.compile(r"\..+\.fetch-\d+-[0-9a-f]{16}")

@@ -35,7 +35,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -47,11 +46,10 @@ from typing import Callable, Mapping
 import torch
 
 from modelgate import golden as golden_lib
-from modelgate.export import WEIGHTS, load_weights
-from modelgate.gate import GOLDEN_BUNDLE_NAMES
-from modelgate.registry import api, signing
+from modelgate import loading
 from modelgate.errors import ModelgateError, RolloutError, StorageError, UsageError, VerificationError
-from modelgate.formats import RELEASE_MANIFEST, SERVE_STATE_SCHEMA
+from modelgate.formats import GOLDEN_FILES, SERVE_STATE_SCHEMA, WEIGHTS
+from modelgate.registry import api, signing
 from modelgate.registry.registry import Registry, TagState
 from modelgate.spec import ModelSpec
 
@@ -407,11 +405,10 @@ class Deployment:
 
     def _prepare(self, target: str, directory: Path, seconds: dict[str, float]) -> Served:
         start = time.perf_counter()
-        api.fetch(self.registry, self.model_name, out=directory, public_key=self.public_key, build=target)
+        manifest = api.fetch(self.registry, self.model_name, out=directory, public_key=self.public_key, build=target).manifest
         seconds["fetch_verify"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        manifest = json.loads((directory / RELEASE_MANIFEST).read_text())
         try:
             spec = self.spec.with_config(manifest.get("config") or {})
         except ValueError as e:
@@ -419,8 +416,8 @@ class Deployment:
         if WEIGHTS not in manifest["files"]:
             raise RolloutError(f"the build has no {WEIGHTS}")
         try:
-            model = load_weights(spec, directory / WEIGHTS)
-        except Exception as e:  # noqa: BLE001 - ExportError, safetensors errors, shape mismatches
+            model = loading.load_weights(spec, directory / WEIGHTS)
+        except Exception as e:  # noqa: BLE001 - WeightsError, safetensors errors, shape mismatches
             raise RolloutError(f"cannot load {WEIGHTS}: {_first_line(e)}") from None
         seconds["load"] = time.perf_counter() - start
 
@@ -462,25 +459,16 @@ class Deployment:
 def warm_up(spec: ModelSpec, model: torch.nn.Module, directory: Path) -> None:
     """Runs the build's golden inputs; raises RolloutError unless the outputs match its golden
     outputs within the float32 tolerance of its golden.json."""
-    missing = [name for name in GOLDEN_BUNDLE_NAMES.values() if not (directory / name).is_file()]
+    missing = [name for name in GOLDEN_FILES if not (directory / name).is_file()]
     if missing:
         raise RolloutError(f"the build carries no golden data ({', '.join(missing)} missing), so it cannot be warmed up")
-    # golden.load reads golden/<model>/ names; the bundle prefixes them. Link them under those names.
-    with tempfile.TemporaryDirectory(prefix="warmup-", dir=directory.parent) as tmp:
-        for source, bundled in GOLDEN_BUNDLE_NAMES.items():
-            (Path(tmp) / source).symlink_to(directory / bundled)
-        try:
-            data = golden_lib.load(tmp, spec.name, [t.name for t in spec.inputs], spec.outputs)
-        except golden_lib.GoldenError as e:
-            raise RolloutError(f"unusable golden data: {str(e).replace(tmp + '/', '')}") from None
-    with torch.inference_mode():
-        try:
-            for _ in range(WARMUP_ROUNDS):
-                outputs = spec.forward(model, data.inputs)
-        except Exception as e:  # noqa: BLE001
-            raise RolloutError(f"the model fails on its golden inputs: {type(e).__name__}: {_first_line(e)}") from None
-    reports = golden_lib.compare(data, outputs, "float32")
-    failed = [r for r in reports if not r.passed]
+    try:
+        result = loading.check_golden(spec, model, directory, rounds=WARMUP_ROUNDS)
+    except golden_lib.GoldenError as e:
+        raise RolloutError(f"unusable golden data: {str(e).replace(str(directory) + '/', '')}") from None
+    except Exception as e:  # noqa: BLE001
+        raise RolloutError(f"the model fails on its golden inputs: {type(e).__name__}: {_first_line(e)}") from None
+    failed = result.failures()
     if failed:
         raise RolloutError("warm-up output does not match the build's golden data: " + "; ".join(r.message for r in failed))
 
