@@ -176,6 +176,16 @@ def test_wrong_digest_and_wrong_size_leave_nothing_behind(tmp_path, store):
         assert _leftovers(store) == []
 
 
+def test_a_pin_with_the_wrong_size_leaves_the_store_alone(tmp_path, store):
+    path = _checkpoint(tmp_path)
+    good = _pin(path, [path.as_uri()])
+    entry = checkpoints.fetch(good).path
+    with pytest.raises(checkpoints.CheckpointError, match=f"has {good.size} bytes, the pin says {good.size + 1}"):
+        checkpoints.fetch(_pin(path, [path.as_uri()], size=good.size + 1))
+    assert entry.read_bytes() == path.read_bytes()
+    assert checkpoints.fetch(good).source == "store"
+
+
 def test_sources_are_tried_in_order(tmp_path, store):
     path = _checkpoint(tmp_path)
     pin = _pin(path, [(tmp_path / "missing").as_uri(), path.as_uri()])

@@ -288,7 +288,10 @@ def fetch(pin: Pin, store: Path | None = None, package_files: Mapping[str, str] 
     target = store / "sha256" / pin.sha256
     if target.is_file():
         digest, size = _digest_file(target)
-        if digest == pin.sha256 and size == pin.size:
+        if digest == pin.sha256:
+            if size != pin.size:
+                # The bytes with this digest are known, and they are not this size: the pin is wrong.
+                raise pin.fail(f"the checkpoint with sha256 {pin.sha256[:12]} has {size} bytes, the pin says {pin.size}")
             return Fetched(target, "store", 0, time.monotonic() - start)
         # A damaged store entry is never used; fetch it again.
         with contextlib.suppress(OSError):
