@@ -209,7 +209,7 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
       name: target name, conventionally "weights".
       deps: the model's library (model_library), whose sources are hashed and imported.
       model: the model's name; defaults to the package's last path component.
-      golden: golden data files; defaults to //golden/<model>.
+      golden: golden data files; defaults to //golden:<model> (golden/<model>/).
       hparams: hyperparameter overrides (strings), applied over the spec's config; part of the hash.
       checkpoint: a pinned_checkpoint target: export its tensors instead of training; its sha256
         and size go into the build hash.
@@ -218,7 +218,7 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
     """
     model = _model_name(model)
     if golden == None:
-        golden = ["//golden/%s" % model]
+        golden = ["//golden:%s" % model]
     tool = _tool_name(name)
     native.py_library(
         name = _lib_name(name),
@@ -276,11 +276,11 @@ def golden_test(*, name, weights, model = None, golden = None, **kwargs):
       name: base name of the `_cpu` / `_gpu` variants.
       weights: the model_weights target.
       model: the model's name; defaults to the package's last path component.
-      golden: golden data files; defaults to //golden/<model>.
+      golden: golden data files; defaults to //golden:<model> (golden/<model>/).
       **kwargs: passed to model_test.
     """
     model = _model_name(model)
-    golden_label = golden or "//golden/%s" % model
+    golden_label = golden or "//golden:%s" % model
     weights_file = "%s/weights.safetensors" % weights
     model_test(
         name = name,
