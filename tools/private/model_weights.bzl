@@ -105,7 +105,7 @@ def _model_weights_impl(ctx):
         outputs = outputs,
         env = _EXPORT_ENV,
         mnemonic = "ModelExport",
-        progress_message = "Exporting %s (train, safetensors, ONNX, build hash)" % ctx.attr.model,
+        progress_message = "Exporting %s (%s, safetensors, ONNX, build hash)" % (ctx.attr.model, "pinned checkpoint" if checkpoint else "train"),
     )
     return [
         DefaultInfo(files = depset(outputs)),
