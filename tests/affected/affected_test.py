@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from modelgate import affected as lib
+from affected import lib
 
 # --- a workspace with three models --------------------------------------------------------------
 
@@ -591,7 +591,7 @@ def test_workspace_package_boundaries(tmp_path):
 
 
 def test_cli_rejects_bad_arguments(capsys, monkeypatch):
-    import affected_main
+    from affected import main as affected_main
 
     with pytest.raises(SystemExit) as e:
         affected_main.main(["--base=main", "--tags=a b"])
@@ -602,7 +602,7 @@ def test_cli_rejects_bad_arguments(capsys, monkeypatch):
 
 
 def test_cli_prints_labels_and_a_summary(repo, monkeypatch, capsys):
-    import affected_main
+    from affected import main as affected_main
 
     on_branch(repo)
     write(repo, "models/image_cnn/model.py", "# changed\n")

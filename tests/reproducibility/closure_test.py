@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from modelgate import affected
+from affected import lib as affected
 
 RELEASES = Path(os.environ["MODELGATE_RELEASES"])
 LOCK = Path(os.environ["MODELGATE_LOCK"])

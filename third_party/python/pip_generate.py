@@ -48,7 +48,7 @@ def read_lock_entries(text: str, where: str = "lock") -> dict:
     """{normalized name: {"name", "version", "hashes"[, "marker"]}} for a pip-compile lock.
 
     Comments ("# via ...") and global options ("--find-links ...") are not part of any entry.
-    The same parsing as modelgate.affected.read_lock_entries (checked by lock_tools_test).
+    The same parsing as tools/affected/lib.py read_lock (checked by lock_tools_test).
     """
     entries, current, continued = {}, None, False
     for number, raw in enumerate(text.splitlines(), 1):

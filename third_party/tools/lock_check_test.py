@@ -156,7 +156,7 @@ def test_generate_fails_when_an_installed_package_has_no_entry(tmp_path, capsys)
 
 
 def test_the_build_hash_and_affected_read_the_same_entries():
-    from modelgate import affected
+    from affected import lib as affected
 
     for lock in ("requirements_lock.txt", "requirements_lock_cuda.txt"):
         text = (ROOT / lock).read_text()

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from modelgate import affected as lib
+from affected import lib
 
 
 def _workspace() -> Path | None:
