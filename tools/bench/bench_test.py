@@ -7,7 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).absolute().parent))
 
-import bench  # noqa: E402 - after the path it is found on
+import parse  # noqa: E402 - after the path they are found on
+import report  # noqa: E402
+import runner  # noqa: E402
 
 BAZEL_WARM = """\
 INFO: Elapsed time: 5.120s, Critical Path: 1.02s
@@ -22,26 +24,26 @@ Executed 0 out of 3 tests: 3 tests pass.
 
 
 def test_executed_counts_come_from_the_summary_line():
-    assert bench.parse_executed(BAZEL_WARM) == (0, 3)
-    assert bench.parse_executed("Executed 1 out of 1 test: 1 test passes.") == (1, 1)
-    assert bench.parse_executed("no summary") is None
+    assert parse.parse_executed(BAZEL_WARM) == (0, 3)
+    assert parse.parse_executed("Executed 1 out of 1 test: 1 test passes.") == (1, 1)
+    assert parse.parse_executed("no summary") is None
 
 
 def test_processes_are_split_by_strategy_and_the_last_line_wins():
     log = "INFO: 3 processes: 3 internal.\n" + BAZEL_WARM
-    assert bench.parse_processes(log) == {"remote cache hit": 12, "internal": 28}
-    assert bench.parse_processes("INFO: 92 processes: 80 internal, 12 linux-sandbox.") == {"internal": 80, "linux-sandbox": 12}
-    assert bench.parse_processes("INFO: 1 process: 1 internal.") == {"internal": 1}
-    assert bench.parse_processes("") == {}
+    assert parse.parse_processes(log) == {"remote cache hit": 12, "internal": 28}
+    assert parse.parse_processes("INFO: 92 processes: 80 internal, 12 linux-sandbox.") == {"internal": 80, "linux-sandbox": 12}
+    assert parse.parse_processes("INFO: 1 process: 1 internal.") == {"internal": 1}
+    assert parse.parse_processes("") == {}
 
 
 def test_test_results_tell_cached_from_executed():
-    assert bench.test_results(BAZEL_WARM) == [
+    assert parse.test_results(BAZEL_WARM) == [
         ("//models/image_cnn:golden_test_cpu", True, "PASSED"),
         ("//models/image_cnn:model_test_cpu", True, "PASSED"),
         ("//models/tiny_transformer:model_test_cpu", False, "PASSED"),
     ]
-    assert bench.test_results("//models/x:t   FAILED in 1.0s") == [("//models/x:t", False, "FAILED")]
+    assert parse.test_results("//models/x:t   FAILED in 1.0s") == [("//models/x:t", False, "FAILED")]
 
 
 SWAP = """\
@@ -62,7 +64,7 @@ swap under load: 200 req/s for 20 s (open loop), 4000 requests to http://127.0.0
 
 
 def test_swap_numbers_are_read_per_phase():
-    s = bench.parse_swap(SWAP)
+    s = parse.parse_swap(SWAP)
     assert s["rollout_s"] == 0.143
     assert s["failed"] == 0
     assert s["requests"] == 4000
@@ -73,7 +75,7 @@ def test_swap_numbers_are_read_per_phase():
 
 
 def test_a_swap_without_a_new_build_has_no_rollout_time():
-    s = bench.parse_swap(SWAP.replace("  promote returned -> first response from v2: 0.143 s\n", ""))
+    s = parse.parse_swap(SWAP.replace("  promote returned -> first response from v2: 0.143 s\n", ""))
     assert s["rollout_s"] is None
 
 
@@ -98,7 +100,7 @@ def test_profile_summary_splits_thread_time(tmp_path):
     }
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(trace))
-    s = bench.profile_summary(path)
+    s = parse.profile_summary(path)
     assert s["wall_s"] == 56
     assert s["analysis_s"] == 1.5
     assert s["action_kinds"]["Exporting"] == {"count": 1, "seconds": 40}
@@ -109,19 +111,19 @@ def test_profile_summary_splits_thread_time(tmp_path):
 
 
 def test_the_table_has_one_line_per_row_with_every_column():
-    rows = [bench.Row("1", "what", "2.0 s", "1.0 s", "2.00×", "≤ 1.3×", bench.verdict(False))]
-    table = bench.render_table(rows).splitlines()
+    rows = [report.Row("1", "what", "2.0 s", "1.0 s", "2.00×", "≤ 1.3×", report.verdict(False))]
+    table = report.render_table(rows).splitlines()
     assert len(table) == 3
     assert table[2] == "| 1 | what | 2.0 s | 1.0 s | 2.00× | ≤ 1.3× | **MISSED** |"
-    assert bench.verdict(True) == "met"
+    assert report.verdict(True) == "met"
 
 
 def test_row_3c_flips_whichever_side_bazelrc_is_on(tmp_path):
-    fast = [f for f, _ in bench.SANDBOX_SETTINGS]
-    defaults = [d for _, d in bench.SANDBOX_SETTINGS]
+    fast = [f for f, _ in runner.SANDBOX_SETTINGS]
+    defaults = [d for _, d in runner.SANDBOX_SETTINGS]
     (tmp_path / ".bazelrc").write_text("build --nolegacy_external_runfiles\n")
-    assert bench.variant_flags(tmp_path) == (fast, True)
+    assert runner.variant_flags(tmp_path) == (fast, True)
     (tmp_path / ".bazelrc").write_text(f"build {fast[2]}\n# build {fast[0]}\n")
-    assert bench.variant_flags(tmp_path) == (fast[:2], True)
+    assert runner.variant_flags(tmp_path) == (fast[:2], True)
     (tmp_path / ".bazelrc").write_text("".join(f"build {f}\n" for f in fast))
-    assert bench.variant_flags(tmp_path) == (defaults, False)
+    assert runner.variant_flags(tmp_path) == (defaults, False)

@@ -1,0 +1,228 @@
+"""The benchmark's report: the table, and the prose around it (where the time goes in the
+slowest row; what a Bazel or promote row spent its time on)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from parse import profile_summary
+from runner import LOAD_SAMPLES
+
+
+@dataclass
+class Row:
+    id: str
+    what: str
+    measured: str
+    baseline: str
+    ratio: str
+    target: str = "—"
+    verdict: str = "—"
+    seconds: float = 0.0  # the row's largest absolute time, to find the slowest row
+    name: str = ""  # a short name for the prose
+    notes: list[str] = field(default_factory=list)
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def mib_s(size: int, seconds: float) -> str:
+    return f"{size / (1 << 20) / seconds:.0f} MiB/s"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**MISSED**"
+
+
+def render_table(rows: list[Row]) -> str:
+    lines = [
+        "| # | what | modelgate | baseline | ratio | target | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(f"| {r.id} | {r.what} | {r.measured} | {r.baseline} | {r.ratio} | {r.target} | {r.verdict} |")
+    return "\n".join(lines)
+
+
+class ReportProse:
+    """The report's text, from what the rows measured (mixed into rows.Bench: self.rows, self.details)."""
+
+    def slowest(self) -> Row:
+        """The slowest measurement of modelgate itself (what-if and peer rows are comparisons)."""
+        return max((r for r in self.rows if r.verdict not in ("what-if", "peer")), key=lambda r: r.seconds)
+
+    def where_the_time_goes(self) -> str:
+        d = self.data
+        parts = []
+        slow = self.slowest()
+        parts.append(f"The slowest row is **{slow.id}** ({slow.name or slow.what}, {fmt_s(slow.seconds)}).")
+        cold_profile = self.work / "profile-cold.json"
+        if d.get("cold_b") and cold_profile.exists():
+            parts.append(self.bazel_paragraph(profile_summary(cold_profile), d))
+        if (d.get("registry") or {}).get("profile"):
+            parts.append(self.promote_paragraph(d["registry"]))
+        return "\n\n".join(parts)
+
+    def bazel_paragraph(self, prof: dict, d: dict) -> str:
+        kinds = prof["action_kinds"]
+        thread_s = sum(k["seconds"] for k in kinds.values())
+        spawn = prof["spawn"]
+        runfiles = kinds.get("Creating runfiles tree", {"count": 0, "seconds": 0.0})
+        create, delete = spawn.get("sandbox.createFileSystem", 0.0), spawn.get("sandbox.delete", 0.0)
+        processes = spawn.get("subprocess.run", 0.0)
+        trees, links = d.get("runfiles", (0, 0))
+        crit = sum(sec for _, sec in prof["critical_path"])
+        crit_top = max(prof["critical_path"], key=lambda c: c[1], default=("?", 0.0))
+        spawns = sum(kinds.get(k, {"count": 0})["count"] for k in ("Exporting", "Gating", "Testing"))
+
+        def share(x: float) -> str:
+            return f"{x:.0f} s ({x / thread_s:.0%})" if thread_s else f"{x:.0f} s"
+
+        text = (
+            f"**Profile of the cold `bazel test //models/...` (`--profile`, {fmt_s(d['cold_b'].wall_s)} wall).** "
+            f"Bazel's action threads were busy for {thread_s:.0f} s in all. The {spawns} processes themselves (training "
+            f"in the exports, gates, tests; each imports torch) ran {share(processes)}. Setting up and deleting their "
+            f"linux-sandboxes took {share(create + delete)} (set-up {create:.0f} s, deletion {delete:.0f} s): each "
+            f"sandbox is a tree of one symlink per input file, and the {trees} runfiles manifests list {links:,} files, "
+            f"~{links // max(trees, 1):,} per test or tool, nearly all of them the pinned site-packages (torch), file by file. "
+        )
+        if runfiles["seconds"] >= 1:
+            text += f"Building runfiles symlink trees in the output tree took another {share(runfiles['seconds'])}. "
+        text += (
+            f"Analysis took {prof['analysis_s']:.1f} s. The critical path was {crit:.0f} s, led by {crit_top[0]} "
+            f"({crit_top[1]:.0f} s): with {os.cpu_count()} CPUs and {spawns} heavy processes the run is throughput-bound, "
+            "so every second spent on file trees is a second of wall time. "
+        )
+        fetch_profile = self.work / "profile-fetch.json"
+        if d.get("fetch_b") and fetch_profile.exists():
+            rules = profile_summary(fetch_profile).get("repository_rules", [])
+            repos = [(n, sec) for n, sec in rules if n.startswith("//external:")]
+            commands = [(n, sec) for n, sec in rules if not n.startswith("//external:")]
+            if repos:
+                text += (
+                    f"The fetch in row 2b ({fmt_s(d['fetch_b'].wall_s)}, also profiled) is mostly the repository rule "
+                    f"`{repos[0][0]}` ({repos[0][1]:.0f} s"
+                    + (": " + ", ".join(f"{n} {sec:.0f} s" for n, sec in commands[:2]) if commands else "")
+                    + "); a remote cache does not carry external repositories, so every fresh clone pays it once. "
+                )
+        if d.get("whatif"):
+            w = d["whatif"]
+            flags, faster = self.variant
+            wprof_path = self.work / "profile-whatif.json"
+            wprof = profile_summary(wprof_path) if wprof_path.exists() else {}
+            wspawn = wprof.get("spawn", {})
+            wcreate, wdelete = wspawn.get("sandbox.createFileSystem", 0.0), wspawn.get("sandbox.delete", 0.0)
+            wtrees = wprof.get("action_kinds", {}).get("Creating runfiles tree", {"seconds": 0.0})["seconds"]
+            label = " and ".join(f"`{f}`" for f in flags)
+            pairs = [
+                ("sandbox set-up", create, wcreate),
+                ("sandbox deletion on the action threads", delete, wdelete),
+                ("runfiles trees", runfiles["seconds"], wtrees),
+            ]
+            moved = ", ".join(f"{what} {a:.0f} s → {b:.0f} s" for what, a, b in pairs if max(a, b) >= 1)
+            if faster:
+                text += (
+                    f"**What makes it faster, measured in this run (row 3c):** {label} took the same cold run from "
+                    f"{fmt_s(d['cold_b'].wall_s)} to {fmt_s(w.wall_s)} ({w.wall_s / d['cold_b'].wall_s:.2f}×): {moved}. "
+                    "None of them is part of an action's key, so cache hits are unaffected. Adding them to `.bazelrc` "
+                    "is the first fix. "
+                )
+            else:
+                text += (
+                    f"**What `.bazelrc`'s sandbox settings buy, measured in this run (row 3c):** with Bazel's defaults "
+                    f"({label}) the same cold run took {fmt_s(w.wall_s)}, {w.wall_s / d['cold_b'].wall_s:.1f}× as long "
+                    f"({moved} with the defaults). "
+                )
+        text += (
+            "**What would make it faster next:** fewer input files per sandbox (site-packages as a few archives or "
+            "directory-level inputs, which must keep cache hits across clones), and one pytest process per model instead "
+            "of one per test target (each pays the torch import). The floor is the work itself: the same processes "
+            "without Bazel (row 3b). `pytest models/` (row 3) is not that floor: it does a fraction of the work (no "
+            "export, gate or golden test), which is why row 3 misses by far more than Bazel's overhead. For the fetch: "
+            "keep the installed, byte-compiled site-packages once per machine, keyed by the lock's hash, and hard-link "
+            "it into each output base, so a fresh clone fetches in seconds."
+        )
+        return text
+
+    def promote_paragraph(self, r: dict) -> str:
+        secs = r.get("profile_seconds", {})
+        b = r["best"]
+        chunks = r.get("chunk_bytes", {})
+        mine, default = chunks.get("modelgate", 0), chunks.get("client_default", 0)
+        size = r["size_bytes"]
+
+        def kinds(name: str) -> str:
+            found = r["profile"].get(f"promote_{name}_kinds") or {}
+            return ", ".join(f"{kind} {sec:.2f} s" for kind, sec in found.items() if sec >= 0.01)
+
+        text = (
+            "**Profile of promote (cProfile, one extra promote per backend, not among the timings; own time by kind "
+            f"of work).** To fake-gcs-server, {fmt_s(secs.get('gcs', 0))}: {kinds('gcs')}. "
+        )
+        if mine and default and mine < default:
+            text += (
+                f"Modelgate uploads in {mine >> 20} MiB chunks (`UPLOAD_CHUNK` in `tools/modelgate/registry/storage.py`, "
+                f"{-(-size // mine)} requests per blob) where `upload_from_filename` uses the client's default "
+                f"{default >> 20} MiB ({-(-size // default)}), and fake-gcs-server's cost per chunk grows with the bytes "
+                "already received: raise `UPLOAD_CHUNK` to the client default. "
+            )
+        else:
+            text += (
+                f"Uploads use the client's {default >> 20} MiB chunks, like `upload_from_filename`; what is left beyond "
+                "the wait on the server is the sha256 check of every file before upload (`verify_files`) and signing. "
+            )
+        text += (
+            f"To the local registry, {fmt_s(secs.get('local', 0))} beside a {fmt_s(b['copy'])} `copyfile` "
+            f"({fmt_s(b['copy_fsync'])} with fsync): {kinds('local')}. Promote first hashes every file to check it "
+            "against the manifest, then copies it and fsyncs it; `copyfile` does neither check nor fsync. Hashing "
+            "while copying (one pass, the digest compared before the blob is linked into place) would remove the "
+            "separate read, and the fsync is the price of a registry that survives a crash. Verified fetch pays the "
+            f"same: a sha256 pass over the bytes ({fmt_s(r['sha256_seconds'])} for these {size / (1 << 30):.2f} GiB) and an fsync."
+        )
+        return text
+
+    def report(self) -> str:
+        d, m = self.data, self.data["machine"]
+        started = d["started"].strftime("%Y-%m-%d %H:%M %Z")
+        lines = [
+            "# modelgate benchmarks",
+            "",
+            f"Produced by `tools/bench/run` on {started}, commit `{d['commit'][:12]}`, in {d['total_s'] / 60:.1f} minutes.",
+            "",
+            f"Machine: `{m['host']}`, {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']:.1f} GiB memory, Linux {m['kernel']}. "
+            f"Load average at start {m['loadavg_start'][0]:.2f} / {m['loadavg_start'][1]:.2f} / {m['loadavg_start'][2]:.2f} "
+            f"(1/5/15 min); the 1-minute load average ranged {min(LOAD_SAMPLES, default=0):.1f}–"
+            f"{max(LOAD_SAMPLES, default=0):.1f} over the run's steps and was {d['loadavg_end'][0]:.2f} at the end"
+            + (" — **the machine was shared and busy: absolute times are slow and noisy; each ratio compares runs made "
+               "minutes apart in this one run.**" if m["loadavg_start"][0] > (m["nproc"] or 1) else "."),
+            "",
+            (
+                "Every Bazel run is in a fresh clone of HEAD with `--disk_cache=` (the machine-wide disk cache off), so "
+                "only what a row sets up is reused. Targets come from the adoption checklist; a row that misses says so."
+            ),
+            "",
+            render_table(self.rows),
+            "",
+            "## Details",
+            "",
+            *[text for _, text in sorted(self.details)],
+            "",
+            "## Where the time goes",
+            "",
+            self.where_the_time_goes(),
+            "",
+        ]
+        if self.left_out:
+            lines += ["## Left out", "", *[f"- {x}" for x in self.left_out], ""]
+        lines += [
+            "## Reproduce",
+            "",
+            "```sh",
+            "tools/bench/run                      # everything, 10-20 minutes; writes BENCHMARKS.md",
+            "tools/bench/run --only=promote,swap  # a subset: prints the table, writes nothing unless --out=FILE",
+            "```",
+            "",
+        ]
+        return "\n".join(lines)
