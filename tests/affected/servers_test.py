@@ -1,4 +1,4 @@
-"""tools/bazel (the wrapper that maps MODELGATE_REMOTE_* onto flags) and tools/cache_server.
+"""tools/bazel (the wrapper that maps MODELGATE_REMOTE_* onto flags) and tools/dev/cache_server.
 
 The wrapper runs against a fake Bazel that prints its arguments; the cache server is the real
 nginx on a free loopback port (skipped where nginx is not installed).
@@ -18,7 +18,7 @@ ROOT = Path(os.environ.get("TEST_SRCDIR", "")) / os.environ.get("TEST_WORKSPACE"
 if not (ROOT / "tools/bazel").is_file():
     ROOT = Path(__file__).resolve().parents[2]
 WRAPPER = ROOT / "tools/bazel"
-CACHE_SERVER = ROOT / "tools/cache_server"
+CACHE_SERVER = ROOT / "tools/dev/cache_server"
 
 
 @pytest.fixture
@@ -93,10 +93,10 @@ def test_wrapper_reports_an_unreachable_executor(fake_bazel):
     grpc = f"grpc://127.0.0.1:{dead_port()}"
     out, err = wrapped(fake_bazel, "test", "--config", "rbe", "//x", MODELGATE_REMOTE_EXECUTOR=grpc)
     assert out == ["test", f"--remote_executor={grpc}", "--config", "rbe", "//x"]
-    assert "is unreachable; start it (tools/rbe_server start) or drop --config=rbe" in err
+    assert "is unreachable; start it (tools/dev/rbe_server start) or drop --config=rbe" in err
 
 
-# --- tools/cache_server ---------------------------------------------------------------------------
+# --- tools/dev/cache_server ---------------------------------------------------------------------------
 
 needs_nginx = pytest.mark.skipif(
     shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="no nginx"

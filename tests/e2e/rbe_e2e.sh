@@ -4,7 +4,7 @@
 #
 #   tests/e2e/rbe_e2e.sh
 #
-# Starts tools/rbe_server (compiled from Debian's bazel-bootstrap-source; loopback, a fresh
+# Starts tools/dev/rbe_server (compiled from Debian's bazel-bootstrap-source; loopback, a fresh
 # directory), clones this repository's HEAD twice and:
 #   1. clone A: bazel test --config=rbe //models/...  -- every action executed by the worker
 #      (Bazel's summary: N remote), nothing on this machine
@@ -18,16 +18,16 @@ source "$(dirname "$0")/lib.sh"
 
 work="$(mktemp -d /tmp/modelgate-rbe-e2e.XXXXXX)"
 cleanup() {
-  "$E2E_SRC/tools/rbe_server" stop --dir="$work/rbe" >/dev/null 2>&1
+  "$E2E_SRC/tools/dev/rbe_server" stop --dir="$work/rbe" >/dev/null 2>&1
   e2e_cleanup_clones
   rm -rf "$work"
 }
 trap cleanup EXIT
 flags=(--noshow_progress --color=no --curses=no)
 
-echo "== executor: tools/rbe_server start --port=0 --dir=$work/rbe"
+echo "== executor: tools/dev/rbe_server start --port=0 --dir=$work/rbe"
 start=$(now)
-url="$("$E2E_SRC/tools/rbe_server" start --port=0 --dir="$work/rbe")" || exit 1
+url="$("$E2E_SRC/tools/dev/rbe_server" start --port=0 --dir="$work/rbe")" || exit 1
 echo "   $url (compiled and started in $(since "$start")s)"
 
 echo "== clones of $E2E_SRC (HEAD $(git -C "$E2E_SRC" rev-parse --short HEAD)): $work/a and $work/b"

@@ -3,7 +3,7 @@
 #
 #   tests/e2e/remote_cache_e2e.sh
 #
-# Starts tools/cache_server (nginx, loopback, a fresh directory), clones this repository's HEAD
+# Starts tools/dev/cache_server (nginx, loopback, a fresh directory), clones this repository's HEAD
 # twice, and with the machine's disk cache switched off (--disk_cache=) so that only the HTTP
 # cache can carry results:
 #   1. clone A, as CI (MODELGATE_REMOTE_CACHE_WRITE=1): bazel test //models/...  -- cold, local
@@ -17,15 +17,15 @@ source "$(dirname "$0")/lib.sh"
 
 work="$(mktemp -d /tmp/modelgate-cache-e2e.XXXXXX)"
 cleanup() {
-  "$E2E_SRC/tools/cache_server" stop --dir="$work/cache" >/dev/null 2>&1
+  "$E2E_SRC/tools/dev/cache_server" stop --dir="$work/cache" >/dev/null 2>&1
   e2e_cleanup_clones
   rm -rf "$work"
 }
 trap cleanup EXIT
 flags=(--disk_cache= --noshow_progress --color=no --curses=no)
 
-echo "== cache: tools/cache_server start --port=0 --dir=$work/cache"
-url="$("$E2E_SRC/tools/cache_server" start --port=0 --dir="$work/cache")" || exit 1
+echo "== cache: tools/dev/cache_server start --port=0 --dir=$work/cache"
+url="$("$E2E_SRC/tools/dev/cache_server" start --port=0 --dir="$work/cache")" || exit 1
 echo "   $url"
 
 echo "== clones of $E2E_SRC (HEAD $(git -C "$E2E_SRC" rev-parse --short HEAD)): $work/a and $work/b"

@@ -14,7 +14,7 @@ machine, the load average, per-row details and where the time goes in the slowes
 Rows (each a ratio beside absolute times; timings are never test assertions):
   affected   bazel test //models/... after editing one model, beside that model's tests alone,
              beside pytest over all models
-  cache      a fresh clone at another path with a warm remote cache (tools/cache_server), beside a
+  cache      a fresh clone at another path with a warm remote cache (tools/dev/cache_server), beside a
              cold run; after the fetch and including it
   overhead   cold bazel test //models/... beside pytest of the same files, beside the same export,
              gate and test steps run without Bazel, and beside Bazel with faster sandbox settings

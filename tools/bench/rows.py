@@ -74,7 +74,7 @@ class Bench(ReportProse):
 
     def start_cache(self) -> str:
         out = subprocess.run(
-            [str(SRC / "tools" / "cache_server"), "start", "--port=0", f"--dir={self.cache_dir}"],
+            [str(SRC / "tools" / "dev" / "cache_server"), "start", "--port=0", f"--dir={self.cache_dir}"],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         self.cache_url = out.stdout.strip().splitlines()[-1]
@@ -82,7 +82,7 @@ class Bench(ReportProse):
 
     def close(self) -> None:
         if self.cache_url:
-            subprocess.run([str(SRC / "tools" / "cache_server"), "stop", f"--dir={self.cache_dir}"], check=False, capture_output=True)
+            subprocess.run([str(SRC / "tools" / "dev" / "cache_server"), "stop", f"--dir={self.cache_dir}"], check=False, capture_output=True)
         for c in self.clones:
             c.close()
 
