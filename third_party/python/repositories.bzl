@@ -74,18 +74,77 @@ python_interpreter = repository_rule(
     local = True,
 )
 
-def _pip_repository_impl(rctx):
-    python = _find_python(rctx)
-    flavor = rctx.os.environ.get("MODELGATE_TORCH", "cpu")
-    if flavor == "cpu":
-        lock = rctx.attr.requirements_lock
-    elif flavor == "cuda":
-        lock = rctx.attr.requirements_lock_cuda
-    else:
-        fail("modelgate: MODELGATE_TORCH=%s; expected cpu or cuda" % flavor)
-    lock_path = rctx.path(lock)
-    lock_name = "%s/%s" % (lock.package, lock.name) if lock.package else lock.name
-    rctx.file("requirements_lock.txt", rctx.read(lock_path), executable = False)
+# --- the machine's store of installed locks ------------------------------------------------------
+#
+# Installing the lock (pip, then compileall) takes half a minute or more, and every clone and
+# every new output base did it again for the same bytes. An installed tree is a pure function of
+# the lock's bytes, the interpreter's version and the torch flavor (pip runs with --no-deps
+# --require-hashes), so it is kept once per machine under that key,
+# ~/.cache/modelgate/pip-store/<key>/site, read-only, and a repository of that key links to it
+# instead of installing. The link target never enters a cache key: actions see workspace-relative
+# paths (external/pip/site/...) and content digests, so clones at different paths and machines
+# still share every cache entry. $MODELGATE_PIP_STORE picks another directory, or `off`.
+
+_STORE_FORMAT = "1"
+_STORE_DONE = "COMPLETE"
+
+def _store_entry(rctx, python, flavor):
+    root = rctx.os.environ.get("MODELGATE_PIP_STORE", "")
+    if root == "off":
+        return None
+    if not root:
+        home = rctx.os.environ.get("HOME", "")
+        if not home:
+            return None
+        root = home + "/.cache/modelgate/pip-store"
+    res = rctx.execute([python, "-S", "-c", _KEY_SCRIPT, str(rctx.path("requirements_lock.txt")), flavor, _STORE_FORMAT], quiet = True)
+    if res.return_code != 0:
+        return None
+    return root + "/" + res.stdout.strip()
+
+_KEY_SCRIPT = """
+import hashlib, sys
+lock, flavor, fmt = sys.argv[1:]
+digest = hashlib.sha256()
+for part in (open(lock, "rb").read(), flavor.encode(), fmt.encode(), ("%d.%d.%d" % sys.version_info[:3]).encode()):
+    digest.update(hashlib.sha256(part).digest())
+print(digest.hexdigest())
+"""
+
+# Moves the freshly installed site/ into the store (atomically: a temporary directory renamed
+# into place, so a reader sees a complete tree or none; two clones installing at once both
+# succeed, the second's copy is dropped), makes it read-only and links site/ to it.
+_PUBLISH_SCRIPT = """
+import os, shutil, stat, sys, tempfile
+site, entry, done = sys.argv[1:]
+parent = os.path.dirname(entry)
+os.makedirs(parent, exist_ok=True)
+tmp = tempfile.mkdtemp(prefix=".install-", dir=parent)
+shutil.move(site, os.path.join(tmp, "site"))
+for root, dirs, files in os.walk(os.path.join(tmp, "site")):
+    for name in files:
+        path = os.path.join(root, name)
+        if not os.path.islink(path):
+            mode = os.stat(path).st_mode
+            os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+open(os.path.join(tmp, done), "w").close()
+try:
+    os.rename(tmp, entry)
+except OSError:
+    shutil.rmtree(tmp, ignore_errors=True)  # another clone published the same key first
+    if not os.path.exists(os.path.join(entry, done)):
+        raise
+"""
+
+def _publish(rctx, python, store):
+    res = rctx.execute([python, "-S", "-c", _PUBLISH_SCRIPT, str(rctx.path("site")), store, _STORE_DONE], timeout = 600, quiet = True)
+    if res.return_code != 0:
+        # The store is an optimization: without it the repository keeps its own copy.
+        print("modelgate: could not add the installed lock to the machine's store %s: %s" % (store, res.stderr.strip().splitlines()[-1:] or "?"))
+        return
+    rctx.symlink(store + "/site", "site")
+
+def _install(rctx, python, lock_path, lock_name):
     rctx.report_progress("installing %s" % lock_name)
     res = rctx.execute(
         [
@@ -115,6 +174,28 @@ def _pip_repository_impl(rctx):
     # Pythons (torch ships a few); that is expected.
     rctx.execute([python, "-S", "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-s", str(rctx.path("site")), "-p", "site", "site"], timeout = 1800, quiet = True)
 
+def _pip_repository_impl(rctx):
+    python = _find_python(rctx)
+    flavor = rctx.os.environ.get("MODELGATE_TORCH", "cpu")
+    if flavor == "cpu":
+        lock = rctx.attr.requirements_lock
+    elif flavor == "cuda":
+        lock = rctx.attr.requirements_lock_cuda
+    else:
+        fail("modelgate: MODELGATE_TORCH=%s; expected cpu or cuda" % flavor)
+    lock_path = rctx.path(lock)
+    lock_name = "%s/%s" % (lock.package, lock.name) if lock.package else lock.name
+    rctx.file("requirements_lock.txt", rctx.read(lock_path), executable = False)
+    store = _store_entry(rctx, python, flavor)
+    if store and rctx.path(store + "/" + _STORE_DONE).exists:
+        # Installed before on this machine (another clone, an earlier output base): link it.
+        rctx.report_progress("linking %s from the machine's store" % lock_name)
+        rctx.symlink(store + "/site", "site")
+    else:
+        _install(rctx, python, lock_path, lock_name)
+        if store:
+            _publish(rctx, python, store)
+
     # The lock entry of each package goes beside its py_library (lock_entries/<name>.json).
     res = rctx.execute([python, rctx.path(rctx.attr._generator), "generate", lock_name, "site", ".", "requirements_lock.txt"], timeout = 600, quiet = True)
     if res.return_code != 0:
@@ -128,5 +209,5 @@ pip_repository = repository_rule(
         "requirements_lock_cuda": attr.label(mandatory = True, allow_single_file = True),
         "_generator": attr.label(default = "//third_party/python:pip_generate.py"),
     },
-    environ = ["MODELGATE_PYTHON", "MODELGATE_TORCH"],
+    environ = ["HOME", "MODELGATE_PIP_STORE", "MODELGATE_PYTHON", "MODELGATE_TORCH"],
 )
