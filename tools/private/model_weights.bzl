@@ -72,7 +72,11 @@ pip_lock_entries_aspect = aspect(
 )
 
 def _model_weights_impl(ctx):
-    sources = depset(transitive = [dep[PyInfo].transitive_sources for dep in ctx.attr.deps])
+    # Every file of this repository the model's libraries bring, sources and `data` alike: a file
+    # the model reads (a vocabulary, a table of sentences) is as much an input of its weights as its
+    # code. Files of external packages count through their lock entries (below).
+    sources = depset(transitive = [dep[PyInfo].transitive_sources for dep in ctx.attr.deps] +
+                                  [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.deps])
     hashed = [f for f in sources.to_list() if f.owner.workspace_name == ""]
     hashed += ctx.files.golden + [ctx.file.interpreter, ctx.file.tool_src]
     lock_entries = depset(transitive = [dep[PipLockEntriesInfo].entries for dep in ctx.attr.deps]).to_list()
