@@ -75,7 +75,7 @@ def store(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def fake_gcs():
     """A real fake-gcs-server process; the GCS client finds it through STORAGE_EMULATOR_HOST."""
-    from modelgate.registry.tests.fake_gcs import FakeGCS
+    from modelgate.testing.fake_gcs import FakeGCS
 
     server = FakeGCS()
     previous = os.environ.get("STORAGE_EMULATOR_HOST")

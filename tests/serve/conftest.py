@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modelgate.registry.tests.conftest import fake_gcs  # noqa: F401 - a fixture, used by name
+from modelgate.testing.fixtures import fake_gcs  # noqa: F401 - a fixture, used by name
 from modelgate.spec import load_spec
 from tests.serve import harness
 from tests.serve.bundles import make_release

@@ -145,7 +145,7 @@ def test_a_repointed_version_tag_and_a_replayed_pointer_are_refused(request, bac
 
 
 def test_a_silent_gcs_endpoint_is_reported_within_the_bound(monkeypatch, keys, servers, tmp_path):
-    from modelgate.registry.tests.test_deadlines import BadEndpoint
+    from modelgate.testing.endpoints import BadEndpoint
 
     endpoint = BadEndpoint("silent")
     try:

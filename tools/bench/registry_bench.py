@@ -249,7 +249,7 @@ def run(args) -> dict:
     from google.cloud.storage import blob as blob_module
 
     from modelgate.registry import storage as mg_storage
-    from modelgate.registry.tests.fake_gcs import FakeGCS
+    from modelgate.testing.fake_gcs import FakeGCS
 
     work = args.work
     start = time.perf_counter()

@@ -15,25 +15,11 @@ import time
 from modelgate.cli import fetch, promote
 from modelgate.registry import storage as storage_module
 
-from .helpers import build_hash, file_digests, make_bundle
+from modelgate.testing.cli import exit_code, fork
+from modelgate.testing.releases import build_hash, file_digests, make_bundle
 
 CONCURRENT = 16
 KILL_TRIALS = 20
-
-
-def _fork(body) -> int:
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 99
-        try:
-            code = body()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _exit_code(pid: int) -> int:
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def _quiet_promote(argv: list[str]) -> int:
@@ -57,13 +43,13 @@ def test_concurrent_promotions_lose_no_update(registry_uri, registry, tmp_path):
 
         return body
 
-    pids = [_fork(child(b)) for b in bundles]
+    pids = [fork(child(b)) for b in bundles]
     os.close(go_r)
     for _ in pids:
         os.read(ready_r, 1)
     start = time.monotonic()
     os.close(go_w)
-    codes = [_exit_code(pid) for pid in pids]
+    codes = [exit_code(pid) for pid in pids]
     elapsed = time.monotonic() - start
     os.close(ready_r)
     os.close(ready_w)
@@ -119,10 +105,10 @@ def test_promote_killed_at_random_points_leaves_a_consistent_registry(capsys, re
             _slow_writes(0.04)
             return _quiet_promote(argv)
 
-        pid = _fork(body)
+        pid = fork(body)
         time.sleep(rng.uniform(0.0, 0.5))
         os.kill(pid, signal.SIGKILL)
-        _exit_code(pid)
+        exit_code(pid)
         phases[_phase(registry, model, build_hash(old), build_hash(new), list(file_digests(new).values()))] += 1
 
         # Readers see the old or the new build, complete and verified.

@@ -21,9 +21,8 @@ from modelgate.registry import api
 from modelgate.registry import storage as storage_module
 from modelgate.errors import StorageError
 
-from .helpers import build_hash, make_bundle
-from .test_behaviour import one_line_error, promote_ok, run
-from .test_concurrency import _exit_code, _fork
+from modelgate.testing.cli import exit_code, fork, one_line_error, promote_ok, run
+from modelgate.testing.releases import build_hash, make_bundle
 
 M = "tiny_transformer"
 KILLS = 20
@@ -46,11 +45,11 @@ def _wait_readable(fd: int, timeout_s: float = 30) -> None:
 
 def _kill_mid_write(body, ready_r: int, ready_w: int, delay_s: float) -> None:
     """Forks `body`, waits until it says it is inside the write, waits `delay_s` more, SIGKILLs it."""
-    pid = _fork(body)
+    pid = fork(body)
     _wait_readable(ready_r)
     time.sleep(delay_s)
     os.kill(pid, signal.SIGKILL)
-    _exit_code(pid)
+    exit_code(pid)
     os.close(ready_r)
     os.close(ready_w)
 

@@ -1,4 +1,6 @@
-"""Fixtures: a fake-gcs-server process for the session, signing keys, and a registry per backend."""
+"""pytest fixtures for every suite that talks to a registry: a fake-gcs-server process for the
+session, signing keys, a clean workspace per test, and a registry per backend. A suite's conftest.py
+imports the ones it uses by name."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 
 from modelgate.registry.registry import Registry
 from modelgate.registry.storage import open_storage
-from modelgate.registry.tests.fake_gcs import FakeGCS
+from modelgate.testing.fake_gcs import FakeGCS
 from modelgate.registry.uri import parse
 
 BACKENDS = ["local", "gcs"]

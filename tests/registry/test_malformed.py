@@ -14,8 +14,8 @@ from modelgate.cli import fetch, promote
 from modelgate.cli import registry as registry_cli
 from modelgate.formats import canonical_json
 
-from .helpers import make_bundle
-from .test_behaviour import _overwrite, one_line_error, promote_ok, run
+from modelgate.testing.cli import one_line_error, overwrite, promote_ok, run
+from modelgate.testing.releases import make_bundle
 
 M = "tiny_transformer"
 
@@ -61,7 +61,7 @@ def test_a_malformed_history_event(capsys, registry_uri, registry, tmp_path, cas
         doc = json.loads(registry.storage.read(key))
         doc["seq"] = "1"
         data = canonical_json(doc)
-    _overwrite(registry, key, data)
+    overwrite(registry, key, data)
     results = {}
     for name, (main, argv) in _commands(tmp_path, registry_uri, c).items():
         if name == "ls":
@@ -85,7 +85,7 @@ def test_a_malformed_tag_pointer(capsys, registry_uri, registry, tmp_path, case)
     else:
         doc["build_hash"] = POINTER_CASES[case]
         data = canonical_json(doc)
-    _overwrite(registry, key, data)
+    overwrite(registry, key, data)
     if hasattr(registry.storage, "root"):
         # Where the traversal would lead from the registry's root: fetch must not even look there.
         (registry.storage.root.parent / "x.json").write_text("this file is outside the registry")
@@ -97,7 +97,7 @@ def test_a_malformed_tag_pointer(capsys, registry_uri, registry, tmp_path, case)
             # Writers hold the key and rewrite a broken pointer from the signed history (with a warning).
             assert rc == 0, (name, err)
             assert "tags/stable.json" in err and "promote rewrites it" in err
-            _overwrite(registry, key, data)
+            overwrite(registry, key, data)
             continue
         line = one_line_error(err)
         assert rc != 0, (name, err)

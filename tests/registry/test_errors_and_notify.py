@@ -14,8 +14,8 @@ from modelgate import notify
 from modelgate.cli import fetch, promote
 from modelgate.cli import registry as registry_cli
 
-from .helpers import build_hash, make_bundle
-from .test_behaviour import one_line_error, promote_ok, run
+from modelgate.testing.cli import one_line_error, promote_ok, run
+from modelgate.testing.releases import build_hash, make_bundle
 
 
 @pytest.mark.parametrize("bad", ["gs:/x", "s3://bucket/x", "relative/registry", "file://relative/path", "gs://Bad_Bucket"])

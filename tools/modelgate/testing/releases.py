@@ -1,4 +1,4 @@
-"""Fabricated release bundles (synthetic bytes, no torch) and small helpers for the registry tests."""
+"""Fabricated release bundles (synthetic bytes, no torch): what promote reads, without a build."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from modelgate.registry.bundle import RELEASE_SCHEMA
+from modelgate.formats import RELEASE_SCHEMA
 
 GATES = {
     "accuracy": {"floor": 0.5, "max_regression": 0.02, "higher_is_better": True},

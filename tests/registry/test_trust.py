@@ -18,8 +18,8 @@ from modelgate.registry.signing import RecordSigner
 from modelgate.registry.storage import open_storage
 from modelgate.registry.uri import parse
 
-from .helpers import build_hash, make_bundle
-from .test_behaviour import _overwrite, one_line_error, promote_ok, run
+from modelgate.testing.cli import one_line_error, overwrite, promote_ok, run
+from modelgate.testing.releases import build_hash, make_bundle
 
 M = "tiny_transformer"
 
@@ -50,7 +50,7 @@ def two_builds(capsys, registry_uri, registry, tmp_path):
 def test_a_replayed_old_pointer_is_refused(capsys, registry_uri, registry, tmp_path, two_builds):
     a, b, old_pointer = two_builds
     promote_ok(capsys, registry_uri, make_bundle(tmp_path / "b", seed=3), tag="canary")  # b's event is no longer the newest
-    _overwrite(registry, registry.tag_key(M, "stable"), old_pointer)  # validly signed, but seq 1
+    overwrite(registry, registry.tag_key(M, "stable"), old_pointer)  # validly signed, but seq 1
     rc, out, err = _fetch(capsys, registry_uri, tmp_path / "out")
     line = one_line_error(err)
     assert rc == 1 and out == "" and "the pointer was rolled back" in line and "signature and digests verified" not in line
@@ -60,7 +60,7 @@ def test_a_replayed_old_pointer_is_refused(capsys, registry_uri, registry, tmp_p
 def test_a_replayed_pointer_behind_only_the_newest_event_resolves_to_the_newest(capsys, registry_uri, registry, tmp_path, two_builds):
     """The same bytes a promote killed before moving the pointer leaves: the signed history wins."""
     a, b, old_pointer = two_builds
-    _overwrite(registry, registry.tag_key(M, "stable"), old_pointer)
+    overwrite(registry, registry.tag_key(M, "stable"), old_pointer)
     rc, out, err = _fetch(capsys, registry_uri, tmp_path / "out")
     assert rc == 0, err
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["build_hash"] == build_hash(b)
@@ -71,11 +71,11 @@ def test_a_pointer_rewritten_to_an_older_build_is_refused(capsys, registry_uri, 
     key = registry.tag_key(M, "stable")
     doc = json.loads(registry.storage.read(key))
     doc.update(build_hash=build_hash(a), seq=3)
-    _overwrite(registry, key, canonical_json(doc))
+    overwrite(registry, key, canonical_json(doc))
     rc, _, err = _fetch(capsys, registry_uri, tmp_path / "out")
     assert rc == 1 and "signature does not verify" in one_line_error(err)
     doc.pop("signature")
-    _overwrite(registry, key, canonical_json(doc))
+    overwrite(registry, key, canonical_json(doc))
     rc, _, err = _fetch(capsys, registry_uri, tmp_path / "out")
     assert rc == 1 and "is not signed" in one_line_error(err)
 
@@ -87,13 +87,13 @@ def test_a_version_tag_repointed_or_copied_from_another_tag_is_refused(capsys, r
     promote_ok(capsys, registry_uri, b)  # stable -> b, signed
     version_key = registry.tag_key(M, "v1.0.0")
     # Copy stable's (validly signed) pointer over the version tag's.
-    _overwrite(registry, version_key, registry.storage.read(registry.tag_key(M, "stable")))
+    overwrite(registry, version_key, registry.storage.read(registry.tag_key(M, "stable")))
     rc, _, err = _fetch(capsys, registry_uri, tmp_path / "out", tag="v1.0.0")
     assert rc == 1 and "names tag 'stable', not 'v1.0.0'" in one_line_error(err)
     # Edit it to name b.
     doc = json.loads(registry.storage.read(registry.tag_key(M, "stable")))
     doc["tag"] = "v1.0.0"
-    _overwrite(registry, version_key, canonical_json(doc))
+    overwrite(registry, version_key, canonical_json(doc))
     rc, _, err = _fetch(capsys, registry_uri, tmp_path / "out", tag="v1.0.0")
     assert rc == 1 and "signature does not verify" in one_line_error(err)
     # show derives the tag from the history and reports the pointer, instead of disagreeing with it.
@@ -138,7 +138,7 @@ def test_a_forged_or_edited_history_event_is_refused(capsys, registry_uri, regis
     key = registry.history_key(M, 2)
     doc = json.loads(registry.storage.read(key))
     doc["build_hash"] = build_hash(a)
-    _overwrite(registry, key, canonical_json(doc))
+    overwrite(registry, key, canonical_json(doc))
     rc, _, err = _fetch(capsys, registry_uri, tmp_path / "out")
     assert rc == 1 and "history event models/tiny_transformer/history/0000000002.json" in one_line_error(err)
     assert "signature does not verify" in err
@@ -165,7 +165,7 @@ def test_a_legitimate_rollback_is_a_newer_signed_event_and_fetches(capsys, regis
 def test_promote_repairs_a_tampered_pointer_from_the_signed_history(capsys, registry_uri, registry, tmp_path, two_builds):
     a, b, old_pointer = two_builds
     promote_ok(capsys, registry_uri, make_bundle(tmp_path / "b", seed=3), tag="canary")
-    _overwrite(registry, registry.tag_key(M, "stable"), old_pointer)
+    overwrite(registry, registry.tag_key(M, "stable"), old_pointer)
     rc, out, err = run(capsys, promote.main, "--tag=stable", f"--release={b}", f"--registry={registry_uri}")
     assert rc == 0 and "nothing to move" in out and "the pointer was rolled back; promote rewrites it" in err
     assert registry.read_pointer(M, "stable").build_hash == build_hash(b)

@@ -14,29 +14,8 @@ from modelgate.cli import registry as registry_cli
 from modelgate.registry.registry import Registry
 from modelgate.formats import canonical_json
 
-from .helpers import build_hash, file_digests, make_bundle
-
-
-def run(capsys, main, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-def promote_ok(capsys, uri, *releases, tag="stable", extra=()):
-    args = ["--tag", tag, "--registry", uri, "--json", *extra]
-    for r in releases:
-        args += ["--release", r]
-    rc, out, err = run(capsys, promote.main, *args)
-    assert rc == 0, err
-    return json.loads(out)["results"]
+from modelgate.testing.cli import one_line_error, overwrite, promote_ok, run
+from modelgate.testing.releases import build_hash, file_digests, make_bundle
 
 
 def registry_keys(registry: Registry) -> list[str]:
@@ -210,18 +189,7 @@ def test_dry_run_writes_nothing(capsys, registry_uri, registry, tmp_path):
 def _spoil_blob(registry: Registry, digest: str, data_fn) -> None:
     key = registry.blob_key(digest)
     data = registry.storage.read(key)
-    _overwrite(registry, key, data_fn(data))
-
-
-def _overwrite(registry: Registry, key: str, data: bytes) -> None:
-    """Tampering behind the registry's back, as an attacker or a broken disk would."""
-    storage = registry.storage
-    if hasattr(storage, "root"):
-        path = storage.root / key
-        path.chmod(0o644)
-        path.write_bytes(data)
-    else:
-        storage._blob(key).upload_from_string(data)
+    overwrite(registry, key, data_fn(data))
 
 
 def _flip_byte(data: bytes) -> bytes:
@@ -233,7 +201,7 @@ def _edit_build(registry: Registry, h: str, change) -> None:
     key = registry.build_key("tiny_transformer", h)
     doc = json.loads(registry.storage.read(key))
     change(doc)
-    _overwrite(registry, key, canonical_json(doc))
+    overwrite(registry, key, canonical_json(doc))
 
 
 @pytest.mark.parametrize(
@@ -273,7 +241,7 @@ def test_fetch_refuses_tampering_and_leaves_nothing_behind(capsys, registry_uri,
     elif tamper == "unsigned":
         _edit_build(registry, h, lambda d: d.pop("signature"))
     elif tamper == "not-json":
-        _overwrite(registry, registry.build_key("tiny_transformer", h), b"{not json")
+        overwrite(registry, registry.build_key("tiny_transformer", h), b"{not json")
 
     parent = tmp_path / "deploy"
     parent.mkdir()
