@@ -53,10 +53,7 @@ __all__ = [
 # "autocast" for a run under autocast against the float32 reference (its atol is per unit of the
 # output's scale: see _autocast_atol).
 
-_DTYPE_NAMES = {
-    name: getattr(torch, name)
-    for name in ("float64", "float32", "bfloat16", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
-}
+_DTYPE_NAMES = numerics.DTYPES
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
