@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from modelgate.cli import fetch, promote
+from modelgate.cli import fetch, human_bytes, promote
 from modelgate.cli import registry as registry_cli
 from modelgate.registry.registry import Registry
 from modelgate.formats import canonical_json
 
 from modelgate.testing.cli import one_line_error, overwrite, promote_ok, run
-from modelgate.testing.releases import build_hash, file_digests, make_bundle
+from modelgate.testing.releases import build_hash, file_digests, make_bundle, receipt_size
 
 
 def registry_keys(registry: Registry) -> list[str]:
@@ -33,7 +33,9 @@ def test_promote_then_fetch_gives_the_exact_files(capsys, registry_uri, tmp_path
     rc, out, err = run(capsys, fetch.main, "--model=tiny_transformer", "--tag=stable", f"--out={out_dir}", f"--registry={registry_uri}")
     assert rc == 0, err
     assert "signature and digests verified" in out
-    assert sorted(p.name for p in out_dir.iterdir()) == ["manifest.json", "manifest.sig", "model.onnx", "weights.safetensors"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "manifest.json", "manifest.sig", "model.onnx", "receipt.model_test_cpu.json", "weights.safetensors"
+    ]  # fmt: skip
     for name in ("model.onnx", "weights.safetensors"):
         assert (out_dir / name).read_bytes() == (bundle / name).read_bytes()
     manifest = json.loads((out_dir / "manifest.json").read_text())
@@ -73,7 +75,7 @@ def test_layout_blobs_then_manifest_then_tag(capsys, registry_uri, registry, tmp
 def test_promoting_an_unchanged_build_again_uploads_nothing(capsys, registry_uri, registry, tmp_path):
     bundle = make_bundle(tmp_path / "b")
     first = promote_ok(capsys, registry_uri, bundle)[0]
-    assert first["bytes_uploaded"] == 4096 + 2048 and first["status"] == "promoted" and first["first"]
+    assert first["bytes_uploaded"] == 4096 + 2048 + receipt_size(bundle) and first["status"] == "promoted" and first["first"]
     again = promote_ok(capsys, registry_uri, bundle)[0]
     assert again["bytes_uploaded"] == 0 and again["status"] == "unchanged"
     # The same build to another tag: still nothing uploaded, one more history event.
@@ -84,8 +86,10 @@ def test_promoting_an_unchanged_build_again_uploads_nothing(capsys, registry_uri
 
 def test_a_blob_already_present_is_not_uploaded_again(capsys, registry_uri, tmp_path):
     promote_ok(capsys, registry_uri, make_bundle(tmp_path / "b", seed=1, shared_onnx=True))
-    second = promote_ok(capsys, registry_uri, make_bundle(tmp_path / "b", seed=2, shared_onnx=True, accuracy=0.96))[0]
-    assert second["bytes_uploaded"] == 4096 and second["files_uploaded"] == 1
+    bundle = make_bundle(tmp_path / "b", seed=2, shared_onnx=True, accuracy=0.96)
+    second = promote_ok(capsys, registry_uri, bundle)[0]
+    # The weights, and the test receipt (bound to the new build hash); not model.onnx.
+    assert second["bytes_uploaded"] == 4096 + receipt_size(bundle) and second["files_uploaded"] == 2
 
 
 def test_channel_promotion_refuses_a_regression_unless_forced_with_a_reason(capsys, registry_uri, registry, tmp_path):
@@ -182,7 +186,7 @@ def test_model_filter_and_unknown_model(capsys, registry_uri, registry, tmp_path
 def test_dry_run_writes_nothing(capsys, registry_uri, registry, tmp_path):
     bundle = make_bundle(tmp_path / "b")
     rc, out, err = run(capsys, promote.main, "--tag=stable", f"--release={bundle}", f"--registry={registry_uri}", "--dry-run")
-    assert rc == 0 and out.startswith("would promote tiny_transformer") and "would upload 6.0 KiB" in out
+    assert rc == 0 and out.startswith("would promote tiny_transformer") and f"would upload {human_bytes(4096 + 2048 + receipt_size(bundle))}" in out
     assert registry_keys(registry) == []
 
 

@@ -201,6 +201,10 @@ def _pip_repository_impl(rctx):
     if res.return_code != 0:
         fail("\n" + (res.stdout + res.stderr).strip())
 
+    # Which torch this repository holds, for rules that decide at analysis time whether a GPU
+    # variant can run at all (tools/private/receipts.bzl).
+    rctx.file("flavor.bzl", "TORCH_FLAVOR = %r\n" % flavor, executable = False)
+
 pip_repository = repository_rule(
     implementation = _pip_repository_impl,
     attrs = {

@@ -2,6 +2,7 @@
 
 load("//tools/private:checkpoint.bzl", "CheckpointInfo", "pinned_checkpoint")
 load("//tools/private:model_test.bzl", "model_library", "model_test", "model_test_suites")
+load("//tools/private:receipts.bzl", "ReceiptInfo", "bind_receipts", "receipts_of_package")
 
 WeightsInfo = provider(
     doc = "Exported weights of one model, identified by the build hash inside export_manifest.",
@@ -149,7 +150,10 @@ _model_weights = rule(
 def _model_release_impl(ctx):
     info = ctx.attr.weights[WeightsInfo]
     bundle = ctx.attr.name
-    manifest = ctx.actions.declare_file(bundle + "/manifest.json")
+    # The gate's verdict; the bundle's manifest.json is it plus the test receipts, bound to the
+    # build by a second action (tools/private/receipts.bzl), so that a test-only change re-runs
+    # the receipt check, not the gate.
+    gated = ctx.actions.declare_file(bundle + ".gate.json")
     golden = info.golden.to_list()
     golden_dir = golden[0].dirname if golden else "golden/" + info.model
 
@@ -158,18 +162,25 @@ def _model_release_impl(ctx):
     args.add("--model", info.model)
     args.add("--export-dir", info.weights.dirname)
     args.add("--golden-dir", golden_dir)
-    args.add("--out", manifest)
+    args.add("--out", gated)
     args.add("--hparams", json.encode(info.hparams))
     ctx.actions.run(
         executable = ctx.executable.tool,
         arguments = [args],
         inputs = [info.weights, info.onnx, info.export_manifest] + golden,
-        outputs = [manifest],
+        outputs = [gated],
         env = _EXPORT_ENV,
         mnemonic = "ReleaseGate",
         progress_message = "Gating %s release (golden, ONNX parity, metrics)" % info.model,
     )
-    files = [manifest]
+    manifest, receipts = bind_receipts(
+        ctx,
+        model = info.model,
+        gate_manifest = gated,
+        bundle = bundle,
+        build_outputs = {info.weights.short_path: info.weights.basename, info.onnx.short_path: info.onnx.basename},
+    )
+    files = [manifest] + receipts
 
     # The bundle carries its golden data, so that a deployment can check the model it loaded
     # against the same expectations the gate used, under the names golden/<model>/ gives them.
@@ -185,8 +196,10 @@ def _model_release_impl(ctx):
 _model_release = rule(
     implementation = _model_release_impl,
     attrs = {
+        "tests": attr.label_list(providers = [ReceiptInfo], doc = "receipt tests (model_test variants) the release needs"),
         "tool": attr.label(mandatory = True, executable = True, cfg = "exec"),
         "weights": attr.label(mandatory = True, providers = [WeightsInfo]),
+        "_receipt_tool": attr.label(default = "//tools:receipt_tool", executable = True, cfg = "exec"),
     },
 )
 
@@ -250,22 +263,32 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
         tags = tags,
     )
 
-def model_release(*, name, weights, visibility = None, tags = []):
-    """The promotable bundle: `<name>/{manifest.json, weights.safetensors, model.onnx}`.
+def model_release(*, name, weights, visibility = None, tags = [], tests = None):
+    """The promotable bundle: `<name>/{manifest.json, weights.safetensors, model.onnx, receipt.*.json}`.
 
     Builds only if the exported files pass the gate: golden data reproduced from the saved
     safetensors, ONNX (onnxruntime) matching torch on the golden inputs, and every metric above
-    its floor. A failing check fails the build with the check's name and numbers.
+    its floor; and only if every test receipt that ran says passed and was made against this
+    build's files (a GPU variant that did not run is listed as such). A failing check fails the
+    build with the check's name and numbers; a failing receipt, with the failing tests.
 
     Args:
       name: target name, conventionally "release".
       weights: the model_weights target.
       visibility: defaults to public: //models:releases and deploy tooling consume it.
       tags: as for any target.
+      tests: the model_test variants (":model_test_cpu", ...) whose receipts the release needs;
+        by default every one declared before it in the package.
     """
+    if tests == None:
+        tests = receipts_of_package()
+    tests = [t if t.endswith("_receipt") else t + "_receipt" for t in tests]
+    if not tests:
+        fail("model_release(name = %r): no model_test before it in this package; a release needs its tests' receipts" % name)
     _model_release(
         name = name,
         weights = weights,
+        tests = tests,
         tool = ":" + _tool_name(weights),
         visibility = visibility or ["//visibility:public"],
         tags = tags,

@@ -22,6 +22,7 @@ from modelgate.cli import (
     warner,
 )
 from modelgate.errors import EXIT_COMMITTED_TAG_PENDING
+from modelgate import receipts
 from modelgate.registry import api, signing, tags
 from modelgate.registry.uri import workspace_dir
 
@@ -40,6 +41,10 @@ def build_parser() -> Parser:
     p.add_argument("--force", action="store_true", help="promote despite a metric regression (needs --reason)")
     p.add_argument("--reason", metavar="TEXT", help="why; recorded in the history")
     p.add_argument("--notify", action="append", default=[], metavar="URL", help="also notify this endpoint (repeatable)")
+    p.add_argument(
+        "--require", action="append", default=[], metavar="cpu|gpu",
+        help="test receipts each build must have passed: cpu always; gpu also wants a GPU variant that ran (repeatable)",
+    )  # fmt: skip
     return p
 
 
@@ -67,8 +72,12 @@ def _main(argv: list[str]) -> int:
     tags.tag_kind(args.tag)
     uri, registry = open_registry(args.registry)
     selected = api.select_bundles([release_path(r) for r in args.release], args.model)
+    required = receipts.parse_requirements(args.require)
+    receipt_notes = [note for b in selected for note in receipts.check_bundle(b.directory, b.manifest, required)]
     workspace = workspace_dir()
     warn = warner(PROG)
+    for note in receipt_notes:
+        warn(note)
 
     def signing_key() -> str:
         return signing.signing_key_setting(

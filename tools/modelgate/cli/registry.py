@@ -14,6 +14,7 @@ import sys
 
 from modelgate.cli import Parser, add_registry_flag, git_commit, open_registry, run, short, user_path, warner
 from modelgate.errors import EXIT_COMMITTED_TAG_PENDING, UsageError
+from modelgate import receipts
 from modelgate.registry import api, signing
 from modelgate.registry.uri import workspace_dir
 
@@ -65,6 +66,8 @@ def _print_show(info: dict) -> None:
         if t.get("problem"):
             pending += f"  (PROBLEM: {t['problem']})"
         print(f"  {tag:<14} {short(t['build_hash'])}  since {t['since']}  {_metrics(detail.get('metrics', {}))}{commit}{pending}")
+        for line in receipts.describe(detail.get("tests") or {}) or ["no test receipts (built before receipts)"]:
+            print(f"  {'':<14} tested: {line}")
 
 
 def _print_history(events: list[dict]) -> None:

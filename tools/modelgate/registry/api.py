@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from modelgate import notify
+from modelgate import notify, receipts
 from modelgate.errors import (
     BundleError,
     GateError,
@@ -621,6 +621,7 @@ def show(registry: Registry, model: str) -> dict:
                 "git_commit": info.get("git_commit"),
                 "created_at": info.get("created_at"),
                 "files": {name: spec["size"] for name, spec in doc.get("files", {}).items()},
+                "tests": receipts.summary(doc),
             }
     return {"model": model, "registry": registry.uri, "tags": shown_tags, "builds": len(builds), "tagged_builds": details}
 

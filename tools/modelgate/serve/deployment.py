@@ -46,6 +46,7 @@ from typing import Callable, Mapping
 import torch
 
 from modelgate import golden as golden_lib
+from modelgate import receipts
 from modelgate import loading
 from modelgate.errors import ModelgateError, RolloutError, StorageError, UsageError, VerificationError
 from modelgate.formats import GOLDEN_FILES, SERVE_STATE_SCHEMA, WEIGHTS
@@ -95,6 +96,7 @@ class Served:
     directory: Path
     git_commit: str | None
     created_at: str | None
+    tests: dict = field(default_factory=dict)  # the build's test receipts (modelgate.receipts.summary)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
@@ -183,6 +185,7 @@ class Deployment:
             "files": dict(served.files) if served else {},
             "git_commit": served.git_commit if served else None,
             "created_at": served.created_at if served else None,
+            "tests": dict(served.tests) if served else {},
             "error": self.problem,
             "last_check": self.last_check,
             "checks": self.checks,
@@ -436,6 +439,7 @@ class Deployment:
             directory=directory,
             git_commit=registry_info.get("git_commit"),
             created_at=registry_info.get("created_at"),
+            tests=receipts.summary(manifest),
         )
 
     def _report_problem(self, message: str) -> None:

@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+from modelgate import receipts as receipts_lib
 from modelgate.formats import RELEASE_SCHEMA
 
 GATES = {
@@ -27,6 +28,7 @@ def make_bundle(
     shared_onnx: bool = False,
     gate_passed: bool = True,
     schema: str = RELEASE_SCHEMA,
+    receipts: bool = True,
 ) -> Path:
     """Writes a release bundle directory like the Bazel release rule's and returns it.
 
@@ -57,8 +59,24 @@ def make_bundle(
         "metric_gates": GATES,
         "gate": {"passed": gate_passed, "checks": [{"name": "golden", "passed": gate_passed, "detail": "synthetic"}]},
     }
+    if receipts:
+        manifest = passing_receipts(directory, manifest)
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return directory
+
+
+def passing_receipts(directory: Path, manifest: dict) -> dict:
+    """The manifest with a passing CPU test receipt bound to its build, written into `directory`
+    as the release rule writes it (modelgate.receipts)."""
+    model = manifest["model"]
+    doc = {
+        "schema": receipts_lib.RECEIPT_SCHEMA, "target": f"//models/{model}:model_test_cpu", "variant": "cpu",
+        "status": "passed", "counts": {"passed": 3, "failed": 0, "error": 0, "skipped": 0, "total": 3},
+        "failures": [], "duration_s": 1.0, "inputs": dict(manifest["inputs"]), "packages": {},
+        "test_files": {f"models/{model}/model_test.py": hashlib.sha256(b"synthetic").hexdigest()},
+    }  # fmt: skip
+    section, bundled = receipts_lib.bind(model, manifest, [doc], {})
+    return receipts_lib.attach(directory, manifest, section, bundled)
 
 
 def build_hash(bundle_dir: Path) -> str:
@@ -67,3 +85,9 @@ def build_hash(bundle_dir: Path) -> str:
 
 def file_digests(bundle_dir: Path) -> dict[str, str]:
     return {n: s["sha256"] for n, s in json.loads((Path(bundle_dir) / "manifest.json").read_text())["files"].items()}
+
+
+def receipt_size(bundle_dir: Path) -> int:
+    """Bytes of the bundle's test receipts (uploaded with the build's other files)."""
+    files = json.loads((Path(bundle_dir) / "manifest.json").read_text())["files"]
+    return sum(s["size"] for n, s in files.items() if n.startswith("receipt."))

@@ -1,0 +1,237 @@
+"""Test receipts: a model test's pytest run is a cached build action; the test target reports it.
+
+Why this shape (Bazel 4.2.3). A release must depend on the result of its model's tests, but a
+Bazel test's result (test.xml, test.log under bazel-testlogs) is not an artifact: no rule can
+depend on it. So the pytest run itself is a build action (mnemonic `ModelTest`) that never fails
+on a failing test: it writes the *receipt* (`<name>.receipt.json`: targets, test files and
+every file the tests read with their sha256, the pip lock entries of their closure, passed /
+skipped / failed counts, durations, status), the pytest log and the JUnit XML. The test target
+`<name>` is a test rule whose executable only prints that log, copies the XML to Bazel's
+`$XML_OUTPUT_FILE` and exits by the receipt's status; the release rule takes the same receipts
+as inputs. Consequences:
+
+  - pytest runs once per input change, whoever asks first (`bazel test`, `bazel build :release`,
+    promote); the other consumers get the action's cached outputs (local, --disk_cache, remote).
+  - `bazel test //models/...` keeps one line per target, `(cached)`, `--test_output=errors`
+    (the failing run's log is the test's log) and test.xml with one testcase per pytest test.
+  - A failed test is a cached *result*, not a failed action: re-running `bazel test` on the same
+    inputs reports the same failure without running pytest again.
+
+What the receipt binds to: the digests of the files the tests read (model sources, modelgate,
+the interpreter, data such as exported weights and golden files) and the lock entries of the
+test's pip closure, not a build hash. The release binds it to its build when every file the
+receipt shares with the build (an input of the build hash or an exported file) has the build's
+digest. A golden-data-only change re-keys the export and the golden test, not the model-logic
+tests; a receipt of other code or other weights is refused.
+
+Not carried over from py_test: --test_env, --test_arg, --test_filter, --runs_per_test and
+--cache_test_results=no act on the reporting step, not on the pytest run; the pytest run is
+bounded by the target's size/timeout itself (the reporter's timeout is moot).
+"""
+
+load("@pip//:flavor.bzl", "TORCH_FLAVOR")
+
+ReceiptInfo = provider(
+    doc = "The receipt a model test's pytest run wrote.",
+    fields = {
+        "label": "Label of the test target",
+        "variant": "cpu or gpu",
+        "receipt": "File: <name>.receipt.json",
+        "log": "File: <name>.log",
+    },
+)
+
+# The test environment of .bazelrc's `test --test_env=...`, for the pytest action.
+_RUN_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "PYTHONHASHSEED": "0",
+    "PYTHONSAFEPATH": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+_GPU_RUN_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+_TIMEOUT_S = {"short": 60, "moderate": 300, "long": 900, "eternal": 3600}
+_SIZE_TIMEOUT = {"small": "short", "medium": "moderate", "large": "long", "enormous": "eternal"}
+
+# Same collection as model_weights.bzl's pip_lock_entries_aspect (kept separate: that file loads
+# this one's loader, model_test.bzl, so loading it from here would be a cycle).
+_PipClosureInfo = provider(fields = {"entries": "depset of lock_entries/<name>.json files"})
+
+def _is_lock_entry(f):
+    return f.owner.workspace_name != "" and f.owner.name.startswith("lock_entries/") and f.basename.endswith(".json")
+
+def _pip_closure_aspect_impl(target, ctx):
+    own = [f for f in getattr(ctx.rule.files, "data", []) if _is_lock_entry(f)]
+    transitive = [dep[_PipClosureInfo].entries for dep in getattr(ctx.rule.attr, "deps", []) if _PipClosureInfo in dep]
+    return [_PipClosureInfo(entries = depset(own, transitive = transitive))]
+
+_pip_closure_aspect = aspect(implementation = _pip_closure_aspect_impl, attr_aspects = ["deps"])
+
+def timeout_seconds(size, timeout = None):
+    return _TIMEOUT_S[timeout or _SIZE_TIMEOUT.get(size, "moderate")]
+
+def gpu_runs_here():
+    """Whether this build's torch can use a GPU (the CUDA lock: --config=gpu)."""
+    return TORCH_FLAVOR == "cuda"
+
+def _short_path(f):
+    return f.short_path
+
+def _main_repo(files):
+    return [f for f in files if f.owner.workspace_name == ""]
+
+def _receipt_run_impl(ctx):
+    name = ctx.attr.test_name
+    receipt = ctx.actions.declare_file(name + ".receipt.json")
+    log = ctx.actions.declare_file(name + ".log")
+    xml = ctx.actions.declare_file(name + ".xml")
+    label = "//%s:%s" % (ctx.label.package, name)
+    files = [receipt, log, xml]
+
+    if ctx.attr.not_run_reason:
+        # A GPU variant on a build whose torch cannot use a GPU: nothing to run, nothing to bind.
+        doc = {
+            "schema": "modelgate/receipt@1",
+            "target": label,
+            "variant": ctx.attr.variant,
+            "status": "not-run",
+            "reason": ctx.attr.not_run_reason,
+        }
+        ctx.actions.write(receipt, json.encode_indent(doc, indent = " ") + "\n")
+        ctx.actions.write(log, "modelgate: %s did not run: %s\n" % (label, ctx.attr.not_run_reason))
+        ctx.actions.write(xml, "")
+    else:
+        sources = depset(transitive = [dep[PyInfo].transitive_sources for dep in ctx.attr.deps]).to_list()
+        hashed = {}
+        for f in _main_repo(sources) + ctx.files.srcs + _main_repo(ctx.files.data) + [ctx.file.interpreter, ctx.file.pytest_ini]:
+            hashed[f.short_path] = f
+        lock_entries = depset(transitive = [dep[_PipClosureInfo].entries for dep in ctx.attr.deps]).to_list()
+
+        # The tests run in the execution root, where a generated file's path is its exec path:
+        # $(rootpath X) in env means $(execpath X) here.
+        env_flags = []
+        for key, value in sorted(ctx.attr.env.items()):
+            value = ctx.expand_location(value.replace("$(rootpath ", "$(execpath "), ctx.attr.data)
+            env_flags.append("--env=%s=%s" % (key, value))
+
+        args = ctx.actions.args()
+        args.use_param_file("@%s", use_always = True)
+        args.set_param_file_format("multiline")
+        args.add("--target", label)
+        args.add("--variant", ctx.attr.variant)
+        args.add("--receipt", receipt)
+        args.add("--log", log)
+        args.add("--xml", xml)
+        args.add("--timeout", str(ctx.attr.timeout_s))
+        for rel in sorted(hashed):
+            args.add("--input", "%s=%s" % (rel, hashed[rel].path))
+        for f in ctx.files.srcs:
+            args.add("--test-file", "%s=%s" % (f.short_path, f.path))
+        for f in sorted(lock_entries, key = _short_path):
+            args.add("--lock-entry", f.path)
+        args.add_all(env_flags)
+        args.add("--")
+        args.add_all(ctx.attr.pytest_args)
+        args.add_all([f.path for f in ctx.files.srcs])
+
+        env = dict(_RUN_ENV)
+        if ctx.attr.variant == "gpu":
+            env.update(_GPU_RUN_ENV)
+        ctx.actions.run(
+            executable = ctx.executable.runner,
+            arguments = [args],
+            inputs = depset(hashed.values() + ctx.files.data + lock_entries),
+            outputs = [receipt, log, xml],
+            env = env,
+            mnemonic = "ModelTest",
+            progress_message = "Testing %s (pytest, writes its receipt)" % label,
+            execution_requirements = {"requires-gpu-nvidia": ""} if ctx.attr.variant == "gpu" else {},
+        )
+
+    return [
+        DefaultInfo(files = depset(files)),
+        ReceiptInfo(label = label, variant = ctx.attr.variant, receipt = receipt, log = log),
+        OutputGroupInfo(receipt = depset([receipt])),
+    ]
+
+receipt_run = rule(
+    implementation = _receipt_run_impl,
+    doc = "A pytest run as a cached build action that writes a receipt. Use model_test.",
+    attrs = {
+        "test_name": attr.string(mandatory = True, doc = "the receipt_test that reports this run"),
+        "runner": attr.label(executable = True, cfg = "exec", doc = "py_binary of tools/receipt_runner.py with the tests' deps"),
+        "srcs": attr.label_list(allow_files = [".py"]),
+        "deps": attr.label_list(providers = [PyInfo], aspects = [_pip_closure_aspect]),
+        "data": attr.label_list(allow_files = True),
+        "env": attr.string_dict(),
+        "pytest_args": attr.string_list(),
+        "variant": attr.string(values = ["cpu", "gpu"], mandatory = True),
+        "timeout_s": attr.int(default = 300),
+        "not_run_reason": attr.string(doc = "set: write a not-run receipt instead of running pytest"),
+        "interpreter": attr.label(default = "@python_interpreter//:bin/python3", allow_single_file = True),
+        "pytest_ini": attr.label(default = "//:pytest.ini", allow_single_file = True),
+    },
+)
+
+def _receipt_test_impl(ctx):
+    info = ctx.attr.run[ReceiptInfo]
+    receipt, log, label = info.receipt, info.log, info.label
+    xml = [f for f in ctx.attr.run[DefaultInfo].files.to_list() if f.basename.endswith(".xml")][0]
+    script = ctx.actions.declare_file(ctx.label.name + ".report.sh")
+    ctx.actions.write(
+        script,
+        "\n".join([
+            "#!/bin/bash",
+            "# Reports the pytest run of %s that a build action recorded (tools/private/receipts.bzl)." % label,
+            "cat '%s'" % log.short_path,
+            "if [[ -n \"${XML_OUTPUT_FILE:-}\" && -s '%s' ]]; then cp '%s' \"$XML_OUTPUT_FILE\"; fi" % (xml.short_path, xml.short_path),
+            "grep -q '^ \"status\": \"passed\",\\?$' '%s' && exit 0" % receipt.short_path,
+            "echo \"modelgate: $(grep -o '^ \"status\": \"[a-z-]*\"' '%s' | cut -d'\"' -f4): see the receipt bazel-bin/%s\"" % (receipt.short_path, receipt.short_path),
+            "exit 1",
+            "",
+        ]),
+        is_executable = True,
+    )
+    return [DefaultInfo(executable = script, runfiles = ctx.runfiles(files = [receipt, log, xml]))]
+
+receipt_test = rule(
+    implementation = _receipt_test_impl,
+    test = True,
+    doc = "Reports a receipt_run: prints its pytest log, exits by its receipt's status. Use model_test.",
+    attrs = {"run": attr.label(mandatory = True, providers = [ReceiptInfo])},
+)
+
+# --- the release side --------------------------------------------------------------------------
+
+def receipts_of_package():
+    """Labels of the receipt runs (model_test variants) declared so far in this package (model_release's default)."""
+    return [":" + name for name, rule in sorted(native.existing_rules().items()) if rule["kind"] == "receipt_run"]
+
+def bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs):
+    """Declares the action that binds the receipts to the build and writes the bundle's manifest.
+
+    Returns (manifest File, [receipt Files in the bundle]). The action fails, naming the model, the
+    receipt and the failing tests, unless every receipt that ran passed and is bound to the build.
+    """
+    manifest = ctx.actions.declare_file(bundle + "/manifest.json")
+    infos = [t[ReceiptInfo] for t in ctx.attr.tests]
+    bundled = [ctx.actions.declare_file("%s/receipt.%s.json" % (bundle, i.label.split(":")[-1])) for i in infos]
+    args = ctx.actions.args()
+    args.add("bind")
+    args.add("--model", model)
+    args.add("--gate-manifest", gate_manifest)
+    args.add("--out", manifest)
+    for i in infos:
+        args.add("--receipt", i.receipt)
+    for short_path, name in sorted(build_outputs.items()):
+        args.add("--build-output", "%s=%s" % (short_path, name))
+    ctx.actions.run(
+        executable = ctx.executable._receipt_tool,
+        arguments = [args],
+        inputs = [gate_manifest] + [i.receipt for i in infos],
+        outputs = [manifest] + bundled,
+        mnemonic = "ReleaseReceipts",
+        progress_message = "Checking %s's test receipts against its build" % model,
+    )
+    return manifest, bundled
