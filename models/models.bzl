@@ -7,6 +7,7 @@ model's golden filegroup.
 
 MODELS = [
     "image_cnn",
+    "minilm",
     "sequence_rnn",
     "tiny_transformer",
 ]

