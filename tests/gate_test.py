@@ -105,7 +105,73 @@ def test_an_onnx_file_of_another_model_fails_parity(release, tmp_path):
     _refresh_digest(manifest, export_dir, ONNX)
     checks, _ = _gate(*release)
     assert checks["golden"].passed and not checks["onnx"].passed
-    assert checks["onnx"].detail.startswith("y: max abs ") and "elements outside" in checks["onnx"].detail
+    assert checks["onnx"].detail.startswith("golden (x[3, 4]): y: max abs ") and "elements outside" in checks["onnx"].detail
+
+
+def test_onnx_parity_is_checked_at_two_batch_sizes(release):
+    checks, _ = _gate(*release)
+    parts = checks["onnx"].detail.split(" | ")
+    assert [p.split(": ")[0] for p in parts] == ["golden (x[3, 4])", "batch=2 (x[2, 4])"]
+
+
+def _sequence_spec(onnx_fixed=False):
+    """A model over (batch, seq, 4) whose ONNX must keep both axes dynamic."""
+
+    class MeanOverSeq(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x).mean(1)
+
+    spec = _spec()
+    return ModelSpec(**{
+        **spec.__dict__,
+        "build": lambda config: torch.manual_seed(0) and MeanOverSeq(),
+        "inputs": (TensorSpec("x", "float32", (None, None, 4)),),
+        "golden_inputs": lambda: {"x": torch.arange(60, dtype=torch.float32).reshape(3, 5, 4) / 60},
+    })
+
+
+def test_every_dynamic_axis_the_spec_declares_is_dynamic_in_onnx_and_checked_at_two_lengths(tmp_path):
+    import onnx
+
+    spec = _sequence_spec()
+    manifest = _export(spec, tmp_path / "export")
+    graph = onnx.load(str(tmp_path / "export" / ONNX)).graph
+    assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", "x_1", 4]
+    inputs = spec.golden_inputs()
+    with torch.no_grad():
+        outputs = spec.forward(load_weights(spec, tmp_path / "export" / WEIGHTS), inputs)
+    golden.write(tmp_path / "golden", "toy", inputs, outputs, {"machine": "x86_64"})
+    checks, _ = _gate(spec, tmp_path / "export", manifest, tmp_path / "golden")
+    assert checks["onnx"].passed, checks["onnx"].detail
+    labels = [p.split(": ")[0] for p in checks["onnx"].detail.split(" | ")]
+    assert labels == ["golden (x[3, 5, 4])", "batch=2 (x[2, 5, 4])", "x_1=2 (x[3, 2, 4])"]
+
+
+def test_an_onnx_file_with_a_fixed_dynamic_axis_fails(tmp_path):
+    """The old export (batch axis only): accepted exactly the golden length."""
+    spec = _sequence_spec()
+    manifest = _export(spec, tmp_path / "export")
+    model = load_weights(spec, tmp_path / "export" / WEIGHTS)
+    torch.onnx.export(
+        model, (spec.golden_inputs()["x"],), str(tmp_path / "export" / ONNX), dynamo=True, input_names=["x"],
+        output_names=["y"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False,
+    )
+    manifest["files"][ONNX]["sha256"] = sha256_file(tmp_path / "export" / ONNX)
+    check = gate.check_onnx(spec, model, tmp_path / "export" / ONNX)
+    assert not check.passed
+    assert check.detail == "model.onnx fixes axis 1 of input 'x' at 5; the spec declares it dynamic"
+
+
+def test_a_spec_whose_variants_leave_an_axis_at_one_length_fails(release):
+    spec, export_dir, manifest, golden_dir = release
+    spec = ModelSpec(**{**spec.__dict__, "shape_variants": lambda: [spec.golden_inputs()]})
+    checks, _ = _gate(spec, export_dir, manifest, golden_dir)
+    assert not checks["onnx"].passed
+    assert checks["onnx"].detail.endswith("dynamic axes checked at one length only: batch (give the spec shape_variants that vary them)")
 
 
 def test_an_onnx_file_onnxruntime_cannot_read_is_reported_not_raised(release):

@@ -65,15 +65,62 @@ def _example_args(spec: ModelSpec) -> tuple:
     return tuple(inputs[t.name] for t in spec.inputs)
 
 
+def dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, object]]:
+    """torch.export's dynamic_shapes for every axis the spec declares dynamic (None): each one is
+    Dim.AUTO, so the exporter infers which axes are one size (tokens and mask share batch and
+    sequence) and their ranges (a max_len check becomes an upper bound)."""
+    return {t.name: {axis: torch.export.Dim.AUTO for axis, size in enumerate(t.shape) if size is None} for t in spec.inputs}
+
+
+def _axis_names(spec: ModelSpec, proto) -> dict[str, str]:
+    """Readable names for the exporter's symbols (s0, s27...): `batch` for axis 0, otherwise
+    `<input>_<axis>` of the first input that has it (`tokens_1`)."""
+    names = {}
+    for value in proto.graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.dim_param and dim.dim_param not in names:
+                names[dim.dim_param] = "batch" if axis == 0 else f"{value.name}_{axis}"
+    return names
+
+
+def check_dynamic_axes(spec: ModelSpec, proto) -> None:
+    """Every axis the spec declares dynamic is symbolic in the ONNX graph's inputs; ExportError
+    naming the first that came out fixed (the model specializes on that size)."""
+    graph_inputs = {value.name: value for value in proto.graph.input}
+    for t in spec.inputs:
+        value = graph_inputs.get(t.name)
+        if value is None:
+            raise ExportError(f"ONNX export of {spec.name}: the graph has no input {t.name!r}")
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(t.shape):
+            raise ExportError(f"ONNX export of {spec.name}: input {t.name!r} has {len(dims)} axes, the spec {len(t.shape)}")
+        for axis, (size, dim) in enumerate(zip(t.shape, dims)):
+            if size is None and not dim.dim_param:
+                raise ExportError(
+                    f"ONNX export of {spec.name}: axis {axis} of input {t.name!r} came out fixed at {dim.dim_value}, "
+                    "but the spec declares it dynamic (None): the model specializes on that size (a Python branch "
+                    "or a reshape on it), or the golden inputs' size there is 0 or 1"
+                )
+
+
+def _rename_dims(proto, names: dict[str, str]) -> None:
+    for values in (proto.graph.input, proto.graph.output, proto.graph.value_info):
+        for value in values:
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param in names:
+                    dim.dim_param = names[dim.dim_param]
+
+
 def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path) -> None:
-    """ONNX through the dynamo exporter, with the batch axis dynamic and provenance props cleared."""
+    """ONNX through the dynamo exporter, with every axis the spec declares dynamic (None) dynamic
+    in the graph, named (batch, tokens_1, ...), and provenance props cleared."""
     import logging
 
     import onnx
 
     # The exporter logs one warning per torchvision operator it cannot find; we use none.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    dynamic = {t.name: {0: torch.export.Dim("batch", min=1)} for t in spec.inputs if t.shape and t.shape[0] is None}
+    dynamic = {name: axes for name, axes in dynamic_axes(spec).items() if axes}
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -83,7 +130,7 @@ def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path) -> None:
                 dynamo=True,
                 input_names=[t.name for t in spec.inputs],
                 output_names=list(spec.outputs),
-                dynamic_shapes={k: v for k, v in dynamic.items()} or None,
+                dynamic_shapes={t.name: dynamic.get(t.name, {}) for t in spec.inputs} if dynamic else None,
                 external_data=False,
                 verbose=False,
             )
@@ -91,6 +138,8 @@ def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path) -> None:
         first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0] if str(e) else "")
         raise ExportError(f"ONNX export of {spec.name} failed: {type(e).__name__}: {first_line[:300]}") from None
     proto = program.model_proto
+    check_dynamic_axes(spec, proto)
+    _rename_dims(proto, _axis_names(spec, proto))
     # The exporter stamps every node with the source file and line it came from; those paths
     # differ per sandbox and would make the bytes depend on where the build ran.
     for node in _all_nodes(proto.graph):

@@ -8,7 +8,8 @@ model is described once:
 - how to train or initialize it deterministically on data it generates itself (`train`), unless
   its weights come from a pinned checkpoint (models/<name>/checkpoint.json; modelgate.checkpoint),
   whose tensors `load_checkpoint` may rename to the model's,
-- its forward signature (`inputs`, `outputs`), for ONNX export and for the service's JSON schema,
+- its forward signature (`inputs`, `outputs`), for ONNX export (every None axis dynamic) and for
+  the service's JSON schema,
 - a small, fixed set of golden inputs (`golden_inputs`),
 - held-out evaluation (`evaluate`) and the floor and regression budget of each metric (`metrics`).
 """
@@ -102,6 +103,10 @@ class ModelSpec:
     # For a pinned checkpoint whose tensor names are not the model's (a published model): maps
     # the checkpoint's {name: tensor} to the model's state_dict names. Loading stays strict.
     load_checkpoint: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    # Inputs of other sizes on the dynamic (None) axes, for the gate's ONNX check, which runs every
+    # dynamic axis at two lengths at least. None: the golden inputs cut to about half on each
+    # dynamic axis in turn (fine where a prefix of a valid input is valid: rows, padded sequences).
+    shape_variants: Callable[[], list[dict[str, torch.Tensor]]] | None = None
 
     def with_config(self, overrides: Mapping[str, object]) -> "ModelSpec":
         """This spec with some hyperparameters replaced; unknown keys are an error."""
