@@ -3,8 +3,9 @@
     receipt_runner @PARAMS   (written by tools/private/receipts.bzl)
 
 A failing test is a result, not an error: the action succeeds and records it (the test target
-then fails by the receipt's status, and the release refuses). The action itself fails only when
-it cannot produce a trustworthy receipt: a GPU variant where no CUDA device is visible (a cached
+then fails by the receipt's status, and the release refuses). The action itself fails, recording nothing,
+only where the outcome is not a function of its inputs, so that no cache keeps it: a run past the
+target's timeout or killed by a signal, a GPU variant where no CUDA device is visible (a cached
 "failed" receipt would then stand for a GPU machine's run), or a broken command line.
 """
 
@@ -77,6 +78,18 @@ def main(argv: list[str] | None = None) -> int:
             timed_out, exit_code = True, None
     duration = time.monotonic() - started
     shutil.rmtree(tmp, ignore_errors=True)
+    if timed_out or exit_code is None or exit_code < 0:
+        # Not a property of the inputs (a loaded machine, a kill): fail the action, so that no
+        # cache keeps it as this input's result; the next build runs the tests again.
+        tail = log_path.read_text(errors="replace").splitlines()[-40:]
+        why = f"ran past its {args.timeout:g} s timeout" if timed_out else f"was killed by signal {-exit_code}"
+        print("\n".join(tail), file=sys.stderr)
+        print(
+            f"modelgate: {args.target}: pytest {why} after {duration:.0f} s; nothing recorded (a timeout or a kill depends "
+            "on the machine, not on the inputs): run it again, or give the test a larger size",
+            file=sys.stderr,
+        )
+        return 1
 
     inputs = {}
     for pair in args.input:

@@ -8,7 +8,8 @@ skipped / failed counts, each test's outcome and duration, and a status:
     passed    every selected test passed (skips allowed)
     failed    a test failed or errored, or pytest could not run them
     no-tests  no test was selected (pytest exit 5)
-    timeout   the run went past the target's size/timeout
+    timeout   (not written by the runner: a run past its timeout fails the action instead, so that
+              no cache keeps a machine's slowness as the inputs' result)
     not-run   a GPU variant on a build whose torch cannot use a GPU (nothing ran)
 
 `bind` (the release rule's `ReleaseReceipts` action) accepts a receipt for a build only if it
@@ -303,7 +304,7 @@ def check_bundle(directory: Path, manifest: dict, required: set[str]) -> list[st
         if status == "not-run":
             if entry["variant"] != "gpu":
                 raise ReceiptError(f"{where}: receipt {name} did not run; only a GPU variant may be absent")
-            absent.append(f"{name} ({entry.get('reason') or 'not run'})")
+            absent.append((name, entry.get("reason") or "not run"))
             continue
         if doc.get("build_hash") != build_hash:
             raise ReceiptError(
@@ -314,11 +315,12 @@ def check_bundle(directory: Path, manifest: dict, required: set[str]) -> list[st
             raise ReceiptError(f"{where}: receipt {one_line(doc)}; refusing")
         if entry["variant"] == "gpu":
             gpu_ran.append(name)
+    reasons = "; ".join(dict.fromkeys(reason for _, reason in absent))
+    detail = f"{', '.join(name for name, _ in absent)} ({reasons})" if absent else ""
     if "gpu" in required and (absent or not gpu_ran):
-        detail = ", ".join(absent) or "the release has no GPU variant"
-        raise ReceiptError(f"{where}: --require=gpu and no GPU receipt ran for build {build_hash[:12]}: {detail}")
+        raise ReceiptError(f"{where}: --require=gpu and no GPU receipt ran for build {build_hash[:12]}: {detail or 'the release has no GPU variant'}")
     if absent:
-        notes.append(f"{model} {build_hash[:12]}: GPU receipts not recorded: {', '.join(absent)}; --require=gpu would refuse it")
+        notes.append(f"{model} {build_hash[:12]}: GPU receipts not recorded: {detail}; --require=gpu would refuse it")
     return notes
 
 

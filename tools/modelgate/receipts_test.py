@@ -195,6 +195,19 @@ def test_the_runner_records_pytest_outcomes_and_succeeds_even_when_tests_fail(tm
         assert doc["failures"] == ["sample_test::test_b"] or doc["failures"][0].endswith("::test_b")
 
 
+def test_a_run_past_its_timeout_records_nothing_and_fails_the_action(tmp_path, capsys):
+    test_file = tmp_path / "slow_test.py"
+    test_file.write_text("import time\ndef test_slow(): time.sleep(30)\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = _runner().main([
+        "--target=//x:slow_test_cpu", "--variant=cpu", f"--receipt={out}/r.json", f"--log={out}/r.log", f"--xml={out}/r.xml",
+        "--timeout=2", "--", "-p", "no:cacheprovider", str(test_file),
+    ])  # fmt: skip
+    assert rc == 1 and not (out / "r.json").exists()
+    assert "//x:slow_test_cpu: pytest ran past its 2 s timeout" in capsys.readouterr().err
+
+
 # ---- promote's side
 
 
