@@ -67,11 +67,12 @@ def cmd_gate(args) -> int:
     spec = _spec(args.model, args.hparams)
     export_dir = Path(args.export_dir)
     export_manifest = json.loads((export_dir / "export.json").read_text())
-    checks, metrics = gate.run_gate(spec, export_dir, export_manifest, Path(args.golden_dir))
+    bundle_files = dict(f.split("=", 1) for f in args.bundle_file)
+    checks, metrics = gate.run_gate(spec, export_dir, export_manifest, Path(args.golden_dir), bundle_files)
     if not all(c.passed for c in checks):
         print(gate.failure_text(args.model, checks), file=sys.stderr)
         return 1
-    manifest = gate.release_manifest(export_manifest, checks, metrics, Path(args.golden_dir))
+    manifest = gate.release_manifest(export_manifest, checks, metrics, Path(args.golden_dir), bundle_files)
     Path(args.out).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"release gate passed for {args.model} build {manifest['build_hash'][:12]}")
     return 0
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--golden-dir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--hparams", default="{}")
+    p.add_argument("--bundle-file", action="append", default=[], help="NAME=PATH: a file the bundle ships (a tokenizer)")
     p.set_defaults(run=cmd_gate)
     p = sub.add_parser("golden-update")
     p.add_argument("--model", required=True)

@@ -15,7 +15,7 @@ import torch
 from models.minilm.model import MiniLM, MiniLMConfig, published_to_state
 from models.minilm.text import TextEncoder
 from models.minilm.triples import TRIPLES
-from modelgate.spec import MetricGate, ModelSpec, TensorSpec
+from modelgate.spec import MetricGate, ModelSpec, TensorSpec, TextInput
 
 CONFIG = {**MiniLMConfig().to_dict(), "eval_batch_size": 32}
 
@@ -69,6 +69,19 @@ def evaluate(model: MiniLM, config) -> dict:
     }
 
 
+def text_from_bundle(directory):
+    """texts -> {"tokens", "mask"} with the tokenizer.json a release bundle carries (the service)."""
+    from pathlib import Path
+
+    encoder = TextEncoder(Path(directory) / "tokenizer.json", max_len=CONFIG["max_len"], pad_id=CONFIG["pad_id"])
+
+    def encode(texts):
+        tokens, mask = encoder(texts)
+        return {"tokens": tokens, "mask": mask}
+
+    return encode
+
+
 def golden_inputs() -> dict:
     tokens, mask = text_encoder()(list(GOLDEN_TEXTS))
     # A fully padded row must embed to a finite (zero) vector.
@@ -90,6 +103,7 @@ SPEC = ModelSpec(
     outputs=("embeddings",),
     golden_inputs=golden_inputs,
     evaluate=evaluate,
+    text=TextInput(files=("tokenizer.json",), load=text_from_bundle, max_tokens=CONFIG["max_len"], over_length="refused"),
     metrics={
         "triplet_accuracy": MetricGate(floor=0.95, max_regression=0.05),
         "mean_margin": MetricGate(floor=0.4, max_regression=0.03),

@@ -5,6 +5,8 @@ Checks, each reported with its numbers:
   onnx     onnxruntime on model.onnx matches torch on the saved weights for the golden inputs, and
            at a second length of every dynamic axis (each axis the spec declares None must be
            dynamic in the graph)
+  text     for a model with a text front end (ModelSpec.text): its files ship in the bundle and,
+           loaded from them, it turns a text into inputs the model runs on
   metrics  held-out evaluation of the saved weights meets every metric's floor
 On success writes the release manifest (the export manifest plus the gate's verdict); on failure
 writes nothing and says which check failed and by how much.
@@ -154,7 +156,35 @@ def check_metrics(spec: ModelSpec, model) -> tuple[Check, dict]:
     return Check("metrics", True, "; ".join(parts)), metrics
 
 
-def run_gate(spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_dir: Path) -> tuple[list[Check], dict]:
+def check_text(spec: ModelSpec, model, bundle_files: dict[str, Path]) -> Check:
+    """The text front end ships with the release: every file the spec's TextInput names is given,
+    and loaded from those files it turns a text into inputs the model accepts and runs on."""
+    import tempfile
+
+    missing = [name for name in spec.text.files if name not in bundle_files]
+    if missing:
+        return Check("text", False, f"the spec's text input needs {', '.join(missing)} in the bundle; give it as bundle_files")
+    sample = ["The release gate checks the tokenizer that ships."]
+    with tempfile.TemporaryDirectory(prefix="modelgate-text-") as tmp:
+        for name in spec.text.files:
+            (Path(tmp) / name).symlink_to(Path(bundle_files[name]).resolve())
+        try:
+            inputs = spec.text.load(Path(tmp))(sample)
+            for t in spec.inputs:
+                t.check(inputs[t.name])
+            with torch.no_grad():
+                outputs = spec.forward(model, inputs)
+        except Exception as e:  # noqa: BLE001 - any failure of the front end is the check's verdict
+            return Check("text", False, f"{', '.join(spec.text.files)}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    if not all(torch.isfinite(v).all() for v in outputs.values() if v.is_floating_point()):
+        return Check("text", False, "the model gives non-finite outputs for a text")
+    shapes = ", ".join(f"{t.name}{list(inputs[t.name].shape)}" for t in spec.inputs)
+    return Check("text", True, f"{', '.join(spec.text.files)} loads; a sample text -> {shapes}; max {spec.text.max_tokens} tokens, longer {spec.text.over_length}")
+
+
+def run_gate(
+    spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_dir: Path, bundle_files: dict[str, Path] | None = None
+) -> tuple[list[Check], dict]:
     portable.deterministic(int(spec.config.get("seed", 0)))
     checks = []
     for name, info in export_manifest["files"].items():
@@ -166,16 +196,24 @@ def run_gate(spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_di
     model = loading.load_weights(spec, export_dir / WEIGHTS)
     checks.append(check_golden(spec, model, golden_dir))
     checks.append(check_onnx(spec, model, export_dir / ONNX))
+    if spec.text is not None:
+        checks.append(check_text(spec, model, dict(bundle_files or {})))
     metric_check, metrics = check_metrics(spec, model)
     checks.append(metric_check)
     return checks, metrics
 
 
-def release_manifest(export_manifest: dict, checks: list[Check], metrics: dict, golden_dir: Path) -> dict:
+def release_manifest(
+    export_manifest: dict, checks: list[Check], metrics: dict, golden_dir: Path, bundle_files: dict[str, Path] | None = None
+) -> dict:
     manifest = {k: v for k, v in export_manifest.items() if k not in ("schema", "attributes", "training")}
     manifest["files"] = dict(manifest["files"])
     for name in sorted(GOLDEN_FILES):  # the bundle carries them under their own names
         manifest["files"][name] = file_entry(Path(golden_dir) / name)
+    for name, path in sorted((bundle_files or {}).items()):  # a tokenizer and the like
+        if name in manifest["files"]:
+            raise ValueError(f"bundle file {name!r} would replace the bundle's own {name}")
+        manifest["files"][name] = file_entry(Path(path))
     manifest["schema"] = RELEASE_SCHEMA
     manifest["metrics"] = metrics
     manifest["training"] = export_manifest.get("training", {})

