@@ -213,6 +213,20 @@ _model_release = rule(
     },
 )
 
+def _model_tool(*, name, library, args = [], data = [], deps = [], visibility = None, tags = []):
+    # //tools:model_tool.py with a model's library: the export and gate actions' tool, and the
+    # `bazel run` targets golden_update and train.
+    native.py_binary(
+        name = name,
+        srcs = ["//tools:model_tool.py"],
+        main = "//tools:model_tool.py",
+        args = args,
+        data = data,
+        deps = [library] + deps,
+        visibility = visibility,
+        tags = tags,
+    )
+
 def _model_name(model):
     return model or native.package_name().split("/")[-1]
 
@@ -253,14 +267,7 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
         visibility = ["//visibility:private"],
         tags = tags,
     )
-    native.py_binary(
-        name = tool,
-        srcs = ["//tools:model_tool.py"],
-        main = "//tools:model_tool.py",
-        deps = [":" + _lib_name(name)],
-        visibility = ["//visibility:private"],
-        tags = tags,
-    )
+    _model_tool(name = tool, library = ":" + _lib_name(name), visibility = ["//visibility:private"], tags = tags)
     _model_weights(
         name = name,
         model = model,
@@ -346,10 +353,9 @@ def golden_update(*, name, weights, model = None, visibility = None):
       visibility: as for any target.
     """
     model = _model_name(model)
-    native.py_binary(
+    _model_tool(
         name = name,
-        srcs = ["//tools:model_tool.py"],
-        main = "//tools:model_tool.py",
+        library = ":" + _lib_name(weights),
         args = [
             "golden-update",
             "--model",
@@ -360,7 +366,6 @@ def golden_update(*, name, weights, model = None, visibility = None):
             "$(rootpath %s/export.json)" % weights,
         ],
         data = ["%s/weights.safetensors" % weights, "%s/export.json" % weights],
-        deps = [":" + _lib_name(weights)],
         visibility = visibility,
     )
 
@@ -378,14 +383,7 @@ def model_train(*, name, weights, model = None, visibility = None):
       visibility: as for any target.
     """
     model = _model_name(model)
-    native.py_binary(
-        name = name,
-        srcs = ["//tools:model_tool.py"],
-        main = "//tools:model_tool.py",
-        args = ["train", "--model", model],
-        deps = [":" + _lib_name(weights), "//tools:train_lib"],
-        visibility = visibility,
-    )
+    _model_tool(name = name, library = ":" + _lib_name(weights), args = ["train", "--model", model], deps = ["//tools:train_lib"], visibility = visibility)
 
 def _release_set_impl(ctx):
     entries, files = [], []
