@@ -30,6 +30,7 @@ bounded by the target's size/timeout itself (the reporter's timeout is moot).
 """
 
 load("@pip//:flavor.bzl", "TORCH_FLAVOR")
+load("//tools/private:pip_closure.bzl", "PipLockEntriesInfo", "pip_lock_entries_aspect")
 
 ReceiptInfo = provider(
     doc = "The receipt a model test's pytest run wrote.",
@@ -53,20 +54,6 @@ _GPU_RUN_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
 _TIMEOUT_S = {"short": 60, "moderate": 300, "long": 900, "eternal": 3600}
 _SIZE_TIMEOUT = {"small": "short", "medium": "moderate", "large": "long", "enormous": "eternal"}
-
-# Same collection as model_weights.bzl's pip_lock_entries_aspect (kept separate: that file loads
-# this one's loader, model_test.bzl, so loading it from here would be a cycle).
-_PipClosureInfo = provider(fields = {"entries": "depset of lock_entries/<name>.json files"})
-
-def _is_lock_entry(f):
-    return f.owner.workspace_name != "" and f.owner.name.startswith("lock_entries/") and f.basename.endswith(".json")
-
-def _pip_closure_aspect_impl(target, ctx):
-    own = [f for f in getattr(ctx.rule.files, "data", []) if _is_lock_entry(f)]
-    transitive = [dep[_PipClosureInfo].entries for dep in getattr(ctx.rule.attr, "deps", []) if _PipClosureInfo in dep]
-    return [_PipClosureInfo(entries = depset(own, transitive = transitive))]
-
-_pip_closure_aspect = aspect(implementation = _pip_closure_aspect_impl, attr_aspects = ["deps"])
 
 def timeout_seconds(size, timeout = None):
     return _TIMEOUT_S[timeout or _SIZE_TIMEOUT.get(size, "moderate")]
@@ -106,7 +93,7 @@ def _receipt_run_impl(ctx):
         hashed = {}
         for f in _main_repo(sources) + ctx.files.srcs + _main_repo(ctx.files.data) + [ctx.file.interpreter, ctx.file.pytest_ini]:
             hashed[f.short_path] = f
-        lock_entries = depset(transitive = [dep[_PipClosureInfo].entries for dep in ctx.attr.deps]).to_list()
+        lock_entries = depset(transitive = [dep[PipLockEntriesInfo].entries for dep in ctx.attr.deps]).to_list()
 
         # The tests run in the execution root, where a generated file's path is its exec path:
         # $(rootpath X) in env means $(execpath X) here.
@@ -162,7 +149,7 @@ receipt_run = rule(
         "test_name": attr.string(mandatory = True, doc = "the receipt_test that reports this run"),
         "runner": attr.label(executable = True, cfg = "exec", doc = "py_binary of tools/receipt_runner.py with the tests' deps"),
         "srcs": attr.label_list(allow_files = [".py"]),
-        "deps": attr.label_list(providers = [PyInfo], aspects = [_pip_closure_aspect]),
+        "deps": attr.label_list(providers = [PyInfo], aspects = [pip_lock_entries_aspect]),
         "data": attr.label_list(allow_files = True),
         "env": attr.string_dict(),
         "pytest_args": attr.string_list(),
