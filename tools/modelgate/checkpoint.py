@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from modelgate import errors
+from modelgate.formats import file_digest
 
 SCHEMA = "modelgate/checkpoint@1"
 PIN_FILE = "checkpoint.json"
@@ -191,15 +192,6 @@ class _TooLarge(Exception):
         self.size = size
 
 
-def _digest_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 # ---- sources ---------------------------------------------------------------------------------
 
 
@@ -306,7 +298,7 @@ def fetch(pin: Pin, store: Path | None = None, package_files: Mapping[str, str] 
     start = time.monotonic()
     target = store / "sha256" / pin.sha256
     if target.is_file():
-        digest, size = _digest_file(target)
+        size, digest = file_digest(target)
         if digest == pin.sha256:
             if size != pin.size:
                 # The bytes with this digest are known, and they are not this size: the pin is wrong.

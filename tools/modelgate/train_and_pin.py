@@ -26,6 +26,7 @@ from pathlib import Path
 
 from modelgate import checkpoint as checkpoints
 from modelgate import portable
+from modelgate.formats import file_digest
 
 
 def _device(name: str):
@@ -140,7 +141,7 @@ def run(spec, workspace: Path, args) -> int:
     with tempfile.TemporaryDirectory(prefix=f"modelgate-train-{spec.name}-") as tmp:
         path = Path(tmp) / "checkpoint.safetensors"
         save_file(tensors, str(path))
-        sha256, size = checkpoints._digest_file(path)
+        size, sha256 = file_digest(path)
         if previous and previous.sha256 == sha256:
             print(f"the checkpoint is the one pinned already ({sha256[:12]})")
         if args.dry_run:
