@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from modelgate.cli import fetch, promote
-from modelgate.registry import api
+from modelgate.registry import fetch as fetching
 from modelgate.registry import storage as storage_module
 from modelgate.errors import StorageError
 
@@ -118,16 +118,16 @@ def test_killed_fetches_leave_nothing_after_the_next_run(capsys, registry_uri, t
         ready_r, ready_w = os.pipe()
 
         def body():
-            real_write = api._VerifyingWriter.write
+            real_write = fetching._VerifyingWriter.write
 
             def slow_write(self, chunk):
                 real_write(self, chunk)
-                if self.size >= 1 << 20 and not getattr(api, "_told", False):
-                    api._told = True
+                if self.size >= 1 << 20 and not getattr(fetching, "_told", False):
+                    fetching._told = True
                     os.write(ready_w, b".")
                 time.sleep(0.001 * len(chunk) / 8192)  # about 1 s per MiB
 
-            api._VerifyingWriter.write = slow_write
+            fetching._VerifyingWriter.write = slow_write
             return _quiet(fetch.main, argv)
 
         _kill_mid_write(body, ready_r, ready_w, rng.uniform(0.0, 0.5))

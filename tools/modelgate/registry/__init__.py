@@ -2,8 +2,9 @@
 
 Layers, each importing only from the ones below it (never up):
     modelgate.cli.{promote,fetch,registry}   argument parsing and printing (and the workspace's git commit)
-    modelgate.registry.api                   what the commands do: promote, rollback, fetch, ls/show/history;
-                                             reads release bundles (bundle), checks metric gates (gates), signs
+    modelgate.registry.api                   what the commands do, re-exported from one module per verb:
+                                             promote, rollback (sharing moves), fetch, inspect (ls/show/history);
+                                             they read release bundles (bundle), check metric gates (gates), sign
                                              manifests (signing)
     modelgate.registry.registry              the layout, the history log, tag pointers; the one place a tag
                                              moves (Registry.move_tag); checks what it reads (records, tags)

@@ -1,0 +1,70 @@
+"""What a registry holds: its models and their tags (ls), a model's tagged builds (show), its history."""
+
+from __future__ import annotations
+
+from modelgate import receipts
+from modelgate.errors import model_not_in_registry
+
+from . import tags
+from .registry import Registry
+
+
+def _no_tag_message(registry: Registry, model: str, tag: str) -> str:
+    known = registry.list_tags(model)
+    if not known:
+        models = registry.list_models()
+        if model not in models:
+            return str(model_not_in_registry(model, registry.uri, models))
+    return f"{model} has no tag {tag!r} in {registry.uri} (tags: {', '.join(known) or 'none'})"
+
+
+def list_models(registry: Registry) -> list[dict]:
+    models = []
+    for model in registry.list_models():
+        pointers = {}
+        for tag in registry.list_tags(model):
+            pointer = registry.read_pointer(model, tag)
+            if pointer:
+                pointers[tag] = {"build_hash": pointer.build_hash, "since": pointer.doc["time"]}
+        models.append({"model": model, "tags": pointers})
+    return models
+
+
+def show(registry: Registry, model: str) -> dict:
+    """A model's tags as the history says (a pointer that disagrees with it is shown as a problem)."""
+    tags.check_model_name(model)
+    builds = registry.list_builds(model)
+    if not builds:
+        raise model_not_in_registry(model, registry.uri, registry.list_models())
+    seqs = registry.history_seqs(model)
+    events = registry.events(model, seqs)
+    shown_tags = {}
+    details = {}
+    for tag in sorted(set(registry.list_tags(model)) | {e["tag"] for e in events}):
+        state = registry.tag_state(model, tag, seqs)
+        shown_tags[tag] = {
+            "build_hash": state.build_hash,
+            "seq": state.seq,
+            "since": (state.event or {}).get("time"),
+            "pending": state.pending,
+            "problem": state.problem,
+        }
+        if state.build_hash and state.build_hash not in details:
+            doc = registry.read_checked_build(model, state.build_hash) or {}
+            info = doc.get("registry") or {}
+            details[state.build_hash] = {
+                "metrics": doc.get("metrics", {}),
+                "git_commit": info.get("git_commit"),
+                "created_at": info.get("created_at"),
+                "files": {name: spec["size"] for name, spec in doc.get("files", {}).items()},
+                "tests": receipts.summary(doc),
+            }
+    return {"model": model, "registry": registry.uri, "tags": shown_tags, "builds": len(builds), "tagged_builds": details}
+
+
+def history(registry: Registry, model: str) -> list[dict]:
+    tags.check_model_name(model)
+    events = registry.events(model)
+    if not events and model not in registry.list_models():
+        raise model_not_in_registry(model, registry.uri, registry.list_models())
+    return events

@@ -1,0 +1,265 @@
+"""Promote: publish each release bundle by its build hash (blobs, then the signed manifest), then
+move the tag to it, deciding the metric gate against the build the tag names at commit time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from modelgate import notify
+from modelgate.errors import BundleError, GateError, ModelgateError, StorageError, UsageError
+
+from . import bundle as bundles
+from . import gates, signing, tags
+from .moves import PromoteResult, Warn, _event, _now, _signer, _user
+from .registry import BUILD_SCHEMA, Registry, TagMove, TagState
+from .storage import LocalStorage
+
+
+# progress(description, total_bytes) -> an object with update(n) and close(), e.g. a tqdm bar.
+ProgressFactory = Callable[[str, int], object]
+
+
+@dataclass
+class _Decision:
+    unchanged: bool
+    checks: list[gates.MetricCheck]
+    first: bool
+    forced: bool
+
+
+def select_bundles(directories: list[Path], models: list[str]) -> list[bundles.Bundle]:
+    """Reads every --release bundle; keeps those named by --model (all when none is named)."""
+    if not directories:
+        raise UsageError("no release bundle: pass --release=DIR (bazel run //tools:promote passes one per model)")
+    found: dict[str, bundles.Bundle] = {}
+    for directory in directories:
+        b = bundles.read(directory)
+        if b.model in found:
+            raise UsageError(f"two release bundles for model {b.model}: {found[b.model].directory} and {directory}")
+        found[b.model] = b
+    for model in models:
+        if model not in found:
+            raise UsageError(f"unknown model {model!r}; the release bundles hold: {', '.join(sorted(found))}")
+    return [found[m] for m in sorted(found) if not models or m in models]
+
+
+def _decide(
+    registry: Registry, b: bundles.Bundle, tag: str, kind: tags.TagKind, state: TagState, force: bool
+) -> _Decision:
+    """Raises GateError when this promotion must not happen (unless forced, where that is allowed)."""
+    if state.build_hash == b.build_hash:
+        return _Decision(True, [], False, False)
+    if state.build_hash is not None and not kind.movable:
+        raise GateError(
+            f"{b.model}: version tag {tag} already names build {state.build_hash[:12]}; "
+            "version tags never move (choose a new version)"
+        )
+    if state.build_hash is None:
+        return _Decision(False, [], kind.movable, False)  # a channel's first build has no baseline
+    baseline = registry.read_checked_build(b.model, state.build_hash)
+    if baseline is None:
+        if force:
+            return _Decision(False, [], False, True)
+        raise GateError(
+            f"{b.model}: {tag} points at build {state.build_hash[:12]}, whose manifest is missing from "
+            f"{registry.uri}; cannot compare metrics (pass --force --reason=TEXT to promote anyway)"
+        )
+    checks = gates.compare(b.manifest.get("metrics", {}), baseline.get("metrics", {}), b.manifest.get("metric_gates", {}))
+    failed = gates.failures(checks)
+    if failed and not force:
+        raise GateError(
+            f"refusing to promote {b.model} {b.build_hash[:12]} to {tag}: "
+            + "; ".join(c.describe() for c in failed)
+            + f" against {state.build_hash[:12]} (pass --force --reason=TEXT to override)"
+        )
+    return _Decision(False, checks, False, bool(failed))
+
+
+def _build_document(b: bundles.Bundle, commit: str | None) -> dict:
+    """The registry's manifest: the release manifest plus what is known only at promotion time."""
+    doc = dict(b.manifest)
+    doc["registry"] = {"schema": BUILD_SCHEMA, "git_commit": commit, "created_at": _now(), "created_by": _user()}
+    return doc
+
+
+def _store_build(registry: Registry, b: bundles.Bundle, signed: dict | None) -> None:
+    """Writes builds/<hash>.json once; a later promotion of the same build reuses the stored one."""
+    if signed is not None and registry.create_build(b.model, b.build_hash, signed):
+        return
+    existing = registry.read_checked_build(b.model, b.build_hash)
+    if existing is None or existing.get("files") != b.manifest["files"]:
+        raise BundleError(
+            f"{registry.uri} already holds build {b.build_hash[:12]} of {b.model} with different files; "
+            "a build hash must always name the same bytes"
+        )
+
+
+def _upload(registry: Registry, b: bundles.Bundle, progress: ProgressFactory | None) -> tuple[int, int]:
+    uploaded_bytes = uploaded_files = 0
+    for f in b.files:
+        if registry.has_blob(f.sha256):
+            continue
+        bar = progress(f"{b.model}/{f.name}", f.size) if progress and f.size else None
+        try:
+            if registry.put_blob(f.sha256, f.path, f.size, bar.update if bar else None):
+                uploaded_bytes += f.size
+                uploaded_files += 1
+        finally:
+            if bar:
+                bar.close()
+    return uploaded_bytes, uploaded_files
+
+
+def _commit(
+    registry: Registry,
+    b: bundles.Bundle,
+    tag: str,
+    kind: tags.TagKind,
+    *,
+    force: bool,
+    reason: str | None,
+    commit: str | None,
+) -> tuple[TagMove, _Decision]:
+    """Moves `tag` to this build (Registry.move_tag), deciding against the tag's state at commit time."""
+    decisions = []
+
+    def decide(state: TagState, seq: int) -> dict | None:
+        decision = _decide(registry, b, tag, kind, state, force)
+        decisions.append(decision)
+        if decision.unchanged:
+            return None
+        return _event(
+            seq, "promote", b.model, tag, b.build_hash, state.build_hash, commit, reason,
+            forced=decision.forced, checks=decision.checks,
+        )  # fmt: skip
+
+    move = registry.move_tag(b.model, tag, decide, what="moving")
+    return move, decisions[-1]
+
+
+def _check_space(registry: Registry, selected: list[bundles.Bundle]) -> None:
+    """Refuses, before writing anything, a promote that cannot fit on a local registry's disk."""
+    free = registry.storage.free_bytes()
+    if free is None:
+        return
+    digests = {}
+    for b in selected:
+        for f in b.files:
+            if f.sha256 not in digests and not registry.has_blob(f.sha256):
+                digests[f.sha256] = f.size
+    needed = sum(digests.values()) + 1024 * 1024 * len(selected)  # blobs, plus room for manifests and history
+    if needed > free:
+        raise StorageError(
+            f"{registry.uri}: not enough space: this promote writes about {needed / 2**20:.1f} MiB and "
+            f"{free / 2**20:.1f} MiB are free; nothing was written"
+        )
+
+
+def promote(
+    registry: Registry,
+    selected: list[bundles.Bundle],
+    tag: str,
+    *,
+    signing_key: Callable[[], str] | None,
+    force: bool = False,
+    reason: str | None = None,
+    dry_run: bool = False,
+    commit: str | None = None,
+    progress: ProgressFactory | None = None,
+    notify_urls: tuple[str, ...] = (),
+    warn: Warn = lambda message: None,
+) -> list[PromoteResult]:
+    """Uploads each bundle (blobs, then manifest) and moves `tag` to it, model by model.
+
+    Everything that can be checked before writing is checked first, for all bundles: the tag's
+    grammar, every file's digest, and the metric gate against the build the tag names now. The
+    gate is checked again at commit time, against whatever the tag names then.
+    `signing_key` is called (once) only if a manifest must be signed: it may create the
+    workspace's development key.
+    """
+    kind = tags.tag_kind(tag)
+    if force and not reason:
+        raise UsageError("--force needs --reason=TEXT (it is recorded in the history)")
+    for b in selected:
+        bundles.verify_files(b)
+    if not dry_run:
+        # The key is loaded before anything is written, so that a missing or unusable key writes
+        # nothing; from here the registry verifies every event and pointer it reads with it.
+        _signer(registry, signing_key, warn)
+    planned = {}
+    for b in selected:
+        state = registry.tag_state(b.model, tag)
+        planned[b.model] = (state, _decide(registry, b, tag, kind, state, force))
+
+    if dry_run:
+        results = []
+        for b in selected:
+            state, decision = planned[b.model]
+            missing = [f for f in b.files if not registry.has_blob(f.sha256)]
+            results.append(
+                PromoteResult(
+                    b.model, b.build_hash, tag, state.build_hash, sum(f.size for f in missing), len(missing),
+                    "unchanged" if decision.unchanged else "dry-run", first=decision.first,
+                    forced=decision.forced, reason=reason, checks=[c.to_json() for c in decision.checks],
+                )
+            )  # fmt: skip
+        return results
+
+    # Sign before uploading anything, so that a missing or unusable key writes nothing.
+    signed: dict[str, dict | None] = {}
+    key = None
+    for b in selected:
+        signed[b.model] = None
+        if registry.read_build(b.model, b.build_hash) is None:
+            key = key or signing_key()
+            doc = _build_document(b, commit)
+            doc["signature"] = signing.sign(doc, key)
+            signed[b.model] = doc
+    _check_space(registry, selected)
+    if isinstance(registry.storage, LocalStorage):
+        registry.storage.sweep_temporaries()
+
+    endpoints = list(notify_urls) + registry.notify_endpoints()
+    results = []
+    for b in selected:
+        try:
+            results.append(_promote_one(registry, b, tag, kind, signed[b.model], force, reason, commit, progress, endpoints, warn))
+        except ModelgateError as e:
+            if results:  # say what did happen: the models before this one stay promoted
+                done = ", ".join(f"{r.model} {r.build_hash[:12]}" for r in results)
+                e.args = (f"{e} (already done: {done})",)
+            raise
+    return results
+
+
+def _promote_one(
+    registry: Registry,
+    b: bundles.Bundle,
+    tag: str,
+    kind: tags.TagKind,
+    signed: dict | None,
+    force: bool,
+    reason: str | None,
+    commit: str | None,
+    progress: ProgressFactory | None,
+    endpoints: list[str],
+    warn: Warn,
+) -> PromoteResult:
+    """Blobs, then the manifest, then the tag: a reader can never reach a build that is not complete."""
+    uploaded_bytes, uploaded_files = _upload(registry, b, progress)
+    _store_build(registry, b, signed)
+    move, decision = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit)
+    state, event, pending = move.state, move.event, move.pending
+    status = "unchanged" if event is None else "committed" if pending else "promoted"
+    result = PromoteResult(
+        b.model, b.build_hash, tag, state.build_hash, uploaded_bytes, uploaded_files,
+        status, seq=event["seq"] if event else None,
+        first=decision.first, forced=decision.forced, reason=reason,
+        checks=[c.to_json() for c in decision.checks], pending=pending,
+    )  # fmt: skip
+    if event is not None:
+        message = notify.make_event(b.model, tag, b.build_hash, state.build_hash, registry.uri, seq=event["seq"])
+        result.notified = notify.send_all(endpoints, message, warn)
+    return result

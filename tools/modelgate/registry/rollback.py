@@ -1,0 +1,68 @@
+"""Rollback: move a channel tag back to the build it named before, as a new signed history event."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from modelgate import notify
+from modelgate.errors import GateError, StorageError, UsageError
+
+from . import tags
+from .inspect import _no_tag_message
+from .moves import PromoteResult, Warn, _event, _signer
+from .registry import Registry, TagState
+
+
+def rollback(
+    registry: Registry,
+    model: str,
+    tag: str,
+    *,
+    signing_key: Callable[[], str] | None = None,
+    reason: str | None = None,
+    commit: str | None = None,
+    notify_urls: tuple[str, ...] = (),
+    warn: Warn = lambda message: None,
+) -> PromoteResult:
+    """Moves a channel tag back to the build it named before its current build was promoted.
+
+    A rollback is a new history event with a higher seq, signed like a promotion: a service that
+    refuses lower seqs (rollback protection) accepts it."""
+    tags.check_model_name(model)
+    kind = tags.tag_kind(tag)
+    if not kind.movable:
+        raise GateError(f"{tag} is a version tag: version tags never move, so there is nothing to roll back")
+    _signer(registry, signing_key, warn)
+
+    def decide(state: TagState, seq: int) -> dict:
+        if state.build_hash is None:
+            raise UsageError(_no_tag_message(registry, model, tag))
+        target = _rollback_target(registry, model, tag, state.build_hash)
+        if target is None:
+            raise GateError(f"{model}: nothing to roll {tag} back to: {state.build_hash[:12]} is the first build it named")
+        if registry.read_checked_build(model, target) is None:
+            raise StorageError(f"{model}: the previous build {target[:12]} has no manifest in {registry.uri}")
+        return _event(seq, "rollback", model, tag, target, state.build_hash, commit, reason)
+
+    move = registry.move_tag(model, tag, decide, what="rolling back")
+    event, previous = move.event, move.state.build_hash
+    result = PromoteResult(
+        model, event["build_hash"], tag, previous, 0, 0, "committed" if move.pending else "rolled-back",
+        seq=event["seq"], reason=reason, pending=move.pending,
+    )  # fmt: skip
+    message = notify.make_event(model, tag, event["build_hash"], previous, registry.uri, seq=event["seq"])
+    endpoints = list(notify_urls) + registry.notify_endpoints()
+    result.notified = notify.send_all(endpoints, message, warn)
+    return result
+
+
+def _rollback_target(registry: Registry, model: str, tag: str, current: str) -> str | None:
+    """The build before the most recent promotion of `current` to `tag`.
+
+    Rollbacks are skipped when looking, so two rollbacks in a row go back two promotions
+    instead of toggling between two builds.
+    """
+    for event in reversed(registry.events(model)):
+        if event["tag"] == tag and event["action"] == "promote" and event["build_hash"] == current:
+            return event["previous"]
+    return None
