@@ -2,8 +2,8 @@
 
     cd <clone> && python tools/bench/plain_pipeline.py --out=DIR [--jobs=2] [--json=FILE]
 
-For every model: export (train, safetensors, ONNX: tools/model_tool.py export), the release gate
-(model_tool.py gate), the golden test (pytest tools/golden_test.py on the exported weights) and the
+For every model: export (train, safetensors, ONNX: tools/bin/model_tool.py export), the release gate
+(tools/bin/model_tool.py gate), the golden test (pytest tools/bin/golden_test.py on the exported weights) and the
 model tests (pytest models/<m>/model_test.py, CPU only). Each step is a fresh Python process in
 this venv, with the environment Bazel gives its actions and tests (one thread, fixed hash seed,
 no bytecode written), and steps run `--jobs` at a time, as Bazel runs `--jobs` actions on this
@@ -39,7 +39,7 @@ def models(root: Path) -> list[str]:
 def export_inputs(root: Path, model: str) -> list[str]:
     """The files a model_weights action hashes (workspace-relative), for a like-for-like export."""
     files = sorted((root / "models" / model).glob("*.py")) + sorted((root / "tools" / "modelgate").glob("*.py"))
-    files += sorted((root / "golden" / model).glob("*")) + [root / "third_party" / "requirements_lock.txt", root / "tools" / "model_tool.py"]
+    files += sorted((root / "golden" / model).glob("*")) + [root / "third_party" / "requirements_lock.txt", root / "tools" / "bin" / "model_tool.py"]
     return [f"--input={f.relative_to(root)}={f.relative_to(root)}" for f in files if f.is_file()]
 
 
@@ -68,7 +68,7 @@ def main() -> int:
 
     def pipeline(pool: ThreadPoolExecutor, model: str):
         out = args.out / model
-        tool = [python, "tools/model_tool.py"]
+        tool = [python, "tools/bin/model_tool.py"]
         if not step(f"export {model}", [*tool, "export", "--model", model, "--out-dir", str(out), *export_inputs(root, model)]):
             return []
         golden_env = {
@@ -80,7 +80,7 @@ def main() -> int:
                 "--out", str(out / "manifest.json")]  # fmt: skip
         return [
             pool.submit(step, f"gate {model}", gate),
-            pool.submit(step, f"golden_test {model}", [*pytest, "tools/golden_test.py"], golden_env),
+            pool.submit(step, f"golden_test {model}", [*pytest, "tools/bin/golden_test.py"], golden_env),
         ]
 
     start = time.perf_counter()

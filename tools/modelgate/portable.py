@@ -4,7 +4,7 @@ Inference of a fixed checkpoint agrees across x86-64 CPUs to ~1e-6, far inside a
 tolerance. Training does not: a hundred optimizer steps amplify last-bit differences between
 kernels into logits 0.1 apart, so weights trained on an Intel Xeon and on an AMD EPYC differ
 although their build hash is the same. Every path that trains (the export action, golden_update's
-export, tools/golden_test.py without Bazel, the benchmark's plain pipeline) therefore trains in
+export, tools/bin/golden_test.py without Bazel, the benchmark's plain pipeline) therefore trains in
 this mode, and the mode is part of the build hash:
 
   MKL_CBWR=COMPATIBLE        MKL's conditional numerical reproducibility branch: the same code
@@ -20,7 +20,7 @@ this mode, and the mode is part of the build hash:
                              model trains every aten sqrt is IEEE's (numpy's), see `train`
 
 MKL and ATen read their settings once, when they first run, so `prepare_environment()` must run
-before torch is imported (tools/model_tool.py does that; the Bazel action also sets ENV). `enter()`
+before torch is imported (tools/bin/model_tool.py does that; the Bazel action also sets ENV). `enter()`
 then checks that the settings are in effect and raises PortableModeError if not: an export never
 trains in a mode it cannot name. Measured (README, "Portable training"): bit-identical weights on
 AMD EPYC Zen 3 and Zen 5, and on an emulated Intel Haswell and AMD EPYC-Rome, for every model.
@@ -140,7 +140,7 @@ def enter(seed: int = 0, strict: bool = True) -> dict:
     if problems and strict:
         raise PortableModeError(
             "refusing to train outside the portable numerics mode: " + "; ".join(problems)
-            + ". Run training through tools/model_tool.py (or call modelgate.portable.prepare_environment() before importing torch)"
+            + ". Run training through tools/bin/model_tool.py (or call modelgate.portable.prepare_environment() before importing torch)"
         )
     return identity(torch, portable=not problems)
 

@@ -1,6 +1,6 @@
 """Test receipts: what a build was tested with, bound to that build, checked again by promote.
 
-A *receipt* is what one model_test variant's pytest run recorded (tools/receipt_runner.py, a
+A *receipt* is what one model_test variant's pytest run recorded (tools/bin/receipt_runner.py, a
 cached Bazel action; tools/private/receipts.bzl says why): the target, the test files and every
 file the tests read with their sha256, the lock entries of their pip closure, the passed /
 skipped / failed counts, each test's outcome and duration, and a status:

@@ -22,7 +22,7 @@ from modelgate.testing.releases import make_bundle
 
 MODEL = "tiny_transformer"
 ROOT = Path(os.environ.get("TEST_SRCDIR", "")) / os.environ.get("TEST_WORKSPACE", "")
-if not (ROOT / "tools/receipt_runner.py").is_file():
+if not (ROOT / "tools/bin/receipt_runner.py").is_file():
     ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -164,7 +164,7 @@ def test_the_release_action_writes_the_manifest_and_refuses_in_one_line(tmp_path
 
 
 def _runner():
-    spec = importlib.util.spec_from_file_location("receipt_runner", ROOT / "tools/receipt_runner.py")
+    spec = importlib.util.spec_from_file_location("receipt_runner", ROOT / "tools/bin/receipt_runner.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

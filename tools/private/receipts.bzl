@@ -147,7 +147,7 @@ receipt_run = rule(
     doc = "A pytest run as a cached build action that writes a receipt. Use model_test.",
     attrs = {
         "test_name": attr.string(mandatory = True, doc = "the receipt_test that reports this run"),
-        "runner": attr.label(executable = True, cfg = "exec", doc = "py_binary of tools/receipt_runner.py with the tests' deps"),
+        "runner": attr.label(executable = True, cfg = "exec", doc = "py_binary of tools/bin/receipt_runner.py with the tests' deps"),
         "srcs": attr.label_list(allow_files = [".py"]),
         "deps": attr.label_list(providers = [PyInfo], aspects = [pip_lock_entries_aspect]),
         "data": attr.label_list(allow_files = True),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(os.environ.get("TEST_SRCDIR", "")) / os.environ.get("TEST_WORKSPACE", "")
-if not (ROOT / "tools/promote_main.py").is_file():
+if not (ROOT / "tools/bin/promote_main.py").is_file():
     ROOT = Path(__file__).resolve().parents[2]
 
 FAKE_BAZEL = """#!/usr/bin/env bash
@@ -39,7 +39,7 @@ def promote(tmp_path):
             **({"BUILD_WORKSPACE_DIRECTORY": str(tmp_path)} if workspace else {}),
             **env,
         }
-        proc = subprocess.run([sys.executable, str(ROOT / "tools/promote_main.py"), *args], env=environ,
+        proc = subprocess.run([sys.executable, str(ROOT / "tools/bin/promote_main.py"), *args], env=environ,
                               capture_output=True, text=True, check=False)  # fmt: skip
         lines = calls.read_text().splitlines() if calls.exists() else []
         calls.unlink(missing_ok=True)

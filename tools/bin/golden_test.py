@@ -2,8 +2,8 @@
 
 Under Bazel, the golden_test macro sets MODELGATE_MODEL, MODELGATE_WEIGHTS (the exported
 safetensors) and MODELGATE_GOLDEN_DIR. Without them, e.g. on a CUDA machine without Bazel
-(`python3 -m pytest -m gpu tools/golden_test.py` from the repository root), it covers every model
-with golden data and exports each one first with the export tool itself (tools/model_tool.py
+(`python3 -m pytest -m gpu tools/bin/golden_test.py` from the repository root), it covers every model
+with golden data and exports each one first with the export tool itself (tools/bin/model_tool.py
 export, in a fresh process: the portable training mode must be in place before torch loads;
 a model with a pin file exports its pinned checkpoint, fetched as the build fetches it) before
 comparing. The `gpu` tests run in the `_gpu` variant.
