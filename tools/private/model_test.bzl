@@ -27,7 +27,7 @@ def model_library(*, name, srcs, deps = [], data = [], visibility = None, **kwar
     native.py_library(
         name = name,
         srcs = srcs,
-        deps = deps + ["//tools:spec", requirement("torch")],
+        deps = deps + ["//tools/modelgate:spec", requirement("torch")],
         data = data,
         visibility = visibility,
         **kwargs
@@ -76,7 +76,7 @@ def _receipt_variant(*, name, srcs, deps, data, env, pytest_args, variant, size,
         name = runner,
         srcs = [_RECEIPT_RUNNER, _PYTEST_MAIN] + srcs,
         main = _RECEIPT_RUNNER,
-        deps = deps + ["//tools:receipts_lib", requirement("pytest")],
+        deps = deps + ["//tools/modelgate:receipts_lib", requirement("pytest")],
         python_version = "PY3",
         tags = ["manual"],
         visibility = ["//visibility:private"],
@@ -136,7 +136,7 @@ def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", ta
     _check_srcs("model_test", name, srcs)
     if "gpu" in tags:
         fail("model_test(name = %r): do not tag it gpu; the macro declares the _gpu variant itself" % name)
-    deps = deps + ["//tools:checks"]
+    deps = deps + ["//tools/modelgate:checks"]
     _receipt_variant(
         name = name + "_cpu",
         srcs = srcs,

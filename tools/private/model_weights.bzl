@@ -176,7 +176,7 @@ _model_release = rule(
         "tests": attr.label_list(providers = [ReceiptInfo], doc = "receipt tests (model_test variants) the release needs"),
         "tool": attr.label(mandatory = True, executable = True, cfg = "exec"),
         "weights": attr.label(mandatory = True, providers = [WeightsInfo]),
-        "_receipt_tool": attr.label(default = "//tools:receipt_tool", executable = True, cfg = "exec"),
+        "_receipt_tool": attr.label(default = "//tools/modelgate:receipt_tool", executable = True, cfg = "exec"),
     },
 )
 
@@ -230,7 +230,7 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
     tool = _tool_name(name)
     native.py_library(
         name = _lib_name(name),
-        deps = deps + ["//tools:export"],
+        deps = deps + ["//tools/modelgate:export"],
         visibility = ["//visibility:private"],
         tags = tags,
     )
@@ -238,7 +238,7 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
     _model_weights(
         name = name,
         model = model,
-        deps = deps + ["//tools:export"],
+        deps = deps + ["//tools/modelgate:export"],
         golden = golden,
         hparams = hparams,
         checkpoint = checkpoint,
@@ -350,7 +350,7 @@ def model_train(*, name, weights, model = None, visibility = None):
       visibility: as for any target.
     """
     model = _model_name(model)
-    _model_tool(name = name, library = ":" + _lib_name(weights), args = ["train", "--model", model], deps = ["//tools:train_lib"], visibility = visibility)
+    _model_tool(name = name, library = ":" + _lib_name(weights), args = ["train", "--model", model], deps = ["//tools/modelgate:train_lib"], visibility = visibility)
 
 def _release_set_impl(ctx):
     entries, files = [], []
