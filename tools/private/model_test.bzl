@@ -1,82 +1,23 @@
-"""Implementation of model_library, model_test, pytest_test and model_test_suites. Use //tools:defs.bzl."""
+"""Implementation of model_test and model_test_suites. Use //tools:defs.bzl."""
 
 load("@pip//:requirements.bzl", "requirement")
+load("//tools/private:common.bzl", "CHECKS_LIB", "PYTEST_MAIN", "RECEIPTS_LIB", "RECEIPT_RUNNER_MAIN")
+load("//tools/private:pytest.bzl", "check_pytest_srcs")
 load("//tools/private:receipts.bzl", "gpu_runs_here", "receipt_run", "receipt_test", "timeout_seconds")
-
-_PYTEST_MAIN = "//tools/bin:pytest_main.py"
-_RECEIPT_RUNNER = "//tools/bin:receipt_runner.py"
 
 # GPU variants: excluded by default (.bazelrc: test --test_tag_filters=-gpu), selected by
 # --config=gpu; on remote execution the exec property routes them to a GPU pool.
 GPU_TAGS = ["gpu", "requires-gpu-nvidia"]
 GPU_EXEC_PROPERTIES = {"Pool": "gpu"}
 
-def model_library(*, name, srcs, deps = [], data = [], visibility = None, **kwargs):
-    """A model's code: a py_library with torch (and the given deps) attached.
-
-    Args:
-      name: target name, usually the model's name.
-      srcs: the model's Python sources.
-      deps: other libraries, e.g. requirement("numpy").
-      data: files the model reads at run time.
-      visibility: as for any target.
-      **kwargs: passed to py_library.
-    """
-    if not srcs:
-        fail("model_library(name = %r): srcs is empty; list the model's .py files" % name)
-    native.py_library(
-        name = name,
-        srcs = srcs,
-        deps = deps + ["//tools/modelgate:spec", requirement("torch")],
-        data = data,
-        visibility = visibility,
-        **kwargs
-    )
-
-def _check_srcs(macro, name, srcs):
-    if not srcs:
-        fail("%s(name = %r): srcs is empty; list the pytest files to run" % (macro, name))
-    for src in srcs:
-        if not src.endswith(".py"):
-            fail("%s(name = %r): srcs entry %r is not a .py file" % (macro, name, src))
-
-def _pytest(*, name, srcs, deps, data, env, pytest_args, **kwargs):
-    """One py_test that runs pytest on `srcs` through //tools/bin:pytest_main.py."""
-    env_flags = ["--modelgate-env=%s=%s" % (k, v) for k, v in sorted(env.items())]
-    native.py_test(
-        name = name,
-        srcs = [_PYTEST_MAIN] + srcs,
-        main = _PYTEST_MAIN,
-        args = env_flags + pytest_args + ["$(rootpath %s)" % src for src in srcs],
-        deps = deps + [requirement("pytest")],
-        data = data + ["//:pytest.ini"],
-        python_version = "PY3",
-        **kwargs
-    )
-
-def pytest_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", **kwargs):
-    """A plain pytest file (or several) as one Bazel test, for tests that are not per-model.
-
-    Args:
-      name: target name.
-      srcs: pytest files.
-      deps: libraries the tests import.
-      data: files the tests read.
-      env: environment variables for the tests; values may use $(rootpath ...) of data.
-      size: Bazel test size.
-      **kwargs: passed to py_test.
-    """
-    _check_srcs("pytest_test", name, srcs)
-    _pytest(name = name, srcs = srcs, deps = deps, data = data, env = env, pytest_args = [], size = size, **kwargs)
-
 def _receipt_variant(*, name, srcs, deps, data, env, pytest_args, variant, size, tags, **kwargs):
     """`name`: a receipt_test whose pytest run is a cached build action (tools/private/receipts.bzl)."""
     runner = "_%s_runner" % name
     native.py_binary(
         name = runner,
-        srcs = [_RECEIPT_RUNNER, _PYTEST_MAIN] + srcs,
-        main = _RECEIPT_RUNNER,
-        deps = deps + ["//tools/modelgate:receipts_lib", requirement("pytest")],
+        srcs = [RECEIPT_RUNNER_MAIN, PYTEST_MAIN] + srcs,
+        main = RECEIPT_RUNNER_MAIN,
+        deps = deps + [RECEIPTS_LIB, requirement("pytest")],
         python_version = "PY3",
         tags = ["manual"],
         visibility = ["//visibility:private"],
@@ -133,10 +74,10 @@ def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", ta
       gpu: whether to declare the `_gpu` variant.
       **kwargs: passed to both test targets.
     """
-    _check_srcs("model_test", name, srcs)
+    check_pytest_srcs("model_test", name, srcs)
     if "gpu" in tags:
         fail("model_test(name = %r): do not tag it gpu; the macro declares the _gpu variant itself" % name)
-    deps = deps + ["//tools/modelgate:checks"]
+    deps = deps + [CHECKS_LIB]
     _receipt_variant(
         name = name + "_cpu",
         srcs = srcs,

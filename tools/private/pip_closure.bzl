@@ -1,5 +1,7 @@
 """The pip packages a target depends on: the lock entries of its closure (model_weights, receipts)."""
 
+load("//tools/private:providers.bzl", "PipLockEntriesInfo")
+
 # The pip repository rule (third_party/python) gives each package's py_library its own lock entry,
 # lock_entries/<name>.json ({"name", "version", "hashes"} of that package in the lock it installed:
 # the CPU or the CUDA lock, as MODELGATE_TORCH says). This aspect follows `deps` and collects the
@@ -10,11 +12,6 @@
 # An aspect rather than a provider: the libraries are native py_library rules generated into an
 # external repository, which cannot return a provider of ours, and the closure is exactly what
 # `deps` reaches (what the export tool can import), computed at analysis time.
-
-PipLockEntriesInfo = provider(
-    doc = "Lock entries of the pip packages in a target's transitive deps.",
-    fields = {"entries": "depset of File: lock_entries/<name>.json of each @pip library reached"},
-)
 
 def _is_lock_entry(f):
     return f.owner.workspace_name != "" and f.owner.name.startswith("lock_entries/") and f.basename.endswith(".json")

@@ -30,17 +30,9 @@ bounded by the target's size/timeout itself (the reporter's timeout is moot).
 """
 
 load("@pip//:flavor.bzl", "TORCH_FLAVOR")
-load("//tools/private:pip_closure.bzl", "PipLockEntriesInfo", "pip_lock_entries_aspect")
-
-ReceiptInfo = provider(
-    doc = "The receipt a model test's pytest run wrote.",
-    fields = {
-        "label": "Label of the test target",
-        "variant": "cpu or gpu",
-        "receipt": "File: <name>.receipt.json",
-        "log": "File: <name>.log",
-    },
-)
+load("//tools/private:common.bzl", "INTERPRETER", "PYTEST_INI")
+load("//tools/private:pip_closure.bzl", "pip_lock_entries_aspect")
+load("//tools/private:providers.bzl", "PipLockEntriesInfo", "ReceiptInfo")
 
 # The test environment of .bazelrc's `test --test_env=...`, for the pytest action.
 _RUN_ENV = {
@@ -147,7 +139,10 @@ receipt_run = rule(
     doc = "A pytest run as a cached build action that writes a receipt. Use model_test.",
     attrs = {
         "test_name": attr.string(mandatory = True, doc = "the receipt_test that reports this run"),
-        "runner": attr.label(executable = True, cfg = "exec", doc = "py_binary of tools/bin/receipt_runner.py with the tests' deps"),
+        # The target configuration, as for any test: the pytest run imports the code a release
+        # ships, built as the release builds it (and a model_weights target among the deps, a
+        # golden test's, is the one the release uses, not a second one in the exec configuration).
+        "runner": attr.label(executable = True, cfg = "target", doc = "py_binary of tools/bin/receipt_runner.py with the tests' deps"),
         "srcs": attr.label_list(allow_files = [".py"]),
         "deps": attr.label_list(providers = [PyInfo], aspects = [pip_lock_entries_aspect]),
         "data": attr.label_list(allow_files = True),
@@ -156,8 +151,8 @@ receipt_run = rule(
         "variant": attr.string(values = ["cpu", "gpu"], mandatory = True),
         "timeout_s": attr.int(default = 300),
         "not_run_reason": attr.string(doc = "set: write a not-run receipt instead of running pytest"),
-        "interpreter": attr.label(default = "@python_interpreter//:bin/python3", allow_single_file = True),
-        "pytest_ini": attr.label(default = "//:pytest.ini", allow_single_file = True),
+        "interpreter": attr.label(default = INTERPRETER, allow_single_file = True),
+        "pytest_ini": attr.label(default = PYTEST_INI, allow_single_file = True),
     },
 )
 
@@ -188,37 +183,3 @@ receipt_test = rule(
     doc = "Reports a receipt_run: prints its pytest log, exits by its receipt's status. Use model_test.",
     attrs = {"run": attr.label(mandatory = True, providers = [ReceiptInfo])},
 )
-
-# --- the release side --------------------------------------------------------------------------
-
-def receipts_of_package():
-    """Labels of the receipt runs (model_test variants) declared so far in this package (model_release's default)."""
-    return [":" + name for name, rule in sorted(native.existing_rules().items()) if rule["kind"] == "receipt_run"]
-
-def bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs):
-    """Declares the action that binds the receipts to the build and writes the bundle's manifest.
-
-    Returns (manifest File, [receipt Files in the bundle]). The action fails, naming the model, the
-    receipt and the failing tests, unless every receipt that ran passed and is bound to the build.
-    """
-    manifest = ctx.actions.declare_file(bundle + "/manifest.json")
-    infos = [t[ReceiptInfo] for t in ctx.attr.tests]
-    bundled = [ctx.actions.declare_file("%s/receipt.%s.json" % (bundle, i.label.split(":")[-1])) for i in infos]
-    args = ctx.actions.args()
-    args.add("bind")
-    args.add("--model", model)
-    args.add("--gate-manifest", gate_manifest)
-    args.add("--out", manifest)
-    for i in infos:
-        args.add("--receipt", i.receipt)
-    for short_path, name in sorted(build_outputs.items()):
-        args.add("--build-output", "%s=%s" % (short_path, name))
-    ctx.actions.run(
-        executable = ctx.executable._receipt_tool,
-        arguments = [args],
-        inputs = [gate_manifest] + [i.receipt for i in infos],
-        outputs = [manifest] + bundled,
-        mnemonic = "ReleaseReceipts",
-        progress_message = "Checking %s's test receipts against its build" % model,
-    )
-    return manifest, bundled

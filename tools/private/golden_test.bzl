@@ -1,0 +1,34 @@
+"""Implementation of golden_test: exported weights against golden/<model>/. Use //tools:defs.bzl."""
+
+load("//tools/private:common.bzl", "GOLDEN_TEST_MAIN", "model_name")
+load("//tools/private:model_test.bzl", "model_test")
+load("//tools/private:model_tool.bzl", "weights_file")
+
+def golden_test(*, name, weights, model = None, golden = None, **kwargs):
+    """Compares the exported weights against golden/<model>/ (CPU; CUDA and autocast in `_gpu`).
+
+    On failure, reports per output the worst absolute and relative error and their indices.
+
+    Args:
+      name: base name of the `_cpu` / `_gpu` variants.
+      weights: the model_weights target (any package's: its library and weights file come with it).
+      model: the model's name; defaults to the package's last path component.
+      golden: golden data files; defaults to //golden:<model> (golden/<model>/).
+      **kwargs: passed to model_test.
+    """
+    model = model_name(model)
+    golden_label = golden or "//golden:%s" % model
+    weights_target = "_%s_weights" % name
+    weights_file(name = weights_target, weights = weights, output = "weights", tags = kwargs.get("tags", []))
+    model_test(
+        name = name,
+        srcs = [GOLDEN_TEST_MAIN],
+        deps = kwargs.pop("deps", []) + [weights],
+        data = [":" + weights_target, golden_label],
+        env = {
+            "MODELGATE_GOLDEN_DIR": "golden/" + model,
+            "MODELGATE_MODEL": model,
+            "MODELGATE_WEIGHTS": "$(rootpath :%s)" % weights_target,
+        },
+        **kwargs
+    )

@@ -1,0 +1,146 @@
+"""Implementation of model_release: the gate and the promotable bundle. Use //tools:defs.bzl."""
+
+load("//tools/private:common.bzl", "EXPORT_ENV", "RECEIPT_TOOL")
+load("//tools/private:providers.bzl", "ModelWeightsInfo", "ReceiptInfo", "ReleaseInfo")
+
+def _bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs):
+    """Declares the action that binds the receipts to the build and writes the bundle's manifest.
+
+    Returns (manifest File, [receipt Files in the bundle]). The action fails, naming the model, the
+    receipt and the failing tests, unless every receipt that ran passed and is bound to the build
+    (tools/private/receipts.bzl says what a receipt binds to).
+    """
+    manifest = ctx.actions.declare_file(bundle + "/manifest.json")
+    infos = [t[ReceiptInfo] for t in ctx.attr.tests]
+    bundled = [ctx.actions.declare_file("%s/receipt.%s.json" % (bundle, i.label.split(":")[-1])) for i in infos]
+    args = ctx.actions.args()
+    args.add("bind")
+    args.add("--model", model)
+    args.add("--gate-manifest", gate_manifest)
+    args.add("--out", manifest)
+    for i in infos:
+        args.add("--receipt", i.receipt)
+    for short_path, name in sorted(build_outputs.items()):
+        args.add("--build-output", "%s=%s" % (short_path, name))
+    ctx.actions.run(
+        executable = ctx.executable._receipt_tool,
+        arguments = [args],
+        inputs = [gate_manifest] + [i.receipt for i in infos],
+        outputs = [manifest] + bundled,
+        mnemonic = "ReleaseReceipts",
+        progress_message = "Checking %s's test receipts against its build" % model,
+    )
+    return manifest, bundled
+
+def _model_release_impl(ctx):
+    info = ctx.attr.weights[ModelWeightsInfo]
+    bundle = ctx.attr.name
+    # The gate's verdict; the bundle's manifest.json is it plus the test receipts, bound to the
+    # build by a second action (_bind_receipts), so that a test-only change re-runs the receipt
+    # check, not the gate.
+    gated = ctx.actions.declare_file(bundle + ".gate.json")
+    golden = info.golden.to_list()
+    golden_dir = golden[0].dirname if golden else "golden/" + info.model
+
+    args = ctx.actions.args()
+    args.add("gate")
+    args.add("--model", info.model)
+    args.add("--export-dir", info.weights.dirname)
+    args.add("--golden-dir", golden_dir)
+    args.add("--out", gated)
+    args.add("--hparams", json.encode(info.hparams))
+    # Files the bundle ships beside the model (a tokenizer): the gate checks them and the manifest
+    # lists them, so they are covered by its digests and signature like the weights.
+    extra = ctx.files.bundle_files
+    seen = {}
+    for f in extra:
+        if f.basename in seen:
+            fail("model_release(name = %r): two bundle_files are named %r" % (ctx.attr.name, f.basename))
+        seen[f.basename] = True
+        args.add("--bundle-file", "%s=%s" % (f.basename, f.path))
+    ctx.actions.run(
+        # The model tool the weights were exported with (ModelWeightsInfo), wherever they live.
+        executable = info.tool,
+        arguments = [args],
+        inputs = [info.weights, info.onnx, info.export_manifest] + golden + extra,
+        outputs = [gated],
+        env = EXPORT_ENV,
+        mnemonic = "ReleaseGate",
+        progress_message = "Gating %s release (golden, ONNX parity, metrics)" % info.model,
+    )
+    manifest, receipts = _bind_receipts(
+        ctx,
+        model = info.model,
+        gate_manifest = gated,
+        bundle = bundle,
+        build_outputs = {info.weights.short_path: info.weights.basename, info.onnx.short_path: info.onnx.basename},
+    )
+    files = [manifest] + receipts
+
+    # The bundle carries its golden data, so that a deployment can check the model it loaded
+    # against the same expectations the gate used, under the names golden/<model>/ gives them.
+    for src in [info.weights, info.onnx] + golden + extra:
+        link = ctx.actions.declare_file(bundle + "/" + src.basename)
+        ctx.actions.symlink(output = link, target_file = src)
+        files.append(link)
+    return [
+        DefaultInfo(files = depset(files), runfiles = ctx.runfiles(files = files)),
+        ReleaseInfo(model = info.model, manifest = manifest, files = files),
+        OutputGroupInfo(manifest = depset([manifest])),
+    ]
+
+_model_release = rule(
+    implementation = _model_release_impl,
+    attrs = {
+        "bundle_files": attr.label_list(allow_files = True, doc = "files the bundle ships under their own names (a tokenizer)"),
+        "tests": attr.label_list(providers = [ReceiptInfo], doc = "receipt runs (model_test variants) the release needs"),
+        "weights": attr.label(mandatory = True, providers = [ModelWeightsInfo]),
+        "_receipt_tool": attr.label(default = RECEIPT_TOOL, executable = True, cfg = "exec"),
+    },
+    provides = [ReleaseInfo],
+)
+
+def _receipts_of_package():
+    """The receipt runs of the model_test variants declared so far in this package, but a
+    disabled variant's (model_release's default `tests`)."""
+    return [
+        ":" + name
+        for name, rule in sorted(native.existing_rules().items())
+        if rule["kind"] == "receipt_run" and not rule.get("disabled", False)
+    ]
+
+def model_release(*, name, weights, visibility = None, tags = [], tests = None, bundle_files = []):
+    """The promotable bundle: `<name>/{manifest.json, weights.safetensors, model.onnx, receipt.*.json}`.
+
+    Builds only if the exported files pass the gate: golden data reproduced from the saved
+    safetensors, ONNX (onnxruntime) matching torch on the golden inputs, and every metric above
+    its floor; and only if every test receipt that ran says passed and was made against this
+    build's files (a GPU variant that did not run is listed as such). A failing check fails the
+    build with the check's name and numbers; a failing receipt, with the failing tests.
+
+    Args:
+      name: target name, conventionally "release".
+      weights: the model_weights target (any package's: the gate runs the model tool it carries).
+      visibility: defaults to public: //models:releases and deploy tooling consume it.
+      tags: as for any target.
+      tests: the model_test variants (":model_test_cpu", ...) whose receipts the release needs;
+        by default every one declared before it in the package.
+      bundle_files: files the bundle ships under their own names, listed in its manifest (digests,
+        signature) and checked by the gate: a tokenizer (ModelSpec.text).
+    """
+    if tests == None:
+        tests = _receipts_of_package()
+
+    # A model_test variant `<v>` is reported by the test `<v>` and recorded by the receipt run
+    # `<v>_receipt` (model_test declares both): a test is testonly, a release cannot depend on it.
+    tests = [t if t.endswith("_receipt") else t + "_receipt" for t in tests]
+    if not tests:
+        fail("model_release(name = %r): no model_test before it in this package; a release needs its tests' receipts" % name)
+    _model_release(
+        name = name,
+        weights = weights,
+        tests = tests,
+        bundle_files = bundle_files,
+        visibility = visibility or ["//visibility:public"],
+        tags = tags,
+    )
