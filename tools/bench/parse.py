@@ -1,5 +1,5 @@
 """Parsing Bazel's and swap_load.py's output into the numbers BENCHMARKS.md reports (pure
-functions; tested in bench_test.py)."""
+functions; tested in tests/bench/bench_test.py)."""
 
 from __future__ import annotations
 

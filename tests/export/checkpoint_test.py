@@ -23,7 +23,7 @@ from modelgate import checkpoint as checkpoints
 from modelgate.export import WEIGHTS
 from modelgate.export import run_export as strict_run_export
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
-from tests.toy_model import ScaledLinear
+from tests.export.toy_model import ScaledLinear
 
 PIN = "models/toy/checkpoint.json"
 

@@ -12,7 +12,7 @@ from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, run_export
 from modelgate.formats import sha256_file
 from modelgate.loading import load_weights
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
-from tests.toy_model import ScaledLinear
+from tests.export.toy_model import ScaledLinear
 
 
 def _spec(scale=1.0, accuracy=0.9, metrics=None):
@@ -207,3 +207,110 @@ def test_the_export_manifest_on_disk_is_what_the_gate_checks(release):
     spec, export_dir, manifest, golden_dir = release
     on_disk = json.loads((export_dir / EXPORT_MANIFEST).read_text())
     assert on_disk["files"] == manifest["files"] and on_disk["build_hash"] == manifest["build_hash"]
+
+
+# ---- bad golden data, bad weights, malformed input: each one line in its check, never a traceback
+
+
+def test_missing_golden_data_fails_golden_and_says_how_to_make_it(release):
+    spec, export_dir, manifest, golden_dir = release
+    (golden_dir / "golden.json").unlink()
+    checks, _ = _gate(*release)
+    assert not checks["golden"].passed and checks["onnx"].passed and checks["metrics"].passed
+    assert checks["golden"].detail == (
+        f"golden data for toy is missing: {golden_dir / 'golden.json'}; create it with: bazel run //models/toy:golden_update"
+    )
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda d: (d / "golden.json").write_text("{not json"), "golden.json: not valid JSON ("),
+        (lambda d: (d / "golden.json").write_text('{"model": "other"}'), "golden.json: model is 'other', expected 'toy'"),
+        (lambda d: (d / "expected.safetensors").write_bytes(b"\x00" * 16), "expected.safetensors: not a readable safetensors file ("),
+    ],
+    ids=["garbled-config", "another-model", "corrupt-tensors"],
+)
+def test_malformed_golden_data_fails_golden_naming_the_file(release, damage, expected):
+    spec, export_dir, manifest, golden_dir = release
+    damage(golden_dir)
+    checks, _ = _gate(*release)
+    assert not checks["golden"].passed and expected in checks["golden"].detail
+    assert "\n" not in checks["golden"].detail
+
+
+def test_golden_inputs_that_are_not_the_specs_inputs_fail_golden(release):
+    spec, export_dir, manifest, golden_dir = release
+    data = golden.load(golden_dir, "toy", ["x"], ["y"])
+    golden.write(golden_dir, "toy", {"z": data.inputs["x"]}, data.expected, data.provenance)
+    checks, _ = _gate(*release)
+    assert not checks["golden"].passed
+    assert checks["golden"].detail == f"{golden_dir / 'inputs.safetensors'}: holds inputs ['z'], the model's inputs are ['x']"
+
+
+def test_weights_that_give_non_finite_outputs_fail_golden(release):
+    from safetensors.torch import load_file, save_file
+
+    spec, export_dir, manifest, golden_dir = release
+    tensors = load_file(str(export_dir / WEIGHTS))
+    save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, str(export_dir / WEIGHTS))
+    _refresh_digest(manifest, export_dir, WEIGHTS)
+    checks, _ = _gate(*release)
+    assert not checks["golden"].passed and checks["golden"].detail.startswith("y: 6 non-finite values, first at (0, 0) (nan)")
+
+
+def test_a_loss_above_its_ceiling_fails_metrics():
+    spec = _spec(metrics={"loss": MetricGate(floor=0.5, max_regression=0.1, higher_is_better=False)})
+    spec = ModelSpec(**{**spec.__dict__, "evaluate": lambda model, config: {"loss": 0.75}})
+    check, metrics = gate.check_metrics(spec, spec.build(spec.config))
+    assert not check.passed and metrics == {"loss": 0.75}
+    assert check.detail == "loss 0.7500 misses its floor <= 0.5 by 0.2500"
+
+
+def test_a_bundle_file_that_would_replace_a_release_file_is_refused(release, tmp_path):
+    spec, export_dir, manifest, golden_dir = release
+    checks, metrics = _gate(*release)
+    impostor = tmp_path / "impostor"
+    impostor.write_bytes(b"x")
+    with pytest.raises(ValueError, match="bundle file 'golden.json' would replace the bundle's own golden.json"):
+        gate.release_manifest(manifest, list(checks.values()), metrics, golden_dir, {"golden.json": impostor})
+
+
+def _text_spec(load):
+    from modelgate.spec import TextInput
+
+    return ModelSpec(**{**_spec().__dict__, "text": TextInput(files=("vocab.txt",), load=load, max_tokens=8)})
+
+
+def test_a_text_model_without_its_tokenizer_in_the_bundle_fails_text():
+    spec = _text_spec(lambda directory: None)
+    check = gate.check_text(spec, spec.build(spec.config), {})
+    assert not check.passed
+    assert check.detail == "the spec's text input needs vocab.txt in the bundle; give it as bundle_files"
+
+
+def test_a_tokenizer_that_fails_or_gives_malformed_inputs_fails_text(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("a b c\n")
+
+    def broken(directory):
+        def encode(texts):
+            raise ValueError("text 0 is longer than 8 tokens")
+
+        return encode
+
+    spec = _text_spec(broken)
+    check = gate.check_text(spec, spec.build(spec.config), {"vocab.txt": vocab})
+    assert not check.passed and check.detail == "vocab.txt: ValueError: text 0 is longer than 8 tokens"
+
+    spec = _text_spec(lambda directory: lambda texts: {"x": torch.zeros(len(texts), 5)})  # 5 features, not 4
+    check = gate.check_text(spec, spec.build(spec.config), {"vocab.txt": vocab})
+    assert not check.passed and check.detail.startswith("vocab.txt: ")
+
+
+def test_a_tokenizer_whose_inputs_make_the_model_non_finite_fails_text(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("a\n")
+    spec = _text_spec(lambda directory: lambda texts: {"x": torch.full((len(texts), 4), float("inf"))})
+    check = gate.check_text(spec, spec.build(spec.config), {"vocab.txt": vocab})
+    assert not check.passed and check.detail == "the model gives non-finite outputs for a text"

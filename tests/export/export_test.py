@@ -10,7 +10,7 @@ from modelgate.export import EXPORT_MANIFEST, ONNX, WEIGHTS, ExportError
 from modelgate.export import run_export as strict_run_export
 from modelgate.hashing import LockEntryError, build_hash, read_lock_entries
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
-from tests.toy_model import ScaledLinear
+from tests.export.toy_model import ScaledLinear
 
 
 class NotExportable(ScaledLinear):

@@ -5,7 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).absolute().parent))
+# The benchmark's modules, beside tools/bench/run (from the runfiles, or the checkout without Bazel).
+sys.path.insert(0, str(Path(__file__).absolute().parents[2] / "tools" / "bench"))
 
 import parse  # noqa: E402 - after the path they are found on
 import report  # noqa: E402
