@@ -2,7 +2,7 @@
 
 The tokenizer ships in the bundle (model_package(bundle_files = [tokenizer.json])); the gate loads
 it from the bundle's files, and /predict turns {"texts": [...]} into tokens with it. Token ids stay
-accepted. The served end to end (promote, fetch, serve) is in issue 14's note.
+accepted. Not covered here: the served end to end with text (promote, fetch, serve a minilm build).
 """
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""The service as an attacker, a failing network or a slow client sees it (issue 16).
+"""The service as an attacker, a failing network or a slow client sees it.
 
 Real `serve` processes over real registries (a local directory and fake-gcs-server), real HTTP:
   - the registry's tag state rolled back or a version tag re-pointed, behind modelgate's back:

@@ -3,7 +3,7 @@
 The binary is a data dependency, so it runs from this test's runfiles tree -- Bazel's layout in
 which the external repository `@pip` is a directory `pip/` at the runfiles root, first on
 sys.path. If that directory holds a generated __init__.py it shadows the real pip package, and
-pip-compile dies with `ModuleNotFoundError: No module named 'pip._internal'` (issue 13). Here it
+pip-compile dies with `ModuleNotFoundError: No module named 'pip._internal'`. Here it
 re-locks a workspace whose requirements.in names one tiny wheel this test builds itself, with
 `--no-index --find-links DIR` (tests have no network).
 """

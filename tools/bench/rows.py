@@ -102,7 +102,7 @@ class Bench(ReportProse):
             if "cache" in only:
                 url = self.start_cache()
                 env = clean_env(MODELGATE_REMOTE_CACHE=url, MODELGATE_REMOTE_CACHE_WRITE="1")
-                log(f"tools/cache_server at {url}; clone A fills it (MODELGATE_REMOTE_CACHE_WRITE=1)")
+                log(f"tools/dev/cache_server at {url}; clone A fills it (MODELGATE_REMOTE_CACHE_WRITE=1)")
             log("clone A: cold bazel test //models/... (no disk cache)")
             cold_a = a.bazel("a-cold", *bazel_test_flags(), "//models/...", env=env)
             log(f"  {cold_a.wall_s:.1f} s, {parse_processes(cold_a.log)}")

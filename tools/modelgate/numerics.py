@@ -14,8 +14,8 @@ from typing import Sequence
 
 import torch
 
-# Every dtype modelgate names, by its name (a model's inputs and outputs use some of them:
-# modelgate.spec.DTYPES); FLOAT_DTYPES are the ones golden data has tolerances for.
+# Every dtype modelgate names, by its name (a model's inputs may declare some of them:
+# modelgate.spec.INPUT_DTYPES); FLOAT_DTYPES are the ones golden data has tolerances for.
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
     for name in ("float64", "float32", "bfloat16", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")

@@ -22,14 +22,10 @@ from typing import Callable, Mapping
 
 import torch
 
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
+from modelgate.numerics import DTYPES
+
+# The dtypes a model's input may declare: names in numerics.DTYPES, the one table of dtype names.
+INPUT_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
 
 
 @dataclass(frozen=True)
@@ -44,8 +40,8 @@ class TensorSpec:
     high: float | None = None
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"TensorSpec {self.name}: unknown dtype {self.dtype!r}; expected one of {sorted(DTYPES)}")
+        if self.dtype not in INPUT_DTYPES:
+            raise ValueError(f"TensorSpec {self.name}: unknown dtype {self.dtype!r}; expected one of {sorted(INPUT_DTYPES)}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -82,10 +78,6 @@ class MetricGate:
 
     def passes_floor(self, value: float) -> bool:
         return value >= self.floor if self.higher_is_better else value <= self.floor
-
-    def regression(self, baseline: float, candidate: float) -> float:
-        """How much worse the candidate is than the baseline (negative: better)."""
-        return baseline - candidate if self.higher_is_better else candidate - baseline
 
 
 @dataclass(frozen=True)
