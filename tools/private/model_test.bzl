@@ -5,13 +5,49 @@ load("//tools/private:common.bzl", "CHECKS_LIB", "PYTEST_MAIN", "RECEIPTS_LIB", 
 load("//tools/private:pytest.bzl", "check_pytest_srcs")
 load("//tools/private:receipts.bzl", "gpu_runs_here", "receipt_run", "receipt_test", "timeout_seconds")
 
-# GPU variants: excluded by default (.bazelrc: test --test_tag_filters=-gpu), selected by
-# --config=gpu; on remote execution the exec property routes them to a GPU pool.
-GPU_TAGS = ["gpu", "requires-gpu-nvidia"]
-GPU_EXEC_PROPERTIES = {"Pool": "gpu"}
+# The variants of a model_test, as data: one pytest run, one receipt and one test target each,
+# named <name>_<variant>. A variant a BUILD file turns off (model_test(gpu = False)) is still
+# declared, tagged manual: `bazel query` lists it, `bazel test //...` skips it, a release does not
+# need its receipt, and run by name it reports that it is disabled.
+#   suffix                  appended to the model_test's name
+#   tags                    the test target's tags (GPU: excluded by default, .bazelrc's
+#                           test --test_tag_filters=-gpu; selected by --config=gpu)
+#   pytest_args             pytest flags and the marker expression that selects the variant's tests
+#   sizes                   the test size for a given one (a GPU run is one size up: CUDA start-up)
+#   exec_properties         remote execution: the GPU variant goes to a GPU pool
+#   execution_requirements  of the pytest action
+#   env                     of the pytest action, over the test environment of .bazelrc
+#   not_run_reason          set where this build cannot run the variant: its receipt says so
+VARIANTS = [
+    struct(
+        name = "cpu",
+        suffix = "_cpu",
+        tags = ["cpu"],
+        pytest_args = ["-m", "not gpu"],
+        sizes = {},
+        exec_properties = None,
+        execution_requirements = {},
+        env = {},
+        not_run_reason = "",
+    ),
+    struct(
+        name = "gpu",
+        suffix = "_gpu",
+        tags = ["gpu", "requires-gpu-nvidia"],
+        pytest_args = ["--modelgate-require-gpu", "-m", "gpu"],
+        sizes = {"small": "medium", "medium": "large"},
+        exec_properties = {"Pool": "gpu"},
+        execution_requirements = {"requires-gpu-nvidia": ""},
+        env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
+        not_run_reason = "" if gpu_runs_here() else "this build's torch is the CPU build; GPU variants run under --config=gpu on a CUDA machine",
+    ),
+]
 
-def _receipt_variant(*, name, srcs, deps, data, env, pytest_args, variant, size, tags, **kwargs):
+def _receipt_variant(*, name, srcs, deps, data, env, variant, enabled, disabled_by, size, tags, **kwargs):
     """`name`: a receipt_test whose pytest run is a cached build action (tools/private/receipts.bzl)."""
+    testonly = kwargs.pop("testonly", False)
+    if variant.exec_properties != None:
+        kwargs["exec_properties"] = variant.exec_properties
     runner = "_%s_runner" % name
     native.py_binary(
         name = runner,
@@ -21,12 +57,13 @@ def _receipt_variant(*, name, srcs, deps, data, env, pytest_args, variant, size,
         python_version = "PY3",
         tags = ["manual"],
         visibility = ["//visibility:private"],
-        testonly = kwargs.get("testonly", False),
+        testonly = testonly,
     )
-    not_run = ""
-    if variant == "gpu" and not gpu_runs_here():
-        not_run = "this build's torch is the CPU build; GPU variants run under --config=gpu on a CUDA machine"
-    testonly = kwargs.pop("testonly", False)
+    not_run = variant.not_run_reason
+    if not enabled:
+        not_run = "disabled: %s turns the %s variant off" % (disabled_by, variant.name)
+    tags = tags + variant.tags + ([] if enabled else ["manual"])
+    size = variant.sizes.get(size, size)
     receipt_run(
         name = name + "_receipt",
         test_name = name,
@@ -35,10 +72,13 @@ def _receipt_variant(*, name, srcs, deps, data, env, pytest_args, variant, size,
         deps = deps,
         data = data,
         env = env,
-        pytest_args = pytest_args,
-        variant = variant,
+        pytest_args = variant.pytest_args,
+        variant = variant.name,
+        run_env = variant.env,
+        execution_requirements = variant.execution_requirements,
         timeout_s = timeout_seconds(size, kwargs.get("timeout")),
         not_run_reason = not_run,
+        disabled = not enabled,
         tags = tags + ["manual"],
         exec_properties = kwargs.get("exec_properties"),
         testonly = testonly,
@@ -55,12 +95,14 @@ def _receipt_variant(*, name, srcs, deps, data, env, pytest_args, variant, size,
 def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", tags = [], gpu = True, **kwargs):
     """Model-logic tests: one pytest run per variant, from one call, each leaving a receipt.
 
-    Declares `<name>_cpu` (tests not marked `gpu`) and, unless gpu = False, `<name>_gpu`
-    (tests marked `gpu`; tagged gpu and requires-gpu-nvidia; fails with a clear message where
-    no CUDA device is visible). Test files are plain pytest files. Each variant's pytest run is a
-    cached build action that writes `<variant>.receipt.json` (what ran, against which files, with
-    what result); the test target reports it, and a model_release in the package depends on the
-    receipts (tools/private/receipts.bzl).
+    Declares one target per entry of VARIANTS: `<name>_cpu` (tests not marked `gpu`) and
+    `<name>_gpu` (tests marked `gpu`; tagged gpu and requires-gpu-nvidia; fails with a clear
+    message where no CUDA device is visible). With gpu = False, `<name>_gpu` is declared tagged
+    manual and disabled: `bazel test //...` skips it and a release does not need it. Test files are
+    plain pytest files. Each variant's pytest run is a cached build action that writes
+    `<variant>.receipt.json` (what ran, against which files, with what result); the test target
+    reports it, and a model_release in the package depends on the receipts
+    (tools/private/receipts.bzl).
 
     Args:
       name: base name of the variants.
@@ -71,37 +113,27 @@ def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", ta
       size: Bazel test size of the CPU variant; the GPU variant is one size up (CUDA start-up).
         It also bounds the pytest run (small 60 s, medium 300 s, large 900 s).
       tags: extra tags for both variants.
-      gpu: whether to declare the `_gpu` variant.
+      gpu: whether the `_gpu` variant is enabled (False: declared, tagged manual, disabled).
       **kwargs: passed to both test targets.
     """
     check_pytest_srcs("model_test", name, srcs)
-    if "gpu" in tags:
-        fail("model_test(name = %r): do not tag it gpu; the macro declares the _gpu variant itself" % name)
-    deps = deps + [CHECKS_LIB]
-    _receipt_variant(
-        name = name + "_cpu",
-        srcs = srcs,
-        deps = deps,
-        data = data,
-        env = env,
-        pytest_args = ["-m", "not gpu"],
-        variant = "cpu",
-        size = size,
-        tags = tags + ["cpu"],
-        **kwargs
-    )
-    if gpu:
+    for variant in VARIANTS:
+        for tag in variant.tags:
+            if tag in tags:
+                fail("model_test(name = %r): do not tag it %s; the macro declares the %s variant itself" % (name, tag, variant.suffix))
+    enabled = {"gpu": gpu}
+    for variant in VARIANTS:
         _receipt_variant(
-            name = name + "_gpu",
+            name = name + variant.suffix,
             srcs = srcs,
-            deps = deps,
+            deps = deps + [CHECKS_LIB],
             data = data,
             env = env,
-            pytest_args = ["--modelgate-require-gpu", "-m", "gpu"],
-            variant = "gpu",
-            size = {"small": "medium", "medium": "large"}.get(size, size),
-            tags = tags + GPU_TAGS,
-            exec_properties = GPU_EXEC_PROPERTIES,
+            variant = variant,
+            enabled = enabled.get(variant.name, True),
+            disabled_by = "model_test(name = %r, %s = False)" % (name, variant.name),
+            size = size,
+            tags = tags,
             **kwargs
         )
 

@@ -42,7 +42,6 @@ _RUN_ENV = {
     "PYTHONSAFEPATH": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
 }
-_GPU_RUN_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
 _TIMEOUT_S = {"short": 60, "moderate": 300, "long": 900, "eternal": 3600}
 _SIZE_TIMEOUT = {"small": "short", "medium": "moderate", "large": "long", "enormous": "eternal"}
@@ -69,7 +68,8 @@ def _receipt_run_impl(ctx):
     files = [receipt, log, xml]
 
     if ctx.attr.not_run_reason:
-        # A GPU variant on a build whose torch cannot use a GPU: nothing to run, nothing to bind.
+        # A GPU variant on a build whose torch cannot use a GPU, or a variant the BUILD file
+        # disabled: nothing to run, nothing to bind.
         doc = {
             "schema": "modelgate/receipt@1",
             "target": label,
@@ -115,8 +115,7 @@ def _receipt_run_impl(ctx):
         args.add_all([f.path for f in ctx.files.srcs])
 
         env = dict(_RUN_ENV)
-        if ctx.attr.variant == "gpu":
-            env.update(_GPU_RUN_ENV)
+        env.update(ctx.attr.run_env)
         ctx.actions.run(
             executable = ctx.executable.runner,
             arguments = [args],
@@ -125,7 +124,7 @@ def _receipt_run_impl(ctx):
             env = env,
             mnemonic = "ModelTest",
             progress_message = "Testing %s (pytest, writes its receipt)" % label,
-            execution_requirements = {"requires-gpu-nvidia": ""} if ctx.attr.variant == "gpu" else {},
+            execution_requirements = ctx.attr.execution_requirements,
         )
 
     return [
@@ -151,6 +150,9 @@ receipt_run = rule(
         "variant": attr.string(values = ["cpu", "gpu"], mandatory = True),
         "timeout_s": attr.int(default = 300),
         "not_run_reason": attr.string(doc = "set: write a not-run receipt instead of running pytest"),
+        "disabled": attr.bool(doc = "a variant its BUILD file turned off: tagged manual, not a release's receipt (its not_run_reason says so)"),
+        "run_env": attr.string_dict(doc = "the variant's environment for the pytest action, over the test environment"),
+        "execution_requirements": attr.string_dict(doc = "the variant's execution requirements for the pytest action"),
         "interpreter": attr.label(default = INTERPRETER, allow_single_file = True),
         "pytest_ini": attr.label(default = PYTEST_INI, allow_single_file = True),
     },
