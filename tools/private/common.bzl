@@ -17,16 +17,21 @@ TRAIN_LIB = "//tools/modelgate:train_lib"
 PYTEST_INI = "//:pytest.ini"
 INTERPRETER = "@python_interpreter//:bin/python3"
 
-# The environment of the ModelExport and ReleaseGate actions: one thread, fixed hashing, no
-# bytecode, deterministic cuBLAS.
-EXPORT_ENV = {
+# The environment of every Python action: one thread, fixed hashing, no bytecode, no cwd on
+# sys.path. The pytest actions' is .bazelrc's `test --test_env=...`, kept in step with it.
+ACTION_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "PYTHONHASHSEED": "0",
     "PYTHONSAFEPATH": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
-    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
 }
+
+# Deterministic cuBLAS: for every action that may run on a GPU.
+CUDA_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+# The ModelExport and ReleaseGate actions'.
+EXPORT_ENV = dict(ACTION_ENV, **CUDA_ENV)
 
 def model_name(model):
     """A macro's `model` argument, by default the calling package's last path component."""

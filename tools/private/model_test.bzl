@@ -1,7 +1,7 @@
 """Implementation of model_test and model_test_suites. Use //tools:defs.bzl."""
 
 load("@pip//:requirements.bzl", "requirement")
-load("//tools/private:common.bzl", "CHECKS_LIB", "PYTEST_MAIN", "RECEIPTS_LIB", "RECEIPT_RUNNER_MAIN")
+load("//tools/private:common.bzl", "CHECKS_LIB", "CUDA_ENV", "PYTEST_MAIN", "RECEIPTS_LIB", "RECEIPT_RUNNER_MAIN")
 load("//tools/private:pytest.bzl", "check_pytest_srcs")
 load("//tools/private:receipts.bzl", "gpu_runs_here", "receipt_run", "receipt_test", "timeout_seconds")
 
@@ -38,7 +38,7 @@ VARIANTS = [
         sizes = {"small": "medium", "medium": "large"},
         exec_properties = {"Pool": "gpu"},
         execution_requirements = {"requires-gpu-nvidia": ""},
-        env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
+        env = CUDA_ENV,
         not_run_reason = "" if gpu_runs_here() else "this build's torch is the CPU build; GPU variants run under --config=gpu on a CUDA machine",
     ),
 ]

@@ -30,18 +30,9 @@ bounded by the target's size/timeout itself (the reporter's timeout is moot).
 """
 
 load("@pip//:flavor.bzl", "TORCH_FLAVOR")
-load("//tools/private:common.bzl", "INTERPRETER", "PYTEST_INI")
+load("//tools/private:common.bzl", "ACTION_ENV", "INTERPRETER", "PYTEST_INI")
 load("//tools/private:pip_closure.bzl", "pip_lock_entries_aspect")
 load("//tools/private:providers.bzl", "PipLockEntriesInfo", "ReceiptInfo")
-
-# The test environment of .bazelrc's `test --test_env=...`, for the pytest action.
-_RUN_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "PYTHONHASHSEED": "0",
-    "PYTHONSAFEPATH": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-}
 
 _TIMEOUT_S = {"short": 60, "moderate": 300, "long": 900, "eternal": 3600}
 _SIZE_TIMEOUT = {"small": "short", "medium": "moderate", "large": "long", "enormous": "eternal"}
@@ -114,7 +105,8 @@ def _receipt_run_impl(ctx):
         args.add_all(ctx.attr.pytest_args)
         args.add_all([f.path for f in ctx.files.srcs])
 
-        env = dict(_RUN_ENV)
+        # The test environment of .bazelrc's `test --test_env=...`, and the variant's.
+        env = dict(ACTION_ENV)
         env.update(ctx.attr.run_env)
         ctx.actions.run(
             executable = ctx.executable.runner,
