@@ -14,7 +14,7 @@ import torch
 
 from models.image_cnn.model import ImageCNN, ImageCNNConfig
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
-from modelgate.training import evaluate_classifier, train_classifier
+from modelgate.training import Classifier
 
 CONFIG = {
     **ImageCNNConfig().to_dict(),
@@ -29,11 +29,6 @@ CONFIG = {
 }
 
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "anti-diagonal")
-
-
-def _model_config(config) -> ImageCNNConfig:
-    fields = ImageCNNConfig.__dataclass_fields__
-    return ImageCNNConfig(**{k: v for k, v in config.items() if k in fields})
 
 
 def make_batch(config, size: int, generator: torch.Generator):
@@ -56,18 +51,7 @@ def make_batch(config, size: int, generator: torch.Generator):
     return (stripes + noise).unsqueeze(1), labels
 
 
-def build(config) -> ImageCNN:
-    torch.manual_seed(int(config["seed"]))
-    return ImageCNN(_model_config(config))
-
-
-def train(model: ImageCNN, config) -> dict:
-    """Trains in place; leaves the model in eval mode (batchnorm uses its running statistics)."""
-    return train_classifier(model, config, make_batch)
-
-
-def evaluate(model: ImageCNN, config) -> dict:
-    return evaluate_classifier(model, config, make_batch)
+CLASSIFIER = Classifier(ImageCNN, ImageCNNConfig, make_batch)
 
 
 def golden_inputs() -> dict:
@@ -80,14 +64,14 @@ def golden_inputs() -> dict:
 SPEC = ModelSpec(
     name="image_cnn",
     config=CONFIG,
-    build=build,
-    train=train,
+    build=CLASSIFIER.build,
+    train=CLASSIFIER.train,
     inputs=(
         TensorSpec("images", "float32", (None, CONFIG["in_channels"], CONFIG["image_size"], CONFIG["image_size"])),
     ),
     outputs=("logits",),
     golden_inputs=golden_inputs,
-    evaluate=evaluate,
+    evaluate=CLASSIFIER.evaluate,
     metrics={
         "accuracy": MetricGate(floor=0.9, max_regression=0.02),
         "loss": MetricGate(floor=0.5, max_regression=0.05, higher_is_better=False),

@@ -15,7 +15,7 @@ import torch
 
 from models.sequence_rnn.model import SequenceRNN, SequenceRNNConfig, padding_mask
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
-from modelgate.training import evaluate_classifier, train_classifier
+from modelgate.training import Classifier
 
 CONFIG = {
     **SequenceRNNConfig().to_dict(),
@@ -33,11 +33,6 @@ CONFIG = {
 }
 
 WAVEFORMS = ("sine", "square", "sawtooth", "noise")
-
-
-def _model_config(config) -> SequenceRNNConfig:
-    fields = SequenceRNNConfig.__dataclass_fields__
-    return SequenceRNNConfig(**{k: v for k, v in config.items() if k in fields})
 
 
 def make_batch(config, size: int, generator: torch.Generator):
@@ -67,17 +62,7 @@ def make_batch(config, size: int, generator: torch.Generator):
     return series.unsqueeze(-1), lengths, labels
 
 
-def build(config) -> SequenceRNN:
-    torch.manual_seed(int(config["seed"]))
-    return SequenceRNN(_model_config(config))
-
-
-def train(model: SequenceRNN, config) -> dict:
-    return train_classifier(model, config, make_batch, clip_grad_norm=float(config["clip_grad_norm"]))
-
-
-def evaluate(model: SequenceRNN, config) -> dict:
-    return evaluate_classifier(model, config, make_batch)
+CLASSIFIER = Classifier(SequenceRNN, SequenceRNNConfig, make_batch, clip_grad_norm="clip_grad_norm")
 
 
 def golden_inputs() -> dict:
@@ -91,15 +76,15 @@ def golden_inputs() -> dict:
 SPEC = ModelSpec(
     name="sequence_rnn",
     config=CONFIG,
-    build=build,
-    train=train,
+    build=CLASSIFIER.build,
+    train=CLASSIFIER.train,
     inputs=(
         TensorSpec("series", "float32", (None, None, CONFIG["input_size"])),
         TensorSpec("lengths", "int64", (None,), low=1, high=CONFIG["max_len"] + 1),
     ),
     outputs=("logits",),
     golden_inputs=golden_inputs,
-    evaluate=evaluate,
+    evaluate=CLASSIFIER.evaluate,
     metrics={
         "accuracy": MetricGate(floor=0.9, max_regression=0.02),
         "loss": MetricGate(floor=0.3, max_regression=0.05, higher_is_better=False),

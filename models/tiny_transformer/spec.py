@@ -11,7 +11,7 @@ import torch
 
 from models.tiny_transformer.model import TinyTransformer, TinyTransformerConfig, padding_mask
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
-from modelgate.training import evaluate_classifier, train_classifier
+from modelgate.training import Classifier, model_config
 
 CONFIG = {
     **TinyTransformerConfig().to_dict(),
@@ -24,14 +24,9 @@ CONFIG = {
 }
 
 
-def _model_config(config) -> TinyTransformerConfig:
-    fields = TinyTransformerConfig.__dataclass_fields__
-    return TinyTransformerConfig(**{k: v for k, v in config.items() if k in fields})
-
-
 def make_batch(config, size: int, generator: torch.Generator):
     """(tokens, mask, labels): padded sequences whose dominant token group is the label."""
-    c = _model_config(config)
+    c = model_config(TinyTransformerConfig, config)
     seq = c.max_len
     labels = torch.randint(0, c.num_classes, (size,), generator=generator)
     lengths = torch.randint(5, seq + 1, (size,), generator=generator)
@@ -46,17 +41,7 @@ def make_batch(config, size: int, generator: torch.Generator):
     return tokens.masked_fill(~mask, c.pad_id), mask, labels
 
 
-def build(config) -> TinyTransformer:
-    torch.manual_seed(int(config["seed"]))
-    return TinyTransformer(_model_config(config))
-
-
-def train(model: TinyTransformer, config) -> dict:
-    return train_classifier(model, config, make_batch)
-
-
-def evaluate(model: TinyTransformer, config) -> dict:
-    return evaluate_classifier(model, config, make_batch)
+CLASSIFIER = Classifier(TinyTransformer, TinyTransformerConfig, make_batch)
 
 
 def golden_inputs() -> dict:
@@ -70,15 +55,15 @@ def golden_inputs() -> dict:
 SPEC = ModelSpec(
     name="tiny_transformer",
     config=CONFIG,
-    build=build,
-    train=train,
+    build=CLASSIFIER.build,
+    train=CLASSIFIER.train,
     inputs=(
         TensorSpec("tokens", "int64", (None, None), low=0, high=CONFIG["vocab_size"]),
         TensorSpec("mask", "bool", (None, None)),
     ),
     outputs=("logits",),
     golden_inputs=golden_inputs,
-    evaluate=evaluate,
+    evaluate=CLASSIFIER.evaluate,
     metrics={
         "accuracy": MetricGate(floor=0.9, max_regression=0.02),
         "loss": MetricGate(floor=0.5, max_regression=0.05, higher_is_better=False),

@@ -1,11 +1,14 @@
 """Deterministic training and evaluation loops shared by classifier specs.
 
 A spec supplies `make_batch(config, size, generator) -> (*inputs, labels)`; these run the same
-loop for every model, so a model's spec says only what is particular to it.
+loop for every model, so a model's spec says only what is particular to it. `Classifier` gives
+such a spec its build, train and evaluate from its model, the model's config dataclass and
+make_batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -50,3 +53,37 @@ def evaluate_classifier(model: torch.nn.Module, config: Mapping[str, object], ma
         "accuracy": float((logits.argmax(-1) == labels).float().mean()),
         "loss": float(F.cross_entropy(logits, labels)),
     }
+
+
+def model_config(config_type: type, config: Mapping[str, object]):
+    """The model's own hyperparameters out of a spec's config: the fields of the dataclass `config_type`."""
+    fields = config_type.__dataclass_fields__
+    return config_type(**{k: v for k, v in config.items() if k in fields})
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """The build, train and evaluate of a classifier trained on data it generates.
+
+    model: the torch.nn.Module class, built from config_type (a dataclass of its hyperparameters,
+        read out of the spec's config by model_config) after torch is seeded with config["seed"].
+    make_batch: as train_classifier and evaluate_classifier take it.
+    clip_grad_norm: the config key of the gradient-norm clip, for a model that clips.
+    """
+
+    model: Callable[[object], torch.nn.Module]
+    config_type: type
+    make_batch: MakeBatch
+    clip_grad_norm: str | None = None
+
+    def build(self, config: Mapping[str, object]) -> torch.nn.Module:
+        torch.manual_seed(int(config["seed"]))
+        return self.model(model_config(self.config_type, config))
+
+    def train(self, model: torch.nn.Module, config: Mapping[str, object]) -> dict:
+        """Trains in place; leaves the model in eval mode (batchnorm on its running statistics)."""
+        clip = float(config[self.clip_grad_norm]) if self.clip_grad_norm else None
+        return train_classifier(model, config, self.make_batch, clip_grad_norm=clip)
+
+    def evaluate(self, model: torch.nn.Module, config: Mapping[str, object]) -> dict:
+        return evaluate_classifier(model, config, self.make_batch)
