@@ -67,9 +67,13 @@ def _model_weights_impl(ctx):
     )
     py_info, runfiles = _library(ctx.attr.deps)
     return [
-        # The outputs are the target's files; its runfiles and PyInfo are the library's, so that
-        # `deps = [<weights>]` brings the model's code (not the weights: name them in `data`).
-        DefaultInfo(files = depset(outputs), default_runfiles = runfiles),
+        # The outputs are the target's files. In `deps` it is the library (PyInfo, the library's
+        # runfiles): the model's code, not the weights; in `data`, the exported files.
+        DefaultInfo(
+            files = depset(outputs),
+            default_runfiles = runfiles,
+            data_runfiles = ctx.runfiles(files = outputs),
+        ),
         py_info,
         ModelWeightsInfo(
             model = ctx.attr.model,
