@@ -20,7 +20,12 @@ or, when the weights come from outside the build (a pin file, checkpoint.json, i
     pinned_checkpoint(name = "checkpoint", model = "my_model", pin = "checkpoint.json")
     model_weights(name = "weights", deps = [":my_model"], checkpoint = ":checkpoint")
 
-Each is a thin, keyword-only macro; what they expand to lives in //tools/private.
+`weights` may be any package's model_weights target: the rules take its files, its model tool
+and its library from the ModelWeightsInfo it returns, so a golden test or a release elsewhere
+reuses the model's one export (tests/rules/BUILD.bazel does).
+
+Each is a thin, keyword-only macro; what they expand to lives in //tools/private, one rule per
+file, with the providers in providers.bzl.
 """
 
 load("//tools/private:checkpoint.bzl", _pinned_checkpoint = "pinned_checkpoint")
