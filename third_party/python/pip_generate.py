@@ -16,6 +16,9 @@ Run by the pip_repository rule with the toolchain's interpreter:
   pip_generate.py split SITE DISTS
       each distribution's files (RECORD, with their byte-compiled files) hard-linked into
       DISTS/<name>/, one directory per distribution, for a sys.path of a closure only.
+  pip_generate.py verify SITE
+      every installed file against the sha256 and size its distribution's RECORD gives (what
+      pip checked when it installed the wheel): one line per file that differs, exit 1 if any.
   pip_generate.py explain-pip-error LOCK_NAME   (pip's output in $PIP_OUTPUT)
       one line per problem pip reported, and the command that fixes the lock.
 """
@@ -266,6 +269,41 @@ def split(site: str, dists: str) -> int:
     return 0
 
 
+def verify(site: str) -> int:
+    import base64
+    import csv
+    import hashlib
+
+    site_path, checked, bad = Path(site), 0, []
+    for dist_info in sorted(site_path.glob("*.dist-info")):
+        with open(dist_info / "RECORD", encoding="utf-8", newline="") as f:
+            for row in csv.reader(f):
+                if len(row) < 3 or not row[1].startswith("sha256="):
+                    continue  # RECORD itself, and files pip wrote without a hash
+                rel = os.path.normpath(row[0])
+                if rel.startswith(".."):
+                    continue
+                path = site_path / rel
+                try:
+                    digest = hashlib.sha256()
+                    with open(path, "rb") as g:
+                        for chunk in iter(lambda: g.read(1 << 20), b""):
+                            digest.update(chunk)
+                    size = path.stat().st_size
+                except OSError as e:
+                    bad.append(f"{rel}: cannot read it ({e.strerror})")
+                    continue
+                want = row[1][len("sha256=") :]
+                got = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+                if got != want or (row[2] and int(row[2]) != size):
+                    bad.append(f"{rel}: sha256 or size differs from {dist_info.name}/RECORD")
+                checked += 1
+    for line in bad:
+        print(line)
+    print(f"{site}: {checked - len(bad)} of {checked} installed files match their RECORD")
+    return 1 if bad else 0
+
+
 def explain_pip_error(lock_name: str) -> int:
     out = os.environ.get("PIP_OUTPUT", "")
     problems = []
@@ -304,6 +342,8 @@ def explain_pip_error(lock_name: str) -> int:
 def main(argv):
     if len(argv) in (4, 5, 6) and argv[0] == "generate":
         return generate(*argv[1:])
+    if len(argv) == 2 and argv[0] == "verify":
+        return verify(argv[1])
     if len(argv) == 3 and argv[0] == "split":
         return split(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "explain-pip-error":

@@ -226,3 +226,19 @@ def test_the_cuda_lock_gives_torch_its_own_entry():
     cuda = pip_generate.read_lock_entries((ROOT / "requirements_lock_cuda.txt").read_text())
     assert cpu["torch"] != cuda["torch"]
     assert cpu["numpy"] == cuda["numpy"]
+
+
+def test_verify_finds_an_installed_file_that_differs_from_its_record(tmp_path, capsys):
+    import base64
+    import hashlib
+
+    site, _ = _alpha(tmp_path)
+    body = b'{"vocabulary": 1}'
+    (site / "alpha" / "data.json").write_bytes(body)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+    (site / "alpha-1.0.dist-info" / "RECORD").write_text(f"alpha/data.json,sha256={digest},{len(body)}\nalpha-1.0.dist-info/RECORD,,\n")
+    assert pip_generate.verify(str(site)) == 0
+    assert "1 of 1 installed files match" in capsys.readouterr().out
+    (site / "alpha" / "data.json").write_bytes(b'{"vocabulary": 2}')
+    assert pip_generate.verify(str(site)) == 1
+    assert "alpha/data.json: sha256 or size differs from alpha-1.0.dist-info/RECORD" in capsys.readouterr().out

@@ -5,8 +5,7 @@ by sha256 and size, with the sources it can be fetched from. The CheckpointFetch
 pin into the checkpoint file:
 
 - Its cache key is the pin file (and the files, or the lock entry, of any package a pip:// source
-  reads): a new
-  checkpoint is a new pin, and nothing else reruns it. Its output is a pure function of the pin
+  reads): a new checkpoint is a new pin, and nothing else reruns it. Its output is a pure function of the pin
   (the bytes are verified against the digest), so Bazel's disk and remote caches share it across
   clones and machines: a clone with a warm cache fetches nothing.
 - It runs outside the sandbox (no-sandbox) and with the network (requires-network): it reads and
