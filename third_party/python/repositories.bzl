@@ -21,6 +21,49 @@ def _python_version(rctx, python):
         fail("modelgate: %s does not run: %s" % (python, res.stderr.strip()))
     return res.stdout.strip()
 
+# The toolchain's interpreter. Where a target's runfiles hold only the lock entries of its pip
+# packages (MODELGATE_PIP_INPUTS=lock, the default; see pip_repository), the launcher's PYTHONPATH
+# entry <runfiles>/pip/site holds none of their files: the wrapper replaces it with one directory
+# per package of the target's closure, @pip's dists/<name> (each distribution's installed files on
+# their own), named by the lock entries in the runfiles and found through their links into @pip
+# (which marks the mode with INPUTS_ARE_LOCK_ENTRIES). A package the target does not depend on is
+# not importable, as with every file an input. Nothing in the wrapper depends on the machine beyond
+# the interpreter it names, so its bytes key every Python action the same way in every clone.
+_WRAPPER = """\
+#!/bin/sh
+# modelgate Python toolchain: CPython {version} at {python}
+# -S: no site-packages of the interpreter's own; -s: no user site.
+case ":${{PYTHONPATH:-}}:" in
+*/site:*)
+  set -f
+  old_ifs=$IFS
+  IFS=:
+  path=
+  for entry in $PYTHONPATH; do
+    set +f
+    if [ "${{entry##*/}}" = site ]; then
+      repo=
+      for lock_entry in "${{entry%/site}}"/lock_entries/*.json; do
+        if [ -z "$repo" ]; then
+          repo=$(readlink -f "$lock_entry") || break
+          repo=${{repo%/lock_entries/*}}
+          [ -f "$repo/INPUTS_ARE_LOCK_ENTRIES" ] || break
+          entry=
+        fi
+        name=${{lock_entry##*/}}
+        entry="${{entry:+$entry:}}$repo/dists/${{name%.json}}"
+      done
+    fi
+    path="${{path:+$path:}}$entry"
+  done
+  IFS=$old_ifs
+  PYTHONPATH=$path
+  export PYTHONPATH
+  ;;
+esac
+exec {python} -S -s "$@"
+"""
+
 def _python_interpreter_impl(rctx):
     python = _find_python(rctx)
     version = _python_version(rctx, python)
@@ -30,13 +73,7 @@ def _python_interpreter_impl(rctx):
     # The wrapper is the toolchain's identity: its bytes (path and version) key every Python action.
     # -S keeps the interpreter's own site-packages (and Debian's dist-packages) out of sys.path;
     # only the packages a target depends on are importable.
-    rctx.file("bin/python3", "\n".join([
-        "#!/bin/sh",
-        "# modelgate Python toolchain: CPython %s at %s" % (version, python),
-        "# -S: no site-packages of the interpreter's own; -s: no user site.",
-        'exec %s -S -s "$@"' % python,
-        "",
-    ]), executable = True)
+    rctx.file("bin/python3", _WRAPPER.format(version = version, python = python), executable = True)
     rctx.file("BUILD.bazel", """\
 package(default_visibility = ["//visibility:public"])
 
@@ -85,7 +122,7 @@ python_interpreter = repository_rule(
 # paths (external/pip/site/...) and content digests, so clones at different paths and machines
 # still share every cache entry. $MODELGATE_PIP_STORE picks another directory, or `off`.
 
-_STORE_FORMAT = "1"
+_STORE_FORMAT = "2"
 _STORE_DONE = "COMPLETE"
 
 def _store_entry(rctx, python, flavor):
@@ -116,11 +153,12 @@ print(digest.hexdigest())
 # succeed, the second's copy is dropped), makes it read-only and links site/ to it.
 _PUBLISH_SCRIPT = """
 import os, shutil, stat, sys, tempfile
-site, entry, done = sys.argv[1:]
+site, dists, entry, done = sys.argv[1:]
 parent = os.path.dirname(entry)
 os.makedirs(parent, exist_ok=True)
 tmp = tempfile.mkdtemp(prefix=".install-", dir=parent)
 shutil.move(site, os.path.join(tmp, "site"))
+shutil.move(dists, os.path.join(tmp, "dists"))  # hard links to the same files: moved, not copied
 for root, dirs, files in os.walk(os.path.join(tmp, "site")):
     for name in files:
         path = os.path.join(root, name)
@@ -137,12 +175,16 @@ except OSError:
 """
 
 def _publish(rctx, python, store):
-    res = rctx.execute([python, "-S", "-c", _PUBLISH_SCRIPT, str(rctx.path("site")), store, _STORE_DONE], timeout = 600, quiet = True)
+    res = rctx.execute([python, "-S", "-c", _PUBLISH_SCRIPT, str(rctx.path("site")), str(rctx.path("dists")), store, _STORE_DONE], timeout = 600, quiet = True)
     if res.return_code != 0:
         # The store is an optimization: without it the repository keeps its own copy.
         print("modelgate: could not add the installed lock to the machine's store %s: %s" % (store, res.stderr.strip().splitlines()[-1:] or "?"))
         return
+    _link(rctx, store)
+
+def _link(rctx, store):
     rctx.symlink(store + "/site", "site")
+    rctx.symlink(store + "/dists", "dists")
 
 def _install(rctx, python, lock_path, lock_name):
     rctx.report_progress("installing %s" % lock_name)
@@ -174,6 +216,12 @@ def _install(rctx, python, lock_path, lock_name):
     # Pythons (torch ships a few); that is expected.
     rctx.execute([python, "-S", "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-s", str(rctx.path("site")), "-p", "site", "site"], timeout = 1800, quiet = True)
 
+    # Each distribution's files on their own too, dists/<name>/ (hard links into site/): what a
+    # target whose inputs are lock entries puts on its sys.path, its closure and nothing else.
+    res = rctx.execute([python, "-S", rctx.path(rctx.attr._generator), "split", "site", "dists"], timeout = 600, quiet = True)
+    if res.return_code != 0:
+        fail("modelgate: could not lay out the installed packages one directory each: " + (res.stdout + res.stderr).strip())
+
 def _pip_repository_impl(rctx):
     python = _find_python(rctx)
     flavor = rctx.os.environ.get("MODELGATE_TORCH", "cpu")
@@ -183,6 +231,9 @@ def _pip_repository_impl(rctx):
         lock = rctx.attr.requirements_lock_cuda
     else:
         fail("modelgate: MODELGATE_TORCH=%s; expected cpu or cuda" % flavor)
+    inputs = rctx.os.environ.get("MODELGATE_PIP_INPUTS", "lock")
+    if inputs not in ("lock", "files"):
+        fail("modelgate: MODELGATE_PIP_INPUTS=%s; expected lock or files" % inputs)
     lock_path = rctx.path(lock)
     lock_name = "%s/%s" % (lock.package, lock.name) if lock.package else lock.name
     rctx.file("requirements_lock.txt", rctx.read(lock_path), executable = False)
@@ -190,16 +241,20 @@ def _pip_repository_impl(rctx):
     if store and rctx.path(store + "/" + _STORE_DONE).exists:
         # Installed before on this machine (another clone, an earlier output base): link it.
         rctx.report_progress("linking %s from the machine's store" % lock_name)
-        rctx.symlink(store + "/site", "site")
+        _link(rctx, store)
     else:
         _install(rctx, python, lock_path, lock_name)
         if store:
             _publish(rctx, python, store)
 
     # The lock entry of each package goes beside its py_library (lock_entries/<name>.json).
-    res = rctx.execute([python, rctx.path(rctx.attr._generator), "generate", lock_name, "site", ".", "requirements_lock.txt"], timeout = 600, quiet = True)
+    res = rctx.execute([python, rctx.path(rctx.attr._generator), "generate", lock_name, "site", ".", "requirements_lock.txt", inputs], timeout = 600, quiet = True)
     if res.return_code != 0:
         fail("\n" + (res.stdout + res.stderr).strip())
+
+    # The toolchain's wrapper reads site/ itself where the libraries' inputs are their lock entries.
+    if inputs == "lock":
+        rctx.file("INPUTS_ARE_LOCK_ENTRIES", "", executable = False)
 
     # Which torch this repository holds, for rules that decide at analysis time whether a GPU
     # variant can run at all (tools/private/receipts.bzl).
@@ -213,5 +268,5 @@ pip_repository = repository_rule(
         "requirements_lock_cuda": attr.label(mandatory = True, allow_single_file = True),
         "_generator": attr.label(default = "//third_party/python:pip_generate.py"),
     },
-    environ = ["HOME", "MODELGATE_PIP_STORE", "MODELGATE_PYTHON", "MODELGATE_TORCH"],
+    environ = ["HOME", "MODELGATE_PIP_INPUTS", "MODELGATE_PIP_STORE", "MODELGATE_PYTHON", "MODELGATE_TORCH"],
 )

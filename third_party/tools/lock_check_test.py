@@ -141,7 +141,62 @@ def test_generate_gives_each_library_its_lock_entry(tmp_path):
     entry = (tmp_path / "lock_entries" / "alpha_pkg.json").read_text()
     assert entry == '{"hashes":["sha256:%s","sha256:%s"],"name":"alpha-pkg","version":"1.0"}\n' % ("a" * 64, "b" * 64)
     build = (tmp_path / "BUILD.bazel").read_text()
-    assert '"lock_entries/alpha_pkg.json",' in build and '"lock_entries/packaging.json",' in build
+    assert '"lock_entries/alpha_pkg.json"' in build and '"lock_entries/packaging.json"' in build
+
+
+def _alpha(tmp_path):
+    site = _site(tmp_path, ["packaging"])
+    info = site / "alpha-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Name: alpha\nVersion: 1.0\n")
+    (site / "alpha").mkdir()
+    (site / "alpha" / "__init__.py").write_text("")
+    (site / "alpha" / "data.json").write_text("{}")
+    (info / "RECORD").write_text("alpha/__init__.py,,\nalpha/data.json,,\nalpha-1.0.dist-info/METADATA,,\n../../bin/alpha,,\n")
+    lock = tmp_path / "requirements_lock.txt"
+    lock.write_text(f"alpha==1.0 \\\n    --hash=sha256:{'a' * 64}\npackaging==1.0 \\\n    --hash=sha256:{'c' * 64}\n")
+    return site, lock
+
+
+def _library(build: str, name: str) -> str:
+    start = build.index(f'    name = "{name}",')
+    return build[start : build.index(")", start)]
+
+
+def test_with_lock_entries_as_inputs_a_library_lists_no_installed_file_yet_each_has_a_label(tmp_path):
+    site, lock = _alpha(tmp_path)
+    assert pip_generate.generate("L", str(site), str(tmp_path), str(lock), "lock") == 0
+    build = (tmp_path / "BUILD.bazel").read_text()
+    alpha = _library(build, "alpha")
+    assert '"lock_entries/alpha.json"' in alpha and "site/" not in alpha.split("imports")[0]
+    assert 'imports = ["site"]' in alpha
+    exported = build[build.index("exports_files([\n") :]
+    assert '"site/alpha/data.json"' in exported and '"site/alpha/__init__.py"' in exported
+
+
+def test_with_every_file_an_input_a_library_lists_its_files(tmp_path):
+    site, lock = _alpha(tmp_path)
+    assert pip_generate.generate("L", str(site), str(tmp_path), str(lock), "files") == 0
+    alpha = _library((tmp_path / "BUILD.bazel").read_text(), "alpha")
+    assert '"site/alpha/data.json"' in alpha and '"site/alpha-1.0.dist-info/METADATA"' in alpha
+    assert pip_generate.generate("L", str(site), str(tmp_path), str(lock), "everything") == 1
+
+
+def test_split_gives_each_distribution_its_own_directory_of_hard_links(tmp_path):
+    site, _ = _alpha(tmp_path)
+    (site / "alpha" / "__pycache__").mkdir()
+    pyc = site / "alpha" / "__pycache__" / ("__init__.cpython-%d%d.pyc" % sys.version_info[:2])
+    pyc.write_bytes(b"compiled")
+    assert pip_generate.split(str(site), str(tmp_path / "dists")) == 0
+    alpha = tmp_path / "dists" / "alpha"
+    assert sorted(str(p.relative_to(alpha)) for p in alpha.rglob("*") if p.is_file()) == [
+        "alpha-1.0.dist-info/METADATA",
+        "alpha/__init__.py",
+        f"alpha/__pycache__/{pyc.name}",
+        "alpha/data.json",
+    ]
+    assert (alpha / "alpha" / "data.json").stat().st_ino == (site / "alpha" / "data.json").stat().st_ino
+    assert not (alpha / "packaging").exists()  # another distribution's files are not there
 
 
 def test_generate_fails_when_an_installed_package_has_no_entry(tmp_path, capsys):
@@ -171,3 +226,19 @@ def test_the_cuda_lock_gives_torch_its_own_entry():
     cuda = pip_generate.read_lock_entries((ROOT / "requirements_lock_cuda.txt").read_text())
     assert cpu["torch"] != cuda["torch"]
     assert cpu["numpy"] == cuda["numpy"]
+
+
+def test_verify_finds_an_installed_file_that_differs_from_its_record(tmp_path, capsys):
+    import base64
+    import hashlib
+
+    site, _ = _alpha(tmp_path)
+    body = b'{"vocabulary": 1}'
+    (site / "alpha" / "data.json").write_bytes(body)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+    (site / "alpha-1.0.dist-info" / "RECORD").write_text(f"alpha/data.json,sha256={digest},{len(body)}\nalpha-1.0.dist-info/RECORD,,\n")
+    assert pip_generate.verify(str(site)) == 0
+    assert "1 of 1 installed files match" in capsys.readouterr().out
+    (site / "alpha" / "data.json").write_bytes(b'{"vocabulary": 2}')
+    assert pip_generate.verify(str(site)) == 1
+    assert "alpha/data.json: sha256 or size differs from alpha-1.0.dist-info/RECORD" in capsys.readouterr().out

@@ -70,7 +70,7 @@ def main() -> int:
         bench.close()
     report = bench.report()
     print()
-    print(render_table(bench.rows))
+    print(render_table(bench.rows, bench.previous))
     print()
     print(bench.where_the_time_goes())
     if out:

@@ -2,9 +2,11 @@
 
     cd <clone> && python tools/bench/plain_pipeline.py --out=DIR [--jobs=2] [--json=FILE]
 
-For every model: export (train, safetensors, ONNX: tools/bin/model_tool.py export), the release gate
-(tools/bin/model_tool.py gate), the golden test (pytest tools/bin/golden_test.py on the exported weights) and the
-model tests (pytest models/<m>/model_test.py, CPU only). Each step is a fresh Python process in
+For every model: the pinned checkpoint where it has one (tools/bin/checkpoint_tool.py fetch, from
+this machine's checkpoint store), export (train or load, safetensors, ONNX: tools/bin/model_tool.py
+export), the release gate (model_tool.py gate, with the files the bundle ships), the golden test
+(pytest tools/bin/golden_test.py on the exported weights) and each of the model's test files
+(pytest models/<m>/*_test.py, CPU only), as `bazel test //models/...` runs them. Each step is a fresh Python process in
 this venv, with the environment Bazel gives its actions and tests (one thread, fixed hash seed,
 no bytecode written), and steps run `--jobs` at a time, as Bazel runs `--jobs` actions on this
 machine. What this leaves out is exactly what Bazel adds: analysis, runfiles trees, sandboxes,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -43,6 +46,20 @@ def export_inputs(root: Path, model: str) -> list[str]:
     return [f"--input={f.relative_to(root)}={f.relative_to(root)}" for f in files if f.is_file()]
 
 
+def bundle_files(root: Path, model: str) -> list[str]:
+    """--bundle-file NAME=PATH for the files model_package(bundle_files = ["@pip//:site/P"]) ships,
+    found where this venv installed them."""
+    build = (root / "models" / model / "BUILD.bazel").read_text(encoding="utf-8")
+    found = []
+    for inside in re.findall(r'bundle_files\s*=\s*\[([^\]]*)\]', build):
+        for path in re.findall(r'"@pip//:site/([^"]+)"', inside):
+            where = next((Path(e) / path for e in sys.path if (Path(e or ".") / path).is_file()), None)
+            if where is None:
+                raise SystemExit(f"plain_pipeline: {model}'s bundle file {path} is not installed in this venv")
+            found.append(f"--bundle-file={Path(path).name}={where}")
+    return found
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="where exports and release manifests go")
@@ -68,8 +85,19 @@ def main() -> int:
 
     def pipeline(pool: ThreadPoolExecutor, model: str):
         out = args.out / model
+        out.mkdir(parents=True, exist_ok=True)
         tool = [python, "tools/bin/model_tool.py"]
-        if not step(f"export {model}", [*tool, "export", "--model", model, "--out-dir", str(out), *export_inputs(root, model)]):
+        pin = root / "models" / model / "checkpoint.json"
+        checkpoint = []
+        if pin.is_file():
+            pin_arg = f"models/{model}/checkpoint.json=models/{model}/checkpoint.json"
+            fetch = [python, "tools/bin/checkpoint_tool.py", "fetch", "--model", model, "--pin", pin_arg,
+                     "--out", str(out / "checkpoint.safetensors")]  # fmt: skip
+            if not step(f"checkpoint {model}", fetch):
+                return []
+            checkpoint = ["--checkpoint", str(out / "checkpoint.safetensors"), "--checkpoint-pin", pin_arg]
+        export = [*tool, "export", "--model", model, "--out-dir", str(out), *export_inputs(root, model), *checkpoint]
+        if not step(f"export {model}", export):
             return []
         golden_env = {
             "MODELGATE_MODEL": model,
@@ -77,7 +105,7 @@ def main() -> int:
             "MODELGATE_GOLDEN_DIR": f"golden/{model}",
         }
         gate = [*tool, "gate", "--model", model, "--export-dir", str(out), "--golden-dir", f"golden/{model}",
-                "--out", str(out / "manifest.json")]  # fmt: skip
+                "--out", str(out / "manifest.json"), *bundle_files(root, model)]  # fmt: skip
         return [
             pool.submit(step, f"gate {model}", gate),
             pool.submit(step, f"golden_test {model}", [*pytest, "tools/bin/golden_test.py"], golden_env),
@@ -88,7 +116,11 @@ def main() -> int:
         # Exports first (the long steps; gate and golden test wait on them), then the model tests.
         # A pipeline runs its export in its own worker and only submits what follows: no worker waits.
         exports = {m: pool.submit(pipeline, pool, m) for m in models(root)}
-        tests = [pool.submit(step, f"model_test {m}", [*pytest, f"models/{m}/model_test.py"]) for m in models(root)]
+        tests = [
+            pool.submit(step, f"{t.stem} {m}", [*pytest, str(t.relative_to(root))])
+            for m in models(root)
+            for t in sorted((root / "models" / m).glob("*_test.py"))
+        ]
         followups = [f for e in exports.values() for f in e.result()]
         for f in tests + followups:
             f.result()

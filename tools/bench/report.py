@@ -4,6 +4,7 @@ slowest row; what a Bazel or promote row spent its time on)."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from parse import profile_summary
@@ -36,13 +37,32 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**MISSED**"
 
 
-def render_table(rows: list[Row]) -> str:
+def previous_ratios(text: str) -> tuple[str, dict[str, str]]:
+    """(when, {row id: ratio}) from an earlier BENCHMARKS.md, for the table's "previous" column."""
+    when = re.search(r"^Produced by `tools/bench/run` on ([0-9-]+)[^,]*, commit `([0-9a-f]+)`", text, re.MULTILINE)
+    ratios = {}
+    header = None
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 5:
+            continue
+        if cells[0] == "#":
+            header = cells
+            continue
+        if header and "ratio" in header and cells[0] and cells[0] != "---":
+            ratios[cells[0]] = cells[header.index("ratio")]
+    return (f"{when.group(1)}, {when.group(2)[:7]}" if when else "?"), ratios
+
+
+def render_table(rows: list[Row], previous: tuple[str, dict[str, str]] | None = None) -> str:
+    when, before = previous or ("", {})
     lines = [
-        "| # | what | modelgate | baseline | ratio | target | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| # | what | modelgate | baseline | ratio | " + (f"previous ({when}) | " if previous else "") + "target | verdict |",
+        "| --- | --- | --- | --- | --- | " + ("--- | " if previous else "") + "--- | --- |",
     ]
     for r in rows:
-        lines.append(f"| {r.id} | {r.what} | {r.measured} | {r.baseline} | {r.ratio} | {r.target} | {r.verdict} |")
+        prev = f"{before.get(r.id, 'new row')} | " if previous else ""
+        lines.append(f"| {r.id} | {r.what} | {r.measured} | {r.baseline} | {r.ratio} | {prev}{r.target} | {r.verdict} |")
     return "\n".join(lines)
 
 
@@ -203,7 +223,7 @@ class ReportProse:
                 "only what a row sets up is reused. Targets come from the adoption checklist; a row that misses says so."
             ),
             "",
-            render_table(self.rows),
+            render_table(self.rows, self.previous),
             "",
             "## Details",
             "",

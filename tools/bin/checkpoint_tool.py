@@ -10,6 +10,7 @@ does not have it. Errors are one line naming the model and the pin file, exit st
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,6 +25,12 @@ def main(argv=None) -> int:
     p.add_argument("--pin", required=True, help="PATH=WORKSPACE_PATH of the pin file")
     p.add_argument("--out", required=True)
     p.add_argument("--package-file", action="append", default=[], help="SITE_PATH=PATH of a file of a checkpoint package (pip:// sources)")
+    p.add_argument(
+        "--package-lock-entry",
+        action="append",
+        default=[],
+        help="PATH of the lock entry of a checkpoint package whose files are read from the installed tree",
+    )
     args = parser.parse_args(argv)
     path, _, display = args.pin.partition("=")
     package_files = {}
@@ -32,6 +39,11 @@ def main(argv=None) -> int:
         package_files[rel] = where
     try:
         pin = checkpoints.read_pin(path, display or path, args.model)
+        if not package_files:
+            # The package's files are read where they are installed: in the build, where a package's
+            # input is its lock entry (only those packages); outside it, on sys.path.
+            names = {json.loads(Path(entry).read_text(encoding="utf-8"))["name"] for entry in args.package_lock_entry}
+            package_files = checkpoints.installed_package_files(pin, packages=names or None)
         fetched = checkpoints.fetch(pin, package_files=package_files)
         checkpoints.place(fetched, Path(args.out))
     except checkpoints.CheckpointError as e:

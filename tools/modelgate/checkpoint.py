@@ -261,9 +261,11 @@ def _read_pip(source: str, write: Callable[[bytes], None], package_files: Mappin
     _read_file(Path(path).absolute().as_uri(), write)
 
 
-def installed_package_files(pin: Pin) -> dict[str, str]:
-    """For fetching outside Bazel: the files of the installed distributions the pin's pip://
-    sources name, by their path inside site-packages (what the pinned_checkpoint rule passes)."""
+def installed_package_files(pin: Pin, packages: set[str] | None = None) -> dict[str, str]:
+    """The files of the installed distributions (on sys.path) the pin's pip:// sources name, by
+    their path inside site-packages (what the pinned_checkpoint rule passes file by file), for
+    fetching outside Bazel, or in the build where a package's input is its lock entry; with
+    `packages` (the lock's names of distributions), only those."""
     from importlib import metadata
 
     files = {}
@@ -271,6 +273,8 @@ def installed_package_files(pin: Pin) -> dict[str, str]:
         if not source.startswith("pip://"):
             continue
         distribution = source[len("pip://") :].partition("/")[0]
+        if packages is not None and re.sub(r"[-_.]+", "-", distribution).lower() not in packages:
+            continue
         try:
             found = metadata.distribution(distribution)
         except metadata.PackageNotFoundError:

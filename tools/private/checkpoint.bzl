@@ -4,8 +4,8 @@ A pin file (models/<m>/checkpoint.json; modelgate/checkpoint.py) names a safeten
 by sha256 and size, with the sources it can be fetched from. The CheckpointFetch action turns the
 pin into the checkpoint file:
 
-- Its cache key is the pin file (and the files of any package a pip:// source reads): a new
-  checkpoint is a new pin, and nothing else reruns it. Its output is a pure function of the pin
+- Its cache key is the pin file (and the files, or the lock entry, of any package a pip:// source
+  reads): a new checkpoint is a new pin, and nothing else reruns it. Its output is a pure function of the pin
   (the bytes are verified against the digest), so Bazel's disk and remote caches share it across
   clones and machines: a clone with a warm cache fetches nothing.
 - It runs outside the sandbox (no-sandbox) and with the network (requires-network): it reads and
@@ -46,7 +46,12 @@ def _pinned_checkpoint_impl(ctx):
     args.add("--pin", "%s=%s" % (ctx.file.pin.path, ctx.file.pin.short_path))
     args.add("--out", out)
     for f in package_files:
-        args.add("--package-file", "%s=%s" % (_site_path(f), f.path))
+        if f.owner.name.startswith("lock_entries/"):
+            # Where @pip's libraries carry only their lock entries (MODELGATE_PIP_INPUTS=lock), the
+            # tool reads the package's files from the installed tree the entry fixes.
+            args.add("--package-lock-entry", f)
+        else:
+            args.add("--package-file", "%s=%s" % (_site_path(f), f.path))
     ctx.actions.run(
         executable = ctx.executable._tool,
         arguments = [args],
