@@ -231,6 +231,50 @@ def test_deterministic_reports_first_run_to_differ():
         checks.assert_deterministic(drifting)
 
 
+def _seeded_linear(seed):
+    torch.manual_seed(seed)
+    return nn.Linear(4, 3)(torch.ones(2, 4))
+
+
+def test_seeded_passes_when_the_seed_decides_the_weights():
+    checks.assert_seeded(_seeded_linear)
+
+
+def test_seeded_catches_a_model_that_ignores_its_seed():
+    def ignores_seed(seed):  # initialized from a fixed seed of its own, whatever the caller asks
+        return _seeded_linear(0)
+
+    with _raises("seeds 7 and 8 give bitwise-identical results"):
+        checks.assert_seeded(ignores_seed)
+    with _raises("differs between run 1 and run 2"):
+        checks.assert_seeded(lambda seed: torch.randn(3, generator=torch.Generator().manual_seed(torch.seed())))
+
+
+class _Spec:
+    """What assert_training_deterministic uses of a ModelSpec."""
+
+    def __init__(self, drift=None, config=None):
+        self.config, self.drift = config or {"steps": 5}, drift
+
+    def with_config(self, overrides):
+        return _Spec(self.drift, {**self.config, **overrides})
+
+    def new_model(self):
+        return nn.Linear(2, 2)
+
+    def train(self, model, config):
+        with torch.no_grad():
+            for _ in range(config["steps"]):
+                model.weight.add_(torch.randn(2, 2) if self.drift is None else self.drift())
+
+
+def test_training_deterministic_passes_for_seeded_training_and_catches_drift():
+    checks.assert_training_deterministic(_Spec(), steps=2)
+    calls = []
+    with _raises("state_dict"):
+        checks.assert_training_deterministic(_Spec(drift=lambda: calls.append(1) or torch.full((2, 2), float(len(calls)))))
+
+
 def test_deterministic_catches_unseeded_generators():
     def unseeded():
         return torch.randn(3, generator=torch.Generator().manual_seed(torch.seed()))

@@ -38,6 +38,8 @@ __all__ = [
     "assert_close",
     "assert_cpu_cuda_parity",
     "assert_deterministic",
+    "assert_seeded",
+    "assert_training_deterministic",
     "assert_finite",
     "assert_gradients_finite",
     "assert_mask_invariance",
@@ -445,6 +447,33 @@ def assert_deterministic(
                     f"{a.numel()} values are not bitwise equal; {what} at index {where} "
                     f"(run 1: {_value(a_cpu, where)}, run {run}: {_value(b_cpu, where)}). {hint}"
                 )
+
+
+def assert_seeded(forward: Callable[[int], Any], seeds: tuple[int, int] = (7, 8), *, name: str = "output") -> None:
+    """forward(seed) (build the model from `seed`, run it) is bitwise the same for the same seed and
+    differs between two seeds: the seed, and nothing else, decides the model's initialization."""
+    a, b = seeds
+    assert_deterministic(lambda: forward(a), name=name)
+    first, other = _snapshot(forward(a), name), _snapshot(forward(b), name)
+    if [label for label, _ in first] == [label for label, _ in other] and all(
+        x.shape == y.shape and x.dtype == y.dtype and bool((_bits(x) == _bits(y)).all()) for (_, x), (_, y) in zip(first, other)
+    ):
+        raise AssertionError(
+            f"{name}: seeds {a} and {b} give bitwise-identical results: the seed does not reach the model's initialization"
+        )
+
+
+def assert_training_deterministic(spec: Any, steps: int = 3) -> None:
+    """`steps` steps of the spec's training from a new model, twice: a bitwise-equal state_dict
+    (weights and buffers such as batchnorm's running statistics)."""
+    short = spec.with_config({"steps": steps})
+
+    def train() -> dict:
+        model = short.new_model()
+        short.train(model, short.config)
+        return model.state_dict()
+
+    assert_deterministic(train, name="state_dict")
 
 
 # --- Numerics -----------------------------------------------------------------------------------
