@@ -147,6 +147,8 @@ def test_bad_notifications_are_refused_and_change_nothing(local_registry, releas
     status, answer = harness.http("POST", url, body, good)
     assert status == 202 and answer == {"accepted": True}
     server.wait_serving(build_hash(v2), ROLLOUT_TIMEOUT_S)
+    # The new build serves before its check is counted as complete: wait for the count too.
+    harness.wait_for(lambda: server.version()["checks"] > checks, ROLLOUT_TIMEOUT_S, "the rollout's check to complete")
     checks = server.version()["checks"]
 
     status, answer = harness.http("POST", url, body, good)  # the same request again
