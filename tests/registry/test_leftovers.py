@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from modelgate.cli import fetch, promote
-from modelgate.registry import api
+from modelgate.registry import transfer
 from modelgate.registry import storage as storage_module
 from modelgate.errors import StorageError
 
@@ -77,16 +77,18 @@ def test_killed_promotes_leave_nothing_after_the_next_run(tmp_path):
         ready_r, ready_w = os.pipe()
 
         def body():
-            def slow_copy(source, target):  # the weights: half, a pause (the kill lands in it), the rest
-                head = source.read(2 << 20)
-                target.write(head)
-                if len(head) == 2 << 20:
-                    target.flush()
+            real_write = transfer.write_all
+            written = [0]
+
+            def slow_write(fd, view):  # the weights: half, a pause (the kill lands in it), the rest
+                real_write(fd, view)
+                written[0] += len(view)
+                if written[0] >= 2 << 20 and not getattr(transfer, "_paused", False):
+                    transfer._paused = True
                     os.write(ready_w, b".")
                     time.sleep(0.5)
-                target.write(source.read())
 
-            storage_module._copy = slow_copy
+            transfer.write_all = slow_write
             return _quiet(promote.main, ["--tag=stable", f"--release={bundle}", f"--registry={uri}"])
 
         _kill_mid_write(body, ready_r, ready_w, rng.uniform(0.0, 0.3))
@@ -118,16 +120,18 @@ def test_killed_fetches_leave_nothing_after_the_next_run(capsys, registry_uri, t
         ready_r, ready_w = os.pipe()
 
         def body():
-            real_write = api._VerifyingWriter.write
+            real_write = transfer.write_all
+            written = [0]
 
-            def slow_write(self, chunk):
-                real_write(self, chunk)
-                if self.size >= 1 << 20 and not getattr(api, "_told", False):
-                    api._told = True
+            def slow_write(fd, view):
+                real_write(fd, view)
+                written[0] += len(view)
+                if written[0] >= 1 << 20 and not getattr(transfer, "_told", False):
+                    transfer._told = True
                     os.write(ready_w, b".")
-                time.sleep(0.001 * len(chunk) / 8192)  # about 1 s per MiB
+                time.sleep(0.001 * len(view) / 8192)  # about 0.13 s per MiB
 
-            api._VerifyingWriter.write = slow_write
+            transfer.write_all = slow_write
             return _quiet(fetch.main, argv)
 
         _kill_mid_write(body, ready_r, ready_w, rng.uniform(0.0, 0.5))
