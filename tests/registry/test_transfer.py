@@ -19,22 +19,44 @@ B = transfer.BUFFER
 SIZES = [0, 1, B - 1, B, B + 1, 3 * B + 12345, 9 * B]  # more buffers than the pool holds
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_copy_hashed_writes_and_hashes_the_same_bytes(tmp_path, size):
+S = transfer.SPAN
+FILE_SIZES = SIZES + [S - 1, S, S + 1, 4 * S + 4097]  # more spans than may be in flight
+COPIES = {"kernel": transfer.copy_hashed, "buffers": transfer._copy_hashed_buffers}
+
+
+@pytest.mark.parametrize("how", COPIES)
+@pytest.mark.parametrize("size", FILE_SIZES)
+def test_copy_hashed_writes_and_hashes_the_same_bytes(tmp_path, size, how):
     data = random.Random(size).randbytes(size)
     (tmp_path / "src").write_bytes(data)
-    with open(tmp_path / "src", "rb", buffering=0) as src, open(tmp_path / "dst", "wb", buffering=0) as dst:
-        got = transfer.copy_hashed(src.fileno(), dst.fileno(), size)
+    with open(tmp_path / "src", "rb", buffering=0) as src, open(tmp_path / "dst", "w+b", buffering=0) as dst:
+        got = COPIES[how](src.fileno(), dst.fileno(), size)
     assert got == (size, hashlib.sha256(data).hexdigest())
     assert (tmp_path / "dst").read_bytes() == data
 
 
-def test_copy_hashed_stops_at_the_limit(tmp_path):
-    (tmp_path / "src").write_bytes(b"x" * (2 * B + 1))
-    with open(tmp_path / "src", "rb", buffering=0) as src, open(tmp_path / "dst", "wb", buffering=0) as dst:
+@pytest.mark.parametrize("how", COPIES)
+@pytest.mark.parametrize("limit", [0, 2 * B, S, S + 5])
+def test_copy_hashed_stops_at_the_limit(tmp_path, how, limit):
+    (tmp_path / "src").write_bytes(b"x" * (limit + 1))
+    with open(tmp_path / "src", "rb", buffering=0) as src, open(tmp_path / "dst", "w+b", buffering=0) as dst:
         with pytest.raises(transfer.TooLarge):
-            transfer.copy_hashed(src.fileno(), dst.fileno(), 2 * B)
-    assert (tmp_path / "dst").stat().st_size <= 2 * B
+            COPIES[how](src.fileno(), dst.fileno(), limit)
+    assert (tmp_path / "dst").stat().st_size <= limit + 1
+
+
+def test_copy_hashed_falls_back_where_sendfile_is_refused(tmp_path, monkeypatch):
+    import errno
+
+    def refuse(*args):
+        raise OSError(errno.EINVAL, "refused")
+
+    monkeypatch.setattr(os, "sendfile", refuse)
+    data = random.Random(7).randbytes(3 * B + 1)
+    (tmp_path / "src").write_bytes(data)
+    with open(tmp_path / "src", "rb", buffering=0) as src, open(tmp_path / "dst", "w+b", buffering=0) as dst:
+        assert transfer.copy_hashed(src.fileno(), dst.fileno(), len(data)) == (len(data), hashlib.sha256(data).hexdigest())
+    assert (tmp_path / "dst").read_bytes() == data
 
 
 @pytest.mark.parametrize("size", SIZES)
