@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from modelgate.cli import fetch, promote
-from modelgate.registry import fetch as fetching
+from modelgate.registry import transfer
 from modelgate.registry import storage as storage_module
 from modelgate.errors import StorageError
 
@@ -66,6 +66,32 @@ def _tree_bytes(path: Path) -> tuple[int, list[str]]:
     return total, sorted(names)
 
 
+def _slow_transfers(after_total, after_each=None) -> None:
+    """In a forked child: every write of modelgate.registry.transfer (kernel copies and buffered
+    writes) then calls after_total(bytes written so far) or after_each(so far, just written)."""
+    real_send, real_write = transfer._send, transfer.write_all
+    written = [0]
+
+    def note(n):
+        written[0] += n
+        if after_each:
+            after_each(written[0], n)
+        else:
+            after_total(written[0])
+
+    def send(target_fd, source_fd, want):
+        n = real_send(target_fd, source_fd, want)
+        if n:
+            note(n)
+        return n
+
+    def write(fd, view):
+        real_write(fd, view)
+        note(len(view))
+
+    transfer._send, transfer.write_all = send, write
+
+
 def test_killed_promotes_leave_nothing_after_the_next_run(tmp_path):
     uri = f"file://{tmp_path / 'registry'}"
     tmp_dir = tmp_path / "registry" / storage_module.TEMP_DIR
@@ -77,16 +103,13 @@ def test_killed_promotes_leave_nothing_after_the_next_run(tmp_path):
         ready_r, ready_w = os.pipe()
 
         def body():
-            def slow_copy(source, target):  # the weights: half, a pause (the kill lands in it), the rest
-                head = source.read(2 << 20)
-                target.write(head)
-                if len(head) == 2 << 20:
-                    target.flush()
+            def pause(n):  # once 2 MiB of the weights are written, a pause (the kill lands in it)
+                if n >= 2 << 20 and not getattr(transfer, "_paused", False):
+                    transfer._paused = True
                     os.write(ready_w, b".")
                     time.sleep(0.5)
-                target.write(source.read())
 
-            storage_module._copy = slow_copy
+            _slow_transfers(pause)
             return _quiet(promote.main, ["--tag=stable", f"--release={bundle}", f"--registry={uri}"])
 
         _kill_mid_write(body, ready_r, ready_w, rng.uniform(0.0, 0.3))
@@ -118,16 +141,13 @@ def test_killed_fetches_leave_nothing_after_the_next_run(capsys, registry_uri, t
         ready_r, ready_w = os.pipe()
 
         def body():
-            real_write = fetching._VerifyingWriter.write
-
-            def slow_write(self, chunk):
-                real_write(self, chunk)
-                if self.size >= 1 << 20 and not getattr(fetching, "_told", False):
-                    fetching._told = True
+            def slow(n, last):
+                if n >= 1 << 20 and not getattr(transfer, "_told", False):
+                    transfer._told = True
                     os.write(ready_w, b".")
-                time.sleep(0.001 * len(chunk) / 8192)  # about 1 s per MiB
+                time.sleep(0.001 * last / 8192)  # about 0.13 s per MiB
 
-            fetching._VerifyingWriter.write = slow_write
+            _slow_transfers(lambda n: None, slow)
             return _quiet(fetch.main, argv)
 
         _kill_mid_write(body, ready_r, ready_w, rng.uniform(0.0, 0.5))

@@ -186,17 +186,17 @@ def test_a_registry_outage_keeps_serving_and_is_retried_at_the_next_poll(deploy,
     harness.promote(local_registry, v2, keys["signer"])
 
     storage = deployment.registry.storage
-    real_read_into = storage.read_into
+    real_read = storage.read_hashed_into
 
     def unreachable(*args, **kwargs):
         raise StorageError("no answer from the registry")
 
-    storage.read_into = unreachable
+    storage.read_hashed_into = unreachable
     attempt = deployment.check("poll")
     assert attempt.outcome == "failed" and attempt.error == "no answer from the registry"
     assert deployment.current.build_hash == build_hash(v1)
     assert "failed: no answer from the registry; still serving" in deployment.version()["error"]
-    storage.read_into = real_read_into
+    storage.read_hashed_into = real_read
     assert deployment.check("poll").outcome == "serving"  # an outage is not held against the build
     assert deployment.current.build_hash == build_hash(v2) and deployment.version()["error"] is None
 

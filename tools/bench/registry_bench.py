@@ -11,11 +11,14 @@ What is compared, each side by side on the same bytes, `--reps` times interleave
   gcs    modelgate promote to fake-gcs-server     vs  blob.upload_from_filename (same server, client)
   gcs    re-promote of the same build              (bytes uploaded, seconds)
   gcs    modelgate fetch (signature + sha256)     vs  blob.download_to_filename
-  local  modelgate promote to file:///...         vs  shutil.copyfile of the bundle's files
+  local  modelgate promote to file:///...         vs  shutil.copyfile of the bundle's files, each fsynced
   local  re-promote of the same build
   local  modelgate fetch                          vs  shutil.copyfile of the stored blobs
   dvc    `dvc push` of the same weights file to the same fake-gcs-server (when --dvc is given)
-The raw copies are also timed followed by fsync, since modelgate makes every write durable.
+Promote to a local registry makes every blob durable (fsync before it is linked into place), so its
+baseline is the copy with fsync (the copy without is timed too); a fetch is a plain copy of what
+the registry holds, so its baselines are the plain copy and the plain client download. Each
+repetition and the end print the ratios (baseline time / modelgate time; >= 0.9 is the goal).
 """
 
 from __future__ import annotations
@@ -231,6 +234,7 @@ class Transfers:
         log(f"local: copy {s['copy'][-1]:.2f} s (+fsync {s['copy_fsync'][-1]:.2f} s), promote {s['local_promote'][-1]:.2f} s, "
             f"re-promote {s['local_repromote'][-1]:.2f} s, copy out {s['local_copy_out'][-1]:.2f} s, "
             f"verified fetch {s['local_fetch'][-1]:.2f} s")  # fmt: skip
+        log("ratios this repetition: " + ratio_line({k: v[-1] for k, v in s.items() if v}))
 
     def profile(self) -> dict[str, float]:
         """One more promote per backend under cProfile, not among the timings."""
@@ -261,20 +265,24 @@ def run(args) -> dict:
         t.warm_up()
         for rep in range(args.reps):
             log(f"repetition {rep + 1} of {args.reps}")
-            t.gcs()
-            t.local(rep)
+            if "gcs" in args.backends:
+                t.gcs()
+            if "local" in args.backends:
+                t.local(rep)
         results = {
             "size_bytes": t.bundle.total_size,
             "reps": args.reps,
             "samples": t.samples,
-            "best": {k: min(v) for k, v in t.samples.items()},
+            "best": {k: min(v) for k, v in t.samples.items() if v},
             "promoted_bytes": {"gcs": t.uploaded["promote"], "local": t.uploaded["local_promote"]},
             "repromote_bytes": {"gcs": t.uploaded["repromote"], "local": t.uploaded["local_repromote"]},
+            "ratios": ratios({k: min(v) for k, v in t.samples.items() if v}),
             "sha256_seconds": hash_seconds(bundle_dir / "weights.safetensors"),
             # Resumable-upload chunk sizes: modelgate's, and the client default the raw upload uses.
             "chunk_bytes": {"modelgate": mg_storage.UPLOAD_CHUNK, "client_default": blob_module._DEFAULT_CHUNKSIZE},
             "dvc": None,
         }
+        log(f"ratios, best of {args.reps}: " + ratio_line(results["best"]))
         if args.profile:
             results["profile_seconds"] = t.profile()
             results["profile"] = t.profiles
@@ -283,6 +291,24 @@ def run(args) -> dict:
     finally:
         gcs.stop()
     return results
+
+
+# (row, modelgate's sample, the baseline's sample): the ratios the goals are stated in.
+RATIOS = (
+    ("promote gcs / upload_from_filename", "promote", "raw_upload"),
+    ("promote local / copy+fsync", "local_promote", "copy_fsync"),
+    ("fetch gcs / download_to_filename", "fetch", "raw_download"),
+    ("fetch local / copy", "local_fetch", "local_copy_out"),
+)
+
+
+def ratios(seconds: dict[str, float]) -> dict[str, float]:
+    """Baseline time over modelgate's time (its throughput relative to the baseline's)."""
+    return {name: seconds[raw] / seconds[mine] for name, mine, raw in RATIOS if seconds.get(mine) and raw in seconds}
+
+
+def ratio_line(seconds: dict[str, float]) -> str:
+    return "; ".join(f"{name} {r:.2f}x" for name, r in ratios(seconds).items())
 
 
 def hash_seconds(path: Path) -> float:
@@ -304,6 +330,10 @@ KINDS = {
     "posix.copy_file_range": "copying (kernel)",
     "_io.BufferedWriter.write": "writing files",
     "posix.fsync": "fsync",
+    "posix.readv": "reading files",
+    "posix.write": "writing files",
+    "_queue.SimpleQueue.get": "waiting on the sha256 thread",
+    "_thread.lock.acquire": "waiting on the sha256 thread",
     "_socket.socket.recv_into": "waiting on the server",
     "_socket.socket.sendall": "sending",
 }
@@ -371,6 +401,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--dvc", help="a dvc executable with dvc-gs, for the `dvc push` peer")
     p.add_argument("--profile", action="store_true", help="cProfile the first promote of each backend")
+    p.add_argument("--backends", default="gcs,local", help="comma-separated: gcs, local (both by default; rows.py needs both)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     try:

@@ -438,8 +438,8 @@ class Bench(ReportProse):
 
         transfer("4a", f"Promote {gib} to fake-gcs-server (verify, sign, upload blobs, manifest, tag; {reps})",
                  "promote", "raw_upload", "`blob.upload_from_filename`, same server and client settings")  # fmt: skip
-        transfer("4b", f"Promote {gib} to the local registry (`file://`)", "local_promote", "copy", "`shutil.copyfile`",
-                 f"; with fsync {fmt_s(b['copy_fsync'])}")  # fmt: skip
+        transfer("4b", f"Promote {gib} to the local registry (`file://`)", "local_promote", "copy_fsync",
+                 "`shutil.copyfile` + fsync (every blob is made durable)", f"; without fsync {fmt_s(b['copy'])}")  # fmt: skip
         for row_id, key, where in (("4c", "repromote", "fake-gcs-server"), ("4d", "local_repromote", "local registry")):
             uploaded = max(r["repromote_bytes"]["gcs" if key == "repromote" else "local"])
             first = b["promote" if key == "repromote" else "local_promote"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -12,7 +11,7 @@ from modelgate.errors import BundleError, UsageError, VerificationError
 from modelgate.formats import MANIFEST_SIGNATURE, RELEASE_MANIFEST
 
 from . import bundle as bundles
-from . import leftovers, signing, tags
+from . import leftovers, signing, tags, transfer
 from .inspect import _no_tag_message
 from .registry import Registry
 
@@ -30,22 +29,6 @@ class FetchResult:
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "manifest"}
-
-
-class _VerifyingWriter:
-    """Writes a download to disk while checking it against the manifest's size and sha256."""
-
-    def __init__(self, f, name: str, size: int):
-        self.f, self.name, self.expected = f, name, size
-        self.size = 0
-        self.hash = hashlib.sha256()
-
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.expected:
-            raise VerificationError(f"{self.name} is larger than its manifest says ({self.expected} bytes)")
-        self.hash.update(chunk)
-        self.f.write(chunk)
 
 
 def resolve_build(registry: Registry, model: str, build: str) -> str:
@@ -78,6 +61,13 @@ def fetch(
     directory, which is renamed into place only when every file matched. The temporary directory
     is made in the deepest directory that exists already, so parents that fetch creates appear
     with that rename, never half. Temporaries of killed fetches there are swept first.
+
+    The fetched files are not fsynced: a fetch is a copy of what the registry holds durably, so
+    durability would buy nothing a second fetch does not, and cost more than the copy itself (the
+    disk's write-back of every byte). A killed process loses nothing (its writes are in the page
+    cache); only a machine crash soon after a fetch can leave files short. Serve never reads such
+    a directory back (it fetches into a fresh one at every start and serves from memory); anyone
+    else can compare its files with the digests in its manifest.json, or fetch again.
     """
     tags.check_model_name(model)
     if (tag is None) == (build is None):
@@ -119,18 +109,7 @@ def fetch(
     try:
         temp.mkdir(parents=True, exist_ok=True)
         for name, spec in sorted(doc["files"].items()):
-            with open(temp / name, "wb") as f:
-                writer = _VerifyingWriter(f, name, spec["size"])
-                if not registry.read_blob_into(spec["sha256"], writer.write, spec["size"]):
-                    raise VerificationError(f"{name}: blob {spec['sha256'][:12]} is missing from {registry.uri}")
-                if writer.size != spec["size"] or writer.hash.hexdigest() != spec["sha256"]:
-                    raise VerificationError(
-                        f"{name} does not match the signed manifest (got {writer.size} bytes, "
-                        f"sha256 {writer.hash.hexdigest()[:12]}; expected {spec['size']} bytes, "
-                        f"sha256 {spec['sha256'][:12]})"
-                    )
-                f.flush()
-                os.fsync(f.fileno())
+            transfer.fetch_file(registry, name, spec, temp / name)  # hashed while written; raises on a mismatch
             total += spec["size"]
         (temp / RELEASE_MANIFEST).write_bytes(signing.signed_bytes(doc))
         (temp / MANIFEST_SIGNATURE).write_bytes(signing.signature_file_bytes(doc))

@@ -11,7 +11,7 @@ from modelgate import notify
 from modelgate.errors import BundleError, GateError, ModelgateError, StorageError, UsageError
 
 from . import bundle as bundles
-from . import gates, signing, tags
+from . import gates, signing, tags, transfer
 from .moves import PromoteResult, Warn, _event, _now, _signer, _user
 from .registry import BUILD_SCHEMA, Registry, TagMove, TagState
 from .storage import LocalStorage
@@ -182,8 +182,9 @@ def promote(
     kind = tags.tag_kind(tag)
     if force and not reason:
         raise UsageError("--force needs --reason=TEXT (it is recorded in the history)")
+    copies = transfer.BlobCopies(registry, selected, dry_run=dry_run)  # a local registry's are checked as copied
     for b in selected:
-        bundles.verify_files(b)
+        bundles.verify_files(b, skip=copies.checked_later(b))
     if not dry_run:
         # The key is loaded before anything is written, so that a missing or unusable key writes
         # nothing; from here the registry verifies every event and pointer it reads with it.
@@ -223,14 +224,15 @@ def promote(
 
     endpoints = list(notify_urls) + registry.notify_endpoints()
     results = []
-    for b in selected:
-        try:
-            results.append(_promote_one(registry, b, tag, kind, signed[b.model], force, reason, commit, progress, endpoints, warn))
-        except ModelgateError as e:
-            if results:  # say what did happen: the models before this one stay promoted
-                done = ", ".join(f"{r.model} {r.build_hash[:12]}" for r in results)
-                e.args = (f"{e} (already done: {done})",)
-            raise
+    with copies.staged():  # every copy made and checked before the first blob is linked
+        for b in selected:
+            try:
+                results.append(_promote_one(registry, b, tag, kind, signed[b.model], force, reason, commit, progress, endpoints, warn))
+            except ModelgateError as e:
+                if results:  # say what did happen: the models before this one stay promoted
+                    done = ", ".join(f"{r.model} {r.build_hash[:12]}" for r in results)
+                    e.args = (f"{e} (already done: {done})",)
+                raise
     return results
 
 

@@ -106,6 +106,9 @@ class Registry:
         self.verifier = verifier or (signer.verifier() if signer else None)
         self._events: dict[tuple[str, int], dict] = {}  # checked events: create-only, so cacheable
         self.warn: Callable[[str], None] | None = None  # told when materialize repairs a broken pointer
+        # sha256 -> a copy already made in the storage's temporaries and checked against that
+        # digest (LocalStorage.staged_copy, via transfer.staged_blobs); put_blob links it into place.
+        self.staged: dict[str, object] = {}
 
     def use_keys(self, *, signer: RecordSigner | None = None, verifier: RecordVerifier | None = None) -> None:
         """Signs what this registry writes with `signer`; verifies what it reads with `verifier`
@@ -146,10 +149,18 @@ class Registry:
         """Uploads a file as blob `sha256` unless it is already there. True if bytes were uploaded."""
         if self.has_blob(sha256):
             return False
+        staged = self.staged.get(sha256)
+        if staged is not None:
+            return self.storage.put_staged(self.blob_key(sha256), staged, progress)
         return self.storage.put_file(self.blob_key(sha256), path, size, progress)
 
     def read_blob_into(self, sha256: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
         return self.storage.read_into(self.blob_key(tags.check_build_hash(sha256)), write, size)
+
+    def read_blob_hashed_into(self, sha256: str, target_fd: int, limit: int) -> tuple[int, str] | None:
+        """The blob written to an open file: (bytes, sha256 hex) of what was written, for the caller
+        to compare; None if the blob is missing (Storage.read_hashed_into)."""
+        return self.storage.read_hashed_into(self.blob_key(tags.check_build_hash(sha256)), target_fd, limit)
 
     # ---- builds
 

@@ -25,12 +25,13 @@ import shutil
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from modelgate.errors import StorageError
 
-from . import leftovers
+from . import leftovers, transfer
 from .uri import RegistryURI
 
 CHUNK = 1 << 20
@@ -68,9 +69,25 @@ class Storage(abc.ABC):
         """Uploads a file to `key` unless the key exists. False if it existed (nothing uploaded)."""
 
     @abc.abstractmethod
-    def read_into(self, key: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
+    def read_into(
+        self, key: str, write: Callable[[bytes], None], size: int | None = None, *, transport_checksum: bool = True
+    ) -> bool:
         """Streams the object to `write` chunk by chunk. False if it does not exist. `size`, when
-        known, widens the remote deadline for a large transfer."""
+        known, widens the remote deadline for a large transfer. `transport_checksum=False`: the
+        caller verifies every byte itself (a sha256 from a signed manifest), so a backend may skip
+        its own check of the transfer (GCS: the client's md5 of the download)."""
+
+    def read_hashed_into(self, key: str, target_fd: int, limit: int) -> tuple[int, str] | None:
+        """Writes the object to an open file, hashing it on the way: (bytes, sha256 hex) of what was
+        written, or None if it does not exist. transfer.TooLarge past `limit` bytes. The caller
+        checks the digest against one it trusts, so no transport checksum is computed besides."""
+        writer = transfer.HashingWriter(target_fd, limit)
+        try:
+            if not self.read_into(key, writer.write, limit, transport_checksum=False):
+                return None
+            return writer.finish()
+        finally:
+            writer.close()
 
     def free_bytes(self) -> int | None:
         """Space left for new objects, where the backend can tell (a local disk); else None."""
@@ -161,7 +178,7 @@ class LocalStorage(Storage):
         tmp = self.root / TEMP_DIR
         tmp.mkdir(parents=True, exist_ok=True)
         path = tmp / leftovers.temp_name()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # readable: copy_hashed maps it
         f = os.fdopen(fd, "wb")
         try:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -236,7 +253,41 @@ class LocalStorage(Storage):
                     progress(size)
                 return self._link_into_place(temp, key)
 
-    def read_into(self, key: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
+    @contextlib.contextmanager
+    def staged_copy(self, source_fd: int, limit: int, what: str):
+        """Copies an open file into a new temporary, hashing it in the same pass, and fsyncs it.
+        Yields a Staged (where, and the size and sha256 of what was written) for `put_staged`;
+        nothing is visible under any key until then, and the temporary is removed unless linked.
+        transfer.TooLarge past `limit` bytes."""
+        with contextlib.ExitStack() as stack:
+            with self._errors(f"write a copy of {what}"):
+                temp, f = stack.enter_context(self._temp())
+                size, digest = transfer.copy_hashed(source_fd, f.fileno(), limit, writeback=True)
+                self._finish(f, temp, 0o444)
+            yield Staged(temp, size, digest)
+
+    def put_staged(self, key: str, staged: "Staged", progress: Progress | None = None) -> bool:
+        """Links a staged copy into place under `key` unless the key exists (False: nothing changed)."""
+        with self._errors(f"write {key}"):
+            if self._path(key).exists():
+                return False
+            if progress:
+                progress(staged.size)
+            return self._link_into_place(staged.path, key)
+
+    def read_hashed_into(self, key: str, target_fd: int, limit: int) -> tuple[int, str] | None:
+        path = self._path(key)
+        with self._errors(f"read {key}"):
+            try:
+                source = open(path, "rb", buffering=0)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            with source:
+                return transfer.copy_hashed(source.fileno(), target_fd, limit)
+
+    def read_into(
+        self, key: str, write: Callable[[bytes], None], size: int | None = None, *, transport_checksum: bool = True
+    ) -> bool:
         path = self._path(key)
         with self._errors(f"read {key}"):
             try:
@@ -264,6 +315,15 @@ class LocalStorage(Storage):
                 return sorted(e.name for e in os.scandir(self.root / prefix) if e.is_dir() and not e.name.startswith("."))
             except FileNotFoundError:
                 return []
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A checked copy in a local registry's temporaries, waiting to be linked into place."""
+
+    path: Path
+    size: int
+    sha256: str
 
 
 def _copy(source, target) -> None:
@@ -578,7 +638,9 @@ class GCSStorage(Storage):
                 return False
         return True
 
-    def read_into(self, key: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
+    def read_into(
+        self, key: str, write: Callable[[bytes], None], size: int | None = None, *, transport_checksum: bool = True
+    ) -> bool:
         from google.api_core.exceptions import NotFound
 
         written = [0]
@@ -591,8 +653,13 @@ class GCSStorage(Storage):
             blob = self._blob(key)
             try:
                 # Bytes already handed to `write` cannot be taken back: retry only before the first.
+                # The client's md5 of the download costs as much as a sha256; skipped where the
+                # caller checks a stronger digest of every byte anyway.
+                checksum = "md5" if transport_checksum else None
                 self._call(
-                    lambda t: blob.download_to_file(_Sink(sink), retry=None, timeout=t, raw_download=True),
+                    lambda t: blob.download_to_file(
+                        _Sink(sink), retry=None, timeout=t, raw_download=True, checksum=checksum
+                    ),
                     size=size or 0,
                     retry_if=lambda: written[0] == 0,
                 )
