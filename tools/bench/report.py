@@ -106,7 +106,8 @@ class ReportProse:
             f"in the exports, gates, tests; each imports torch) ran {share(processes)}. Setting up and deleting their "
             f"linux-sandboxes took {share(create + delete)} (set-up {create:.0f} s, deletion {delete:.0f} s): each "
             f"sandbox is a tree of one symlink per input file, and the {trees} runfiles manifests list {links:,} files, "
-            f"~{links // max(trees, 1):,} per test or tool, nearly all of them the pinned site-packages (torch), file by file. "
+            f"~{links // max(trees, 1):,} per test or tool (a pip package is one file, its lock entry: README, \"How a test "
+            "sees its packages\"; the previous layout listed ~24k installed files per test). "
         )
         if runfiles["seconds"] >= 1:
             text += f"Building runfiles symlink trees in the output tree took another {share(runfiles['seconds'])}. "
@@ -156,13 +157,11 @@ class ReportProse:
                     f"({moved} with the defaults). "
                 )
         text += (
-            "**What would make it faster next:** fewer input files per sandbox (site-packages as a few archives or "
-            "directory-level inputs, which must keep cache hits across clones), and one pytest process per model instead "
-            "of one per test target (each pays the torch import). The floor is the work itself: the same processes "
-            "without Bazel (row 3b). `pytest models/` (row 3) is not that floor: it does a fraction of the work (no "
-            "export, gate or golden test), which is why row 3 misses by far more than Bazel's overhead. For the fetch: "
-            "keep the installed, byte-compiled site-packages once per machine, keyed by the lock's hash, and hard-link "
-            "it into each output base, so a fresh clone fetches in seconds."
+            "**What is left:** the processes themselves. The floor is the same work without Bazel (row 3b); each test "
+            "target is still its own process paying the torch import, which keeps a test's result cached on its own "
+            "inputs. `pytest models/` (row 3) is not that floor: it does a fraction of the work (no checkpoint, export, "
+            "gate or golden test), which is why row 3 misses by far more than Bazel's overhead. The fetch (row 2c) links "
+            "the machine's pip store, installed once per lock."
         )
         return text
 
