@@ -20,6 +20,7 @@ from modelgate.export import run_export
 from modelgate.formats import GOLDEN_EXPECTED, GOLDEN_FILES, RELEASE_MANIFEST, WEIGHTS
 from modelgate.loading import load_weights
 from modelgate.spec import ModelSpec
+from modelgate.testing.releases import passing_receipts
 
 
 def make_release(spec: ModelSpec, hparams: dict, root: Path) -> Path:
@@ -30,7 +31,11 @@ def make_release(spec: ModelSpec, hparams: dict, root: Path) -> Path:
     export_dir, golden_dir, bundle = work / "export", work / "golden", work / "bundle"
     attributes = {"model": spec.name, "hparams": dict(hparams)}
     # In-process, after torch loaded: the native kernels (recorded as such in the build hash).
-    export_manifest = run_export(spec, export_dir, inputs={}, attributes=attributes, strict_numerics=False)
+    # The model's own sources are the build's inputs, as in the export action (and what the test
+    # receipt below is bound to).
+    root_dir = Path(__file__).absolute().parents[2]  # the runfiles tree under Bazel: declared files only
+    sources = {f"models/{spec.name}/{f.name}": str(f) for f in sorted((root_dir / "models" / spec.name).glob("*.py"))}
+    export_manifest = run_export(spec, export_dir, inputs=sources, attributes=attributes, strict_numerics=False)
 
     model = load_weights(spec, export_dir / WEIGHTS)
     inputs = spec.golden_inputs()
@@ -48,6 +53,9 @@ def make_release(spec: ModelSpec, hparams: dict, root: Path) -> Path:
         shutil.copy(export_dir / name, bundle / name)
     for name in GOLDEN_FILES:
         shutil.copy(golden_dir / name, bundle / name)
+    # A passing CPU test receipt bound to the build, as the release rule ships one: the promote
+    # command refuses a release without its receipts (tests/serve/swap_load.py promotes with it).
+    manifest = passing_receipts(bundle, manifest)
     (bundle / RELEASE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return bundle
 
