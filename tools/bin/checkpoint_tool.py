@@ -17,6 +17,14 @@ from pathlib import Path
 from modelgate import checkpoint as checkpoints
 
 
+def installed_tree(lock_entry: str) -> Path:
+    """The installed files of the distribution a lock entry of @pip fixes: @pip//:lock_entries/<name>.json
+    lies beside @pip's dists/<name>/ (the tool is not given the package as a dependency of its own,
+    so the package is not on its sys.path)."""
+    entry = Path(lock_entry).resolve()
+    return entry.parent.parent / "dists" / entry.stem
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="checkpoint_tool", fromfile_prefix_chars="@", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,7 +51,9 @@ def main(argv=None) -> int:
             # The package's files are read where they are installed: in the build, where a package's
             # input is its lock entry (only those packages); outside it, on sys.path.
             names = {json.loads(Path(entry).read_text(encoding="utf-8"))["name"] for entry in args.package_lock_entry}
-            package_files = checkpoints.installed_package_files(pin, packages=names or None)
+            package_files = checkpoints.installed_package_files(
+                pin, packages=names or None, paths=[str(installed_tree(entry)) for entry in args.package_lock_entry] or None
+            )
         fetched = checkpoints.fetch(pin, package_files=package_files)
         checkpoints.place(fetched, Path(args.out))
     except checkpoints.CheckpointError as e:

@@ -34,6 +34,7 @@ import os
 import pwd
 import re
 import shutil
+import sys
 import tempfile
 import time
 import urllib.error
@@ -261,11 +262,12 @@ def _read_pip(source: str, write: Callable[[bytes], None], package_files: Mappin
     _read_file(Path(path).absolute().as_uri(), write)
 
 
-def installed_package_files(pin: Pin, packages: set[str] | None = None) -> dict[str, str]:
+def installed_package_files(pin: Pin, packages: set[str] | None = None, paths: list[str] | None = None) -> dict[str, str]:
     """The files of the installed distributions (on sys.path) the pin's pip:// sources name, by
     their path inside site-packages (what the pinned_checkpoint rule passes file by file), for
     fetching outside Bazel, or in the build where a package's input is its lock entry; with
-    `packages` (the lock's names of distributions), only those."""
+    `packages` (the lock's names of distributions), only those; with `paths`, the distributions
+    installed there rather than on sys.path."""
     from importlib import metadata
 
     files = {}
@@ -275,9 +277,8 @@ def installed_package_files(pin: Pin, packages: set[str] | None = None) -> dict[
         distribution = source[len("pip://") :].partition("/")[0]
         if packages is not None and re.sub(r"[-_.]+", "-", distribution).lower() not in packages:
             continue
-        try:
-            found = metadata.distribution(distribution)
-        except metadata.PackageNotFoundError:
+        found = next(iter(metadata.distributions(name=distribution, path=paths if paths is not None else sys.path)), None)
+        if found is None:
             continue
         for f in found.files or []:
             files[str(f)] = str(found.locate_file(f))
