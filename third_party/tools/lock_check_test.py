@@ -1,5 +1,6 @@
 """The lock tooling's answers to bad input: stale locks, missing hashes, pip's errors."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -137,6 +138,7 @@ def test_generate_gives_each_library_its_lock_entry(tmp_path):
         f"alpha-pkg==1.0 \\\n    --hash=sha256:{'b' * 64} \\\n    --hash=sha256:{'a' * 64}\n    # via -r requirements.in\n"
         f"packaging==1.0 \\\n    --hash=sha256:{'c' * 64}\n"
     )
+    assert pip_generate.split(str(site), str(tmp_path / "dists")) == 0
     assert pip_generate.generate("third_party/requirements_lock.txt", str(site), str(tmp_path), str(lock)) == 0
     entry = (tmp_path / "lock_entries" / "alpha_pkg.json").read_text()
     assert entry == '{"hashes":["sha256:%s","sha256:%s"],"name":"alpha-pkg","version":"1.0"}\n' % ("a" * 64, "b" * 64)
@@ -165,13 +167,28 @@ def _library(build: str, name: str) -> str:
 
 def test_with_lock_entries_as_inputs_a_library_lists_no_installed_file_yet_each_has_a_label(tmp_path):
     site, lock = _alpha(tmp_path)
+    assert pip_generate.split(str(site), str(tmp_path / "dists")) == 0
     assert pip_generate.generate("L", str(site), str(tmp_path), str(lock), "lock") == 0
     build = (tmp_path / "BUILD.bazel").read_text()
     alpha = _library(build, "alpha")
     assert '"lock_entries/alpha.json"' in alpha and "site/" not in alpha.split("imports")[0]
     assert 'imports = ["site"]' in alpha
-    exported = build[build.index("exports_files([\n") :]
-    assert '"site/alpha/data.json"' in exported and '"site/alpha/__init__.py"' in exported
+    # No installed file is a label of the root package (Bazel would load them all in every
+    # build); each distribution's files are a package of their own, loaded where one is named.
+    assert "exports_files([\n" not in build and "site/alpha" not in build
+    package = tmp_path / "files" / "alpha"
+    assert "glob(" in (package / "BUILD.bazel").read_text()
+    assert (package / "alpha" / "data.json").read_text() == "{}"
+    assert os.readlink(package / "alpha") == "../../dists/alpha/alpha"  # relative: the same in every clone
+    assert not (package / "packaging").exists()  # another distribution's files are not in it
+    requirements = (tmp_path / "requirements.bzl").read_text()
+    assert '"@pip//files/%s:%s" % (key, path)' in requirements
+
+
+def test_lock_entries_as_inputs_need_the_per_distribution_tree(tmp_path, capsys):
+    site, lock = _alpha(tmp_path)
+    assert pip_generate.generate("L", str(site), str(tmp_path), str(lock), "lock") == 1
+    assert "dists/alpha/ is missing" in capsys.readouterr().out
 
 
 def test_with_every_file_an_input_a_library_lists_its_files(tmp_path):
@@ -179,6 +196,7 @@ def test_with_every_file_an_input_a_library_lists_its_files(tmp_path):
     assert pip_generate.generate("L", str(site), str(tmp_path), str(lock), "files") == 0
     alpha = _library((tmp_path / "BUILD.bazel").read_text(), "alpha")
     assert '"site/alpha/data.json"' in alpha and '"site/alpha-1.0.dist-info/METADATA"' in alpha
+    assert '"@pip//:site/" + path' in (tmp_path / "requirements.bzl").read_text()  # the library's own file
     assert pip_generate.generate("L", str(site), str(tmp_path), str(lock), "everything") == 1
 
 
