@@ -247,10 +247,12 @@ def test_a_build_stored_without_blake3_is_promoted_again_from_a_bundle_with_it(c
 def test_a_second_bundles_file_of_the_same_sha256_is_checked_by_its_own_blake3(capsys, registry_uri, registry, tmp_path):
     """Two bundles list the same model.onnx bytes (one copy is made); the second lists a wrong
     blake3 for it: refused, and nothing is written."""
-    a = make_bundle(tmp_path / "b", model="alpha", shared_onnx=True)
-    z = make_bundle(tmp_path / "b", model="zeta", shared_onnx=True)
+    a = make_bundle(tmp_path / "b", model="alpha")
+    z = make_bundle(tmp_path / "b", model="zeta")
+    (z / "model.onnx").write_bytes((a / "model.onnx").read_bytes())
     manifest = json.loads((z / "manifest.json").read_text())
-    manifest["files"]["model.onnx"]["blake3"] = blake3(b"other bytes").hexdigest()
+    listed = json.loads((a / "manifest.json").read_text())["files"]["model.onnx"]
+    manifest["files"]["model.onnx"] = dict(listed, blake3=blake3(b"other bytes").hexdigest())
     (z / "manifest.json").write_text(json.dumps(manifest))
     rc, _, err = run(capsys, promote.main, "--tag=stable", f"--release={a}", f"--release={z}", f"--registry={registry_uri}")
     assert rc == 1 and "model.onnx does not match its manifest" in one_line_error(err) and "blake3" in err
