@@ -46,19 +46,23 @@ def log(message: str) -> None:
 
 
 def make_bundle(directory: Path, size: int) -> Path:
-    """A release bundle with `size` bytes of random weights and a manifest whose digests match."""
+    """A release bundle with `size` bytes of random weights and a manifest whose digests match:
+    each file's sha256 and blake3, as the release action lists them (modelgate.digests)."""
+    from blake3 import blake3
+
     directory.mkdir(parents=True)
     files = {}
     for name, n in (("weights.safetensors", size), ("model.onnx", 64 << 10)):
-        h = hashlib.sha256()
+        h, b3 = hashlib.sha256(), blake3()
         with open(directory / name, "wb") as f:
             left = n
             while left:
                 chunk = os.urandom(min(CHUNK, left))
                 h.update(chunk)
+                b3.update(chunk)
                 f.write(chunk)
                 left -= len(chunk)
-        files[name] = {"sha256": h.hexdigest(), "size": n}
+        files[name] = {"sha256": h.hexdigest(), "blake3": b3.hexdigest(), "size": n}
     manifest = {
         "schema": "modelgate/release@1",
         "model": MODEL,
