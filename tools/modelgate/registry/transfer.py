@@ -3,11 +3,12 @@
 Promote and fetch must check every byte against a digest (the release manifest's, the signed
 build manifest's): its blake3 where the manifest lists one, else its sha256 (modelgate.digests:
 sha256 addresses a blob, blake3 verifies it; both are signed). blake3 hashes about 3.5x faster on
-one thread, so on two cores the hash keeps up with the copy instead of holding it back. Hashing
-first and copying afterwards reads everything twice. Here a file is
-copied by the kernel span by span, and a second thread hashes each span of the target as it
-lands (through a mapping of the target's pages, so no byte passes through Python); a stream (a
-download) is gathered into buffers that are written and then hashed on the second thread.
+one thread, so on two cores the hash keeps up with the copy instead of holding it back.
+
+Hashing first and copying afterwards reads everything twice. Here a file is copied by the kernel
+span by span, and a second thread hashes each span of the target as it lands (through a mapping
+of the target's pages, so no byte passes through Python); a stream (a download) is gathered into
+buffers that are written and then hashed on the second thread.
 Both hashers release the GIL on large updates, so on two cores the copy and the hash overlap;
 blake3 is held to one thread (the copy needs the other core).
 
@@ -154,14 +155,14 @@ def copy_hashed(
             try:
                 if not failed:
                     digest.update(span)
+                    if writeback and end - started >= WRITEBACK:
+                        _start_writeback(target_fd, started, end - started)
+                        started = end
             except BaseException as e:  # noqa: BLE001 - handed to the copying thread
                 failed.append(e)
             finally:
                 span.close()
                 slots.release()
-            if writeback and not failed and end - started >= WRITEBACK:
-                _start_writeback(target_fd, started, end - started)
-                started = end
 
     hasher = threading.Thread(target=hash_spans, name=algorithm, daemon=True)
     hasher.start()
