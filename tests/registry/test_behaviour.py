@@ -217,6 +217,8 @@ def _edit_build(registry: Registry, h: str, change) -> None:
         ("delete-blob", "missing from"),
         ("edit-metrics", "changed after it was signed"),
         ("edit-digest", "changed after it was signed"),
+        ("edit-blake3", "changed after it was signed"),
+        ("drop-blake3", "changed after it was signed"),  # no falling back to sha256 by removing it
         ("unsigned", "not signed"),
         ("not-json", "not valid JSON"),
     ],
@@ -242,6 +244,11 @@ def test_fetch_refuses_tampering_and_leaves_nothing_behind(capsys, registry_uri,
     elif tamper == "edit-digest":
         fake = "0" * 64
         _edit_build(registry, h, lambda d: d["files"]["weights.safetensors"].update(sha256=fake))
+    elif tamper == "edit-blake3":
+        fake = "0" * 64
+        _edit_build(registry, h, lambda d: d["files"]["weights.safetensors"].update(blake3=fake))
+    elif tamper == "drop-blake3":
+        _edit_build(registry, h, lambda d: d["files"]["weights.safetensors"].pop("blake3"))
     elif tamper == "unsigned":
         _edit_build(registry, h, lambda d: d.pop("signature"))
     elif tamper == "not-json":

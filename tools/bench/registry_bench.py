@@ -10,7 +10,7 @@ removed as it goes, so at most a few copies of the bundle exist at once.
 What is compared, each side by side on the same bytes, `--reps` times interleaved (best of each):
   gcs    modelgate promote to fake-gcs-server     vs  blob.upload_from_filename (same server, client)
   gcs    re-promote of the same build              (bytes uploaded, seconds)
-  gcs    modelgate fetch (signature + sha256)     vs  blob.download_to_filename
+  gcs    modelgate fetch (signature + blake3)     vs  blob.download_to_filename
   local  modelgate promote to file:///...         vs  shutil.copyfile of the bundle's files, each fsynced
   local  re-promote of the same build
   local  modelgate fetch                          vs  shutil.copyfile of the stored blobs
@@ -19,6 +19,9 @@ Promote to a local registry makes every blob durable (fsync before it is linked 
 baseline is the copy with fsync (the copy without is timed too); a fetch is a plain copy of what
 the registry holds, so its baselines are the plain copy and the plain client download. Each
 repetition and the end print the ratios (baseline time / modelgate time; >= 0.9 is the goal).
+Before each timed operation the machine's dirty pages are written out (sync(2), untimed): the
+steps write gigabytes, and without it each one started behind the previous one's write-back,
+throttled to the disk's speed by however much was left (a 1 GiB download took 2.0-4.6 s).
 """
 
 from __future__ import annotations
@@ -46,19 +49,23 @@ def log(message: str) -> None:
 
 
 def make_bundle(directory: Path, size: int) -> Path:
-    """A release bundle with `size` bytes of random weights and a manifest whose digests match."""
+    """A release bundle with `size` bytes of random weights and a manifest whose digests match:
+    each file's sha256 and blake3, as the release action lists them (modelgate.digests)."""
+    from blake3 import blake3
+
     directory.mkdir(parents=True)
     files = {}
     for name, n in (("weights.safetensors", size), ("model.onnx", 64 << 10)):
-        h = hashlib.sha256()
+        h, b3 = hashlib.sha256(), blake3()
         with open(directory / name, "wb") as f:
             left = n
             while left:
                 chunk = os.urandom(min(CHUNK, left))
                 h.update(chunk)
+                b3.update(chunk)
                 f.write(chunk)
                 left -= len(chunk)
-        files[name] = {"sha256": h.hexdigest(), "size": n}
+        files[name] = {"sha256": h.hexdigest(), "blake3": b3.hexdigest(), "size": n}
     manifest = {
         "schema": "modelgate/release@1",
         "model": MODEL,
@@ -147,6 +154,7 @@ class Transfers:
 
         registry = self.registry(uri)
         profiler = cProfile.Profile() if profile else None
+        settle()
         start = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -164,6 +172,7 @@ class Transfers:
 
         registry = self.registry(uri)
         out = self.work / "fetched"
+        settle()
         start = time.perf_counter()
         api.fetch(registry, MODEL, out=out, public_key=self.public, tag="stable")
         self.samples[key].append(time.perf_counter() - start)
@@ -186,6 +195,7 @@ class Transfers:
         bucket = self.client.create_bucket(f"bench-{uuid.uuid4().hex[:12]}")
         uri = f"gs://{bucket.name}/registry"
         blobs = {f.name: bucket.blob(f"raw/{uuid.uuid4().hex}") for f in self.bundle.files}
+        settle()
         start = time.perf_counter()
         for f in self.bundle.files:
             blobs[f.name].upload_from_filename(str(f.path), retry=self.retry, timeout=self.timeout)
@@ -194,6 +204,7 @@ class Transfers:
         self.promote("repromote", uri)
         out = self.work / "download"
         out.mkdir()
+        settle()
         start = time.perf_counter()
         for f in self.bundle.files:
             blobs[f.name].download_to_filename(str(out / f.name), retry=self.retry, timeout=self.timeout)
@@ -210,6 +221,7 @@ class Transfers:
         copy_dir = self.work / "copy"
         for key, sync in (("copy", False), ("copy_fsync", True)):
             copy_dir.mkdir()
+            settle()
             start = time.perf_counter()
             for f in self.bundle.files:
                 shutil.copyfile(f.path, copy_dir / f.name)
@@ -223,6 +235,7 @@ class Transfers:
         self.promote("local_repromote", uri)
         out = self.work / "copy-out"
         out.mkdir()
+        settle()
         start = time.perf_counter()
         for f in self.bundle.files:  # the raw "download" of a local registry: copy its blobs out
             shutil.copyfile(root / "blobs" / "sha256" / f.sha256, out / f.name)
@@ -278,6 +291,7 @@ def run(args) -> dict:
             "repromote_bytes": {"gcs": t.uploaded["repromote"], "local": t.uploaded["local_repromote"]},
             "ratios": ratios({k: min(v) for k, v in t.samples.items() if v}),
             "sha256_seconds": hash_seconds(bundle_dir / "weights.safetensors"),
+            "blake3_seconds": hash_seconds(bundle_dir / "weights.safetensors", "blake3"),
             # Resumable-upload chunk sizes: modelgate's, and the client default the raw upload uses.
             "chunk_bytes": {"modelgate": mg_storage.UPLOAD_CHUNK, "client_default": blob_module._DEFAULT_CHUNKSIZE},
             "dvc": None,
@@ -311,9 +325,20 @@ def ratio_line(seconds: dict[str, float]) -> str:
     return "; ".join(f"{name} {r:.2f}x" for name, r in ratios(seconds).items())
 
 
-def hash_seconds(path: Path) -> float:
-    """What one sha256 pass over the weights costs (page-cached): the floor of any verified transfer."""
-    h = hashlib.sha256()
+def settle() -> None:
+    """Writes out every dirty page before a timed operation (see the module docstring)."""
+    os.sync()
+
+
+def hash_seconds(path: Path, algorithm: str = "sha256") -> float:
+    """What one pass of `algorithm` (sha256, or blake3 on one thread) over the weights costs
+    (page-cached): the floor of a verified transfer on one stream with that digest."""
+    if algorithm == "blake3":
+        from blake3 import blake3
+
+        h = blake3(max_threads=1)
+    else:
+        h = hashlib.sha256()
     start = time.perf_counter()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -324,6 +349,7 @@ def hash_seconds(path: Path) -> float:
 # Where a profiled promote's own time goes, by kind of work (builtins named as top_functions names them).
 KINDS = {
     "_hashlib.HASH.update": "sha256",
+    "blake3.blake3.update": "blake3",
     "_io.BufferedReader.read": "reading files",
     "_io.FileIO.readinto": "reading files",
     "posix.sendfile": "copying (kernel)",
@@ -332,8 +358,8 @@ KINDS = {
     "posix.fsync": "fsync",
     "posix.readv": "reading files",
     "posix.write": "writing files",
-    "_queue.SimpleQueue.get": "waiting on the sha256 thread",
-    "_thread.lock.acquire": "waiting on the sha256 thread",
+    "_queue.SimpleQueue.get": "waiting on the hashing thread",
+    "_thread.lock.acquire": "waiting on the hashing thread",
     "_socket.socket.recv_into": "waiting on the server",
     "_socket.socket.sendall": "sending",
 }

@@ -190,18 +190,19 @@ class ReportProse:
         else:
             text += (
                 f"Uploads use the client's {default >> 20} MiB chunks, like `upload_from_filename`; what is left beyond "
-                "the wait on the server is the sha256 check of every file before upload (`verify_files`) and signing. "
+                "the wait on the server is the blake3 check of every file before upload (`verify_files`) and signing. "
             )
         text += (
             f"To the local registry, {fmt_s(secs.get('local', 0))} beside a {fmt_s(b['copy'])} `copyfile` "
             f"({fmt_s(b['copy_fsync'])} with fsync, the baseline of row 4b): {kinds('local')}. Promote copies each "
             "missing blob into the registry's temporaries in one pass that also hashes it (the kernel copies, and a "
-            "second thread hashes each copied span of the target, so the sha256 is not in this main-thread profile "
+            "second thread hashes each copied span of the target, so the blake3 is not in this main-thread profile "
             "except as the wait for it), fsyncs it, and links it into place only when every copy of the promote "
             "matched its manifest; the "
             "fsync is the price of a registry that survives a crash. Verified fetch is the same one pass from the "
             f"blob to the output file, without fsync (a fetch is a copy of what the registry holds durably); one "
-            f"sha256 pass over these {size / (1 << 30):.2f} GiB alone takes {fmt_s(r['sha256_seconds'])}, the floor of "
+            f"blake3 pass over these {size / (1 << 30):.2f} GiB on one thread takes "
+            f"{fmt_s(r.get('blake3_seconds', float('nan')))} (sha256: {fmt_s(r['sha256_seconds'])}), the floor of "
             "any verified copy on one stream."
         )
         return text

@@ -3,8 +3,10 @@
 load("//tools/private:common.bzl", "EXPORT_ENV", "RECEIPT_TOOL")
 load("//tools/private:providers.bzl", "ModelWeightsInfo", "ReceiptInfo", "ReleaseInfo")
 
-def _bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs):
-    """Declares the action that binds the receipts to the build and writes the bundle's manifest.
+def _bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs, bundle_sources):
+    """Declares the action that binds the receipts to the build and writes the bundle's manifest,
+    with each file's blake3 beside the sha256 the gate recorded (read once: the sha256 is checked
+    in the same pass; modelgate.digests). `bundle_sources`: the bundle's files but the receipts.
 
     Returns (manifest File, [receipt Files in the bundle]). The action fails, naming the model, the
     receipt and the failing tests, unless every receipt that ran passed and is bound to the build
@@ -22,10 +24,12 @@ def _bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs):
         args.add("--receipt", i.receipt)
     for short_path, name in sorted(build_outputs.items()):
         args.add("--build-output", "%s=%s" % (short_path, name))
+    for f in bundle_sources:
+        args.add("--file", "%s=%s" % (f.basename, f.path))
     ctx.actions.run(
         executable = ctx.executable._receipt_tool,
         arguments = [args],
-        inputs = [gate_manifest] + [i.receipt for i in infos],
+        inputs = [gate_manifest] + [i.receipt for i in infos] + bundle_sources,
         outputs = [manifest] + bundled,
         mnemonic = "ReleaseReceipts",
         progress_message = "Checking %s's test receipts against its build" % model,
@@ -74,6 +78,7 @@ def _model_release_impl(ctx):
         gate_manifest = gated,
         bundle = bundle,
         build_outputs = {info.weights.short_path: info.weights.basename, info.onnx.short_path: info.onnx.basename},
+        bundle_sources = [info.weights, info.onnx] + golden + extra,
     )
     files = [manifest] + receipts
 

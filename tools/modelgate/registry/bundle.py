@@ -2,10 +2,14 @@
 
 A bundle is a directory holding manifest.json and the files it lists:
     {"schema": RELEASE_SCHEMA, "model": ..., "build_hash": <64 hex>,
-     "files": {"weights.safetensors": {"sha256": ..., "size": ...}, ...},
+     "files": {"weights.safetensors": {"sha256": ..., "blake3": ..., "size": ...}, ...},
      "inputs": {...}, "toolchain": {...}, "config": {...}, "metrics": {...},
      "metric_gates": {"accuracy": {"floor": ..., "max_regression": ..., "higher_is_better": true}},
      "gate": {"passed": true, "checks": [...]}}
+
+Each file's sha256 is its address in the registry (blobs/sha256/<hex>); its blake3, where the
+release action recorded one (modelgate.digests), is what promote checks the file's bytes against,
+in the pass that copies them; a manifest without blake3 is checked by sha256.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelgate import digests
 from modelgate.errors import BundleError, UsageError
 from modelgate.formats import RELEASE_MANIFEST as MANIFEST
-from modelgate.formats import RELEASE_SCHEMA, file_digest
+from modelgate.formats import RELEASE_SCHEMA
 
 from . import tags
 
@@ -28,6 +33,12 @@ class ReleaseFile:
     sha256: str
     size: int
     path: Path
+    blake3: str | None = None
+
+    @property
+    def verifier(self) -> tuple[str, str]:
+        """(algorithm, expected hex) its bytes are checked against: blake3 where listed, else sha256."""
+        return ("blake3", self.blake3) if self.blake3 is not None else ("sha256", self.sha256)
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,7 @@ class Bundle:
     @property
     def files(self) -> list[ReleaseFile]:
         return [
-            ReleaseFile(name, spec["sha256"], spec["size"], self.directory / name)
+            ReleaseFile(name, spec["sha256"], spec["size"], self.directory / name, spec.get("blake3"))
             for name, spec in sorted(self.manifest["files"].items())
         ]
 
@@ -105,6 +116,8 @@ def check_manifest(manifest, where: str) -> None:
             or spec["size"] < 0
         ):
             raise BundleError(f"release bundle {where}: files[{name!r}] needs a hex 'sha256' and an integer 'size'")
+        if "blake3" in spec and (not isinstance(spec["blake3"], str) or not digests.HEX.fullmatch(spec["blake3"])):
+            raise BundleError(f"release bundle {where}: files[{name!r}]: 'blake3' must be 64 lowercase hex digits")
     for field in ("metrics", "metric_gates"):
         if not isinstance(manifest.get(field, {}), dict):
             raise BundleError(f"release bundle {where}: '{field}' must be an object")
@@ -118,16 +131,45 @@ def check_manifest(manifest, where: str) -> None:
 
 def verify_files(bundle: Bundle, skip: set[str] | frozenset[str] = frozenset()) -> None:
     """Hashes every listed file (but those named in `skip`: the caller checks them while it copies
-    them, transfer.BlobCopies); raises BundleError on a missing file or a size or digest mismatch."""
+    them, transfer.BlobCopies) by its blake3 where the manifest lists one, else its sha256; raises
+    BundleError on a missing file or a size or digest mismatch."""
     for f in bundle.files:
         if f.name in skip:
             continue
+        algorithm, expected = f.verifier
         try:
-            size, digest = file_digest(f.path)
+            size, digest = _digest(f.path, algorithm)
         except FileNotFoundError:
             raise BundleError(f"release bundle {bundle.directory}: {f.name} is listed but missing") from None
-        if size != f.size or digest != f.sha256:
+        if size != f.size or digest != expected:
             raise BundleError(
                 f"release bundle {bundle.directory}: {f.name} does not match its manifest "
-                f"(size {size} vs {f.size}, sha256 {digest[:12]} vs {f.sha256[:12]})"
+                f"(size {size} vs {f.size}, {algorithm} {digest[:12]} vs {expected[:12]})"
             )
+
+
+def _digest(path: Path, algorithm: str) -> tuple[int, str]:
+    h = digests.new(algorithm)
+    size = 0
+    buf = bytearray(digests.CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return size, h.hexdigest()
+
+
+def same_files(stored: dict, listed: dict) -> bool:
+    """Whether a stored build manifest's files are the release manifest's: the same names, sizes
+    and sha256s, and the same blake3 wherever both list one (a build stored before blake3 was
+    recorded describes the same bytes by its sha256)."""
+    if not isinstance(stored, dict) or stored.keys() != listed.keys():
+        return False
+    for name, spec in listed.items():
+        theirs = stored[name]
+        if not isinstance(theirs, dict) or (theirs.get("sha256"), theirs.get("size")) != (spec["sha256"], spec["size"]):
+            return False
+        if "blake3" in theirs and "blake3" in spec and theirs["blake3"] != spec["blake3"]:
+            return False
+    return True

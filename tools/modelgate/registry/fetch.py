@@ -1,4 +1,5 @@
-"""Fetch: download a build by tag or build hash, every byte checked against its signed manifest."""
+"""Fetch: download a build by tag or build hash, every byte checked against its signed manifest
+(each file's blake3, or its sha256 in a build recorded without blake3: modelgate.digests)."""
 
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def _store_build(registry: Registry, b: bundles.Bundle, signed: dict | None) -> 
     if signed is not None and registry.create_build(b.model, b.build_hash, signed):
         return
     existing = registry.read_checked_build(b.model, b.build_hash)
-    if existing is None or existing.get("files") != b.manifest["files"]:
+    if existing is None or not bundles.same_files(existing.get("files"), b.manifest["files"]):
         raise BundleError(
             f"{registry.uri} already holds build {b.build_hash[:12]} of {b.model} with different files; "
             "a build hash must always name the same bytes"

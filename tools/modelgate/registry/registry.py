@@ -106,8 +106,9 @@ class Registry:
         self.verifier = verifier or (signer.verifier() if signer else None)
         self._events: dict[tuple[str, int], dict] = {}  # checked events: create-only, so cacheable
         self.warn: Callable[[str], None] | None = None  # told when materialize repairs a broken pointer
-        # sha256 -> a copy already made in the storage's temporaries and checked against that
-        # digest (LocalStorage.staged_copy, via transfer.staged_blobs); put_blob links it into place.
+        # sha256 -> a copy already made in the storage's temporaries and checked against the release
+        # manifest's digest of it (LocalStorage.staged_copy, via transfer.BlobCopies); put_blob
+        # links it into place.
         self.staged: dict[str, object] = {}
 
     def use_keys(self, *, signer: RecordSigner | None = None, verifier: RecordVerifier | None = None) -> None:
@@ -157,10 +158,10 @@ class Registry:
     def read_blob_into(self, sha256: str, write: Callable[[bytes], None], size: int | None = None) -> bool:
         return self.storage.read_into(self.blob_key(tags.check_build_hash(sha256)), write, size)
 
-    def read_blob_hashed_into(self, sha256: str, target_fd: int, limit: int) -> tuple[int, str] | None:
-        """The blob written to an open file: (bytes, sha256 hex) of what was written, for the caller
-        to compare; None if the blob is missing (Storage.read_hashed_into)."""
-        return self.storage.read_hashed_into(self.blob_key(tags.check_build_hash(sha256)), target_fd, limit)
+    def read_blob_hashed_into(self, sha256: str, target_fd: int, limit: int, algorithm: str = "sha256") -> tuple[int, str] | None:
+        """The blob written to an open file: (bytes, hex digest by `algorithm`) of what was
+        written, for the caller to compare; None if the blob is missing (Storage.read_hashed_into)."""
+        return self.storage.read_hashed_into(self.blob_key(tags.check_build_hash(sha256)), target_fd, limit, algorithm)
 
     # ---- builds
 

@@ -1,7 +1,8 @@
 """Signing and verifying build manifests with OpenSSF model-signing and a local EC key (offline).
 
 What is signed is the build manifest (builds/<hash>.json without its "signature" field, as canonical
-JSON). The manifest lists the sha256 and size of every file, so the signature covers the weights
+JSON). The manifest lists the sha256 (the blob's address), blake3 (the digest fetch checks it by;
+absent in builds recorded before it) and size of every file, so the signature covers the weights
 too, the way an OCI image signature covers its layers; fetch checks each file against the manifest.
 
 model-signing signs directories, so the manifest is written as the only file of a temporary

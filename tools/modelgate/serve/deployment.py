@@ -14,7 +14,8 @@ rollout but never blocks it. Each rollout:
      lower one is refused unless the operator passes allow_rollback (serve --allow-rollback). A
      `registry rollback` is a new, higher event, so it passes;
   2. fetches that build into a fresh directory under the state directory, verifying the manifest
-     signature and every file's sha256 and size (modelgate.registry.api.fetch);
+     signature and every file's digest (blake3, or sha256 where the build lists none) and size
+     (modelgate.registry.api.fetch);
   3. loads weights.safetensors strictly into a new model instance built from the manifest's config;
   4. runs the build's own golden inputs and requires its golden outputs within golden.json's
      float32 tolerance;

@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+from modelgate import digests
 from modelgate import receipts as receipts_lib
 from modelgate.formats import RELEASE_SCHEMA
 
@@ -29,11 +30,13 @@ def make_bundle(
     gate_passed: bool = True,
     schema: str = RELEASE_SCHEMA,
     receipts: bool = True,
+    blake3: bool = True,
 ) -> Path:
     """Writes a release bundle directory like the Bazel release rule's and returns it.
 
     Different seeds give different weights (and build hashes); shared_onnx keeps model.onnx equal
-    across seeds, as when only the weights change.
+    across seeds, as when only the weights change. blake3=False: a manifest from before blake3
+    was recorded (its files listed by sha256 and size only).
     """
     rng = random.Random(f"{model}/{seed}")
     contents = {
@@ -61,6 +64,8 @@ def make_bundle(
     }
     if receipts:
         manifest = passing_receipts(directory, manifest)
+    if blake3:  # as the release action lists them (modelgate.release_tool)
+        manifest["files"] = digests.add_blake3(manifest["files"], {name: directory / name for name in manifest["files"]})
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return directory
 

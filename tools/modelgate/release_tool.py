@@ -1,0 +1,55 @@
+"""The ReleaseReceipts action of every model_release: bind the test receipts to the build
+(modelgate.receipts), then list each bundle file's blake3 beside its sha256 (modelgate.digests).
+
+    release_tool.py bind --model M --gate-manifest GATE --out BUNDLE/manifest.json \
+        [--receipt R ...] [--build-output SHORT_PATH=NAME ...] [--file NAME=PATH ...]
+
+--file names where each bundle file the gate listed lies (weights, ONNX, golden data, bundle
+files); the receipts are read from beside --out, where binding writes them. Each file is read
+once: its sha256 and size are checked against the manifest and its blake3 is recorded, so the
+blake3 describes the very bytes the sha256 does. The gate manifest and the build hash are
+untouched: the blake3s are added after the gate, by a tool no build hash covers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from modelgate import digests, receipts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="receipt_tool", description="Bind test receipts to a release build; list blake3s.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bind")
+    b.add_argument("--model", required=True)
+    b.add_argument("--gate-manifest", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--receipt", action="append", default=[])
+    b.add_argument("--build-output", action="append", default=[], help="SHORT_PATH=FILE: an exported file as the tests read it")
+    b.add_argument("--file", action="append", default=[], help="NAME=PATH: a bundle file the manifest lists, where it lies")
+    args = p.parse_args(argv)
+    try:
+        receipts.bind_main(args)
+        out = Path(args.out)
+        manifest = json.loads(out.read_text())
+        paths = {name: out.parent / name for name in manifest["files"]}  # the receipts lie beside it
+        paths.update((name, Path(path)) for name, _, path in (pair.partition("=") for pair in args.file))
+        try:
+            manifest["files"] = digests.add_blake3(manifest["files"], paths)
+        except ValueError as e:
+            raise receipts.ReceiptError(f"release {args.model} refused: {e}") from None
+        except OSError as e:
+            raise receipts.ReceiptError(f"release {args.model}: cannot read {e.filename}: {e.strerror}") from None
+        out.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    except receipts.ReceiptError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
