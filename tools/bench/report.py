@@ -224,7 +224,8 @@ class ReportProse:
             "",
             (
                 "Every Bazel run is in a fresh clone of HEAD with `--disk_cache=` (the machine-wide disk cache off), so "
-                "only what a row sets up is reused. Targets come from the adoption checklist; a row that misses says so."
+                "only what a row sets up is reused, and starts after sync(2) (untimed), so that no step pays for the disk "
+                "writes of the one before. Targets come from the adoption checklist; a row that misses says so."
             ),
             "",
             render_table(self.rows, self.previous),

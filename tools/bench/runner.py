@@ -71,6 +71,7 @@ class Clone:
 
     def bazel(self, name: str, *args: str, env: dict | None = None, check: bool = True) -> Run:
         self.used_bazel = True
+        os.sync()  # untimed: the previous step's writes (a removed output base, a clone) are on disk
         return run(["bazel", *args], self.path, env or clean_env(), self.logs / f"{name}.log", check=check)
 
     def edit(self, model: str, n: int) -> None:
