@@ -366,8 +366,10 @@ def describe(items: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="receipt_tool", description="Bind test receipts to a release build.")
+def bind_parser(description: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The receipt tool's command line, `bind --model M --gate-manifest G --out O [--receipt R ...]
+    [--build-output SHORT_PATH=FILE ...]`: (the parser, its `bind` subparser, for more options)."""
+    p = argparse.ArgumentParser(prog="receipt_tool", description=description)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bind")
     b.add_argument("--model", required=True)
@@ -375,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True)
     b.add_argument("--receipt", action="append", default=[])
     b.add_argument("--build-output", action="append", default=[], help="SHORT_PATH=FILE: an exported file as the tests read it")
+    return p, b
+
+
+def main(argv: list[str] | None = None) -> int:
+    p, _ = bind_parser("Bind test receipts to a release build.")
     args = p.parse_args(argv)
     try:
         return bind_main(args)

@@ -13,7 +13,6 @@ untouched: the blake3s are added after the gate, by a tool no build hash covers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,14 +21,7 @@ from modelgate import digests, receipts
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="receipt_tool", description="Bind test receipts to a release build; list blake3s.")
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bind")
-    b.add_argument("--model", required=True)
-    b.add_argument("--gate-manifest", required=True)
-    b.add_argument("--out", required=True)
-    b.add_argument("--receipt", action="append", default=[])
-    b.add_argument("--build-output", action="append", default=[], help="SHORT_PATH=FILE: an exported file as the tests read it")
+    p, b = receipts.bind_parser("Bind test receipts to a release build; list blake3s.")
     b.add_argument("--file", action="append", default=[], help="NAME=PATH: a bundle file the manifest lists, where it lies")
     args = p.parse_args(argv)
     try:
