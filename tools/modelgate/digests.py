@@ -45,17 +45,29 @@ def verifier(spec: dict) -> tuple[str, str]:
     return "sha256", spec["sha256"]
 
 
-def file_digests(path: str | Path) -> tuple[int, str, str]:
-    """(size, sha256 hex, blake3 hex) of a file, read once."""
-    sha256, b3 = hashlib.sha256(), new("blake3")
+def _hash_file(path: str | Path, hashers) -> int:
+    """Feeds the file's bytes, read once, to every hasher; its size."""
     size = 0
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         while n := f.readinto(buf):
-            sha256.update(view[:n])
-            b3.update(view[:n])
+            for h in hashers:
+                h.update(view[:n])
             size += n
+    return size
+
+
+def file_digest(path: str | Path, algorithm: str) -> tuple[int, str]:
+    """(size, hex digest by `algorithm`) of a file."""
+    h = new(algorithm)
+    return _hash_file(path, [h]), h.hexdigest()
+
+
+def file_digests(path: str | Path) -> tuple[int, str, str]:
+    """(size, sha256 hex, blake3 hex) of a file, read once."""
+    sha256, b3 = new("sha256"), new("blake3")
+    size = _hash_file(path, [sha256, b3])
     return size, sha256.hexdigest(), b3.hexdigest()
 
 

@@ -38,7 +38,7 @@ class ReleaseFile:
     @property
     def verifier(self) -> tuple[str, str]:
         """(algorithm, expected hex) its bytes are checked against: blake3 where listed, else sha256."""
-        return ("blake3", self.blake3) if self.blake3 is not None else ("sha256", self.sha256)
+        return digests.verifier({"sha256": self.sha256, "blake3": self.blake3})
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def verify_files(bundle: Bundle, skip: set[str] | frozenset[str] = frozenset()) 
             continue
         algorithm, expected = f.verifier
         try:
-            size, digest = _digest(f.path, algorithm)
+            size, digest = digests.file_digest(f.path, algorithm)
         except FileNotFoundError:
             raise BundleError(f"release bundle {bundle.directory}: {f.name} is listed but missing") from None
         if size != f.size or digest != expected:
@@ -146,18 +146,6 @@ def verify_files(bundle: Bundle, skip: set[str] | frozenset[str] = frozenset()) 
                 f"release bundle {bundle.directory}: {f.name} does not match its manifest "
                 f"(size {size} vs {f.size}, {algorithm} {digest[:12]} vs {expected[:12]})"
             )
-
-
-def _digest(path: Path, algorithm: str) -> tuple[int, str]:
-    h = digests.new(algorithm)
-    size = 0
-    buf = bytearray(digests.CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return size, h.hexdigest()
 
 
 def same_files(stored: dict, listed: dict) -> bool:
