@@ -55,6 +55,24 @@ def test_wrapper_passes_everything_through_without_the_variables(fake_bazel):
     assert wrapped(fake_bazel, *args) == (args, "")
 
 
+def test_wrapper_starts_the_server_from_the_recorded_class_data_archive(fake_bazel, tmp_path, listening):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    helper = ROOT / "tools/private/server_archive.sh"
+    archive = subprocess.run(["bash", "-c", f"source {helper} && server_archive_path"], env={**os.environ, **env},
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    if not archive:
+        pytest.skip("no Bazel install base or JVM here to key an archive by")
+    assert archive.startswith(str(tmp_path / "cache" / "modelgate" / "bazel-server")) and archive.endswith(".jsa")
+    assert wrapped(fake_bazel, "test", "//x", **env)[0] == ["test", "//x"]  # none recorded: nothing added
+    Path(archive).parent.mkdir(parents=True)
+    Path(archive).write_bytes(b"archive")
+    flag = f"--host_jvm_args=-XX:SharedArchiveFile={archive}"
+    assert wrapped(fake_bazel, "--batch", "test", "//x", **env)[0] == [flag, "--batch", "test", "//x"]
+    url = f"http://127.0.0.1:{listening}"
+    out, _ = wrapped(fake_bazel, "build", "//x", MODELGATE_REMOTE_CACHE=url, **env)
+    assert out == [flag, "build", "--config=remote-cache", f"--remote_cache={url}", "//x"]
+
+
 def test_wrapper_adds_the_cache_after_the_command_and_before_the_users_flags(fake_bazel, listening):
     url = f"http://127.0.0.1:{listening}"
     out, err = wrapped(fake_bazel, "--batch", "test", "--config=ci", "//models/...", MODELGATE_REMOTE_CACHE=url)

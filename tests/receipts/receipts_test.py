@@ -249,6 +249,39 @@ def test_a_run_past_its_timeout_records_nothing_and_fails_the_action(tmp_path, c
     assert "//x:slow_test_cpu: pytest ran past its 2 s timeout" in capsys.readouterr().err
 
 
+def _run_one(tmp_path, body, *extra):
+    test_file = tmp_path / "one_test.py"
+    test_file.write_text(body)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = _runner().main([
+        "--target=//x:one_test_cpu", "--variant=cpu", f"--receipt={out}/r.json", f"--log={out}/r.log", f"--xml={out}/r.xml",
+        "--timeout=120", *extra, "--", "-p", "no:cacheprovider", str(test_file),
+    ])  # fmt: skip
+    assert rc == 0
+    return json.loads((out / "r.json").read_text())["status"]
+
+
+def test_the_tests_run_in_a_fork_of_the_runner_with_the_tests_environment(tmp_path):
+    # A fork: the runner's modules are there already (no second interpreter start); the
+    # environment, the temporary directory and the streams are the tests' own.
+    body = (
+        "import os, sys, tempfile\n"
+        f"def test_fork(): assert 'modelgate.receipts' in sys.modules and os.getppid() == {os.getpid()}\n"
+        "def test_env(): assert os.environ['MODELGATE_X'] == 'y' and os.environ['HOME'] == os.environ['TEST_TMPDIR']\n"
+        "def test_tmp(): assert tempfile.gettempdir() == os.environ['TEST_TMPDIR']\n"
+    )
+    assert _run_one(tmp_path, body, "--env=MODELGATE_X=y") == "passed"
+
+
+def test_an_environment_the_interpreter_reads_at_start_gets_a_fresh_interpreter(tmp_path):
+    body = (
+        "import sys\n"
+        "def test_fresh(): assert 'modelgate.receipts' not in sys.modules and 'ignore::DeprecationWarning' in sys.warnoptions\n"
+    )
+    assert _run_one(tmp_path, body, "--env=PYTHONWARNINGS=ignore::DeprecationWarning") == "passed"
+
+
 # ---- promote's side
 
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +32,77 @@ def _cuda_visible() -> tuple[bool, str]:
     code = "import torch,sys; print(torch.__version__); sys.exit(0 if torch.cuda.is_available() else 3)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     return out.returncode == 0, out.stdout.strip() or "unknown"
+
+
+# Environment variables that libraries read once, when they load: where one of them is set for the
+# tests and differs from this process's while torch is already imported here (the fork worker
+# preloads it, tools/bin/fork_worker.py), pytest runs in a fresh interpreter instead of a fork.
+_READ_AT_LOAD = ("PYTHON", "MKL_", "OMP_", "KMP_", "ATEN_", "CUBLAS_", "CUDA_", "TORCH_", "NVIDIA_", "LD_")
+
+
+def _fork_safe(env: dict[str, str]) -> bool:
+    changed = {k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)}
+    if any(k.startswith("PYTHON") for k in changed):
+        return False  # read by the interpreter at start
+    return "torch" not in sys.modules or not any(k.startswith(_READ_AT_LOAD) for k in changed)
+
+
+def run_pytest(pytest_main: Path, pytest_args: list[str], env: dict[str, str], log, timeout: float) -> int | None:
+    """pytest_main.py with `pytest_args` and `env`, stdout and stderr to `log`; its exit status
+    (negative: killed by that signal), None past `timeout` seconds (then killed).
+
+    A fork of this process runs it, as a fresh interpreter would (same interpreter, flags and
+    sys.path; pytest_main.py as __main__ with the tests' environment): no second interpreter start
+    and, in the fork worker, no second import of torch. Where the tests' environment changes what
+    an interpreter or an already loaded library read at start, a fresh interpreter runs it."""
+    if not _fork_safe(env):
+        try:
+            proc = subprocess.run([sys.executable, str(pytest_main), *pytest_args], stdout=log, stderr=subprocess.STDOUT,
+                                  env=env, timeout=timeout, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return None
+        return proc.returncode
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            os.environ.clear()
+            os.environ.update(env)
+            import tempfile
+
+            tempfile.tempdir = None  # TMPDIR is the test's
+            sys.argv = [str(pytest_main), *pytest_args]
+            try:
+                runpy.run_path(str(pytest_main), run_name="__main__")
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:  # noqa: BLE001 - the log shows it; the exit status says it failed
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code & 0xFF)
+    pidfd = os.pidfd_open(pid)
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,16 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         env[key] = value
     env.update({"TEST_TMPDIR": str(tmp), "TMPDIR": str(tmp), "HOME": str(tmp), "XML_OUTPUT_FILE": str(xml_path)})
     pytest_main = Path(__file__).resolve().with_name("pytest_main.py")
-    command = [sys.executable, str(pytest_main), *args.pytest_args]
 
     started = time.monotonic()
-    timed_out = False
     with open(log_path, "wb") as log:
-        try:
-            proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=args.timeout, check=False)
-            exit_code = proc.returncode
-        except subprocess.TimeoutExpired:
-            timed_out, exit_code = True, None
+        exit_code = run_pytest(pytest_main, args.pytest_args, env, log, args.timeout)
+    timed_out = exit_code is None
     duration = time.monotonic() - started
     shutil.rmtree(tmp, ignore_errors=True)
     if timed_out or exit_code is None or exit_code < 0:

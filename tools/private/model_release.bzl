@@ -1,6 +1,6 @@
 """Implementation of model_release: the gate and the promotable bundle. Use //tools:defs.bzl."""
 
-load("//tools/private:common.bzl", "EXPORT_ENV", "RECEIPT_TOOL")
+load("//tools/private:common.bzl", "EXPORT_ENV", "FORK_WORKER", "RECEIPT_TOOL", "python_tool_args", "run_python_tool")
 load("//tools/private:providers.bzl", "ModelWeightsInfo", "ReceiptInfo", "ReleaseInfo")
 
 def _bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs, bundle_sources):
@@ -46,7 +46,7 @@ def _model_release_impl(ctx):
     golden = info.golden.to_list()
     golden_dir = golden[0].dirname if golden else "golden/" + info.model
 
-    args = ctx.actions.args()
+    args = python_tool_args(ctx, info.tool, info.tool_runfiles)
     args.add("gate")
     args.add("--model", info.model)
     args.add("--export-dir", info.weights.dirname)
@@ -62,10 +62,13 @@ def _model_release_impl(ctx):
             fail("model_release(name = %r): two bundle_files are named %r" % (ctx.attr.name, f.basename))
         seen[f.basename] = True
         args.add("--bundle-file", "%s=%s" % (f.basename, f.path))
-    ctx.actions.run(
+    run_python_tool(
+        ctx,
+        worker = ctx.attr._fork_worker[DefaultInfo].files_to_run,
         # The model tool the weights were exported with (ModelWeightsInfo), wherever they live.
-        executable = info.tool,
-        arguments = [args],
+        tool = info.tool,
+        tool_runfiles = info.tool_runfiles,
+        args = args,
         inputs = [info.weights, info.onnx, info.export_manifest] + golden + extra,
         outputs = [gated],
         env = EXPORT_ENV,
@@ -100,6 +103,7 @@ _model_release = rule(
         "bundle_files": attr.label_list(allow_files = True, doc = "files the bundle ships under their own names (a tokenizer)"),
         "tests": attr.label_list(providers = [ReceiptInfo], doc = "receipt runs (model_test variants) the release needs"),
         "weights": attr.label(mandatory = True, providers = [ModelWeightsInfo]),
+        "_fork_worker": attr.label(default = FORK_WORKER, executable = True, cfg = "exec"),
         "_receipt_tool": attr.label(default = RECEIPT_TOOL, executable = True, cfg = "exec"),
     },
     provides = [ReleaseInfo],

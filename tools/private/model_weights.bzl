@@ -1,6 +1,6 @@
 """Implementation of model_weights: the export as a hermetic build action. Use //tools:defs.bzl."""
 
-load("//tools/private:common.bzl", "EXPORT_ENV", "EXPORT_LIB", "INTERPRETER", "MODEL_TOOL_MAIN", "model_name")
+load("//tools/private:common.bzl", "EXPORT_ENV", "EXPORT_LIB", "FORK_WORKER", "INTERPRETER", "MODEL_TOOL_MAIN", "model_name", "python_tool_args", "run_python_tool")
 load("//tools/private:model_tool.bzl", "model_tool")
 load("//tools/private:pip_closure.bzl", "pip_lock_entries_aspect")
 load("//tools/private:providers.bzl", "CheckpointInfo", "ModelWeightsInfo", "PipLockEntriesInfo")
@@ -36,9 +36,9 @@ def _model_weights_impl(ctx):
     lock_entries = depset(transitive = [dep[PipLockEntriesInfo].entries for dep in ctx.attr.deps]).to_list()
     outputs = [ctx.outputs.weights, ctx.outputs.onnx, ctx.outputs.export_manifest]
 
-    args = ctx.actions.args()
-    args.use_param_file("@%s", use_always = True)
-    args.set_param_file_format("multiline")
+    tool = ctx.attr.tool[DefaultInfo].files_to_run
+    tool_runfiles = ctx.attr.tool[DefaultInfo].default_runfiles
+    args = python_tool_args(ctx, tool, tool_runfiles)
     args.add("export")
     args.add("--model", ctx.attr.model)
     args.add("--out-dir", ctx.outputs.weights.dirname)
@@ -56,9 +56,12 @@ def _model_weights_impl(ctx):
         args.add("--checkpoint-pin", "%s=%s" % (info.pin.path, info.pin.short_path))
         checkpoint = [info.checkpoint, info.pin]
 
-    ctx.actions.run(
-        executable = ctx.executable.tool,
-        arguments = [args],
+    run_python_tool(
+        ctx,
+        worker = ctx.attr._fork_worker[DefaultInfo].files_to_run,
+        tool = tool,
+        tool_runfiles = tool_runfiles,
+        args = args,
         inputs = hashed + lock_entries + checkpoint,
         outputs = outputs,
         env = EXPORT_ENV,
@@ -83,6 +86,7 @@ def _model_weights_impl(ctx):
             golden = depset(ctx.files.golden),
             hparams = ctx.attr.hparams,
             tool = ctx.attr.tool[DefaultInfo].files_to_run,
+            tool_runfiles = ctx.attr.tool[DefaultInfo].default_runfiles,
             library = py_info,
         ),
         OutputGroupInfo(
@@ -107,6 +111,7 @@ _model_weights = rule(
         "model": attr.string(mandatory = True),
         "tool": attr.label(mandatory = True, executable = True, cfg = "exec"),
         "tool_src": attr.label(default = MODEL_TOOL_MAIN, allow_single_file = True),
+        "_fork_worker": attr.label(default = FORK_WORKER, executable = True, cfg = "exec"),
     },
     outputs = {
         "export_manifest": "%{name}/export.json",

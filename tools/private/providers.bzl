@@ -18,6 +18,7 @@ of a py_binary or test for the model's code and the export tooling, and OutputGr
         "golden": "depset of golden data files",
         "hparams": "dict of hyperparameter overrides",
         "tool": "FilesToRunProvider: the model tool (tools/bin/model_tool.py with the model's library), built for the exec configuration; the export and gate actions run it",
+        "tool_runfiles": "runfiles of `tool` (run_python_tool passes them to the fork worker as plain inputs)",
         "library": "PyInfo: the model's library and the export tooling (what the tool imports)",
     },
 )

@@ -30,7 +30,7 @@ bounded by the target's size/timeout itself (the reporter's timeout is moot).
 """
 
 load("@pip//:flavor.bzl", "TORCH_FLAVOR")
-load("//tools/private:common.bzl", "ACTION_ENV", "INTERPRETER", "PYTEST_INI")
+load("//tools/private:common.bzl", "ACTION_ENV", "FORK_WORKER", "INTERPRETER", "PYTEST_INI", "python_tool_args", "run_python_tool")
 load("//tools/private:pip_closure.bzl", "pip_lock_entries_aspect")
 load("//tools/private:providers.bzl", "PipLockEntriesInfo", "ReceiptInfo")
 
@@ -85,9 +85,9 @@ def _receipt_run_impl(ctx):
             value = ctx.expand_location(value.replace("$(rootpath ", "$(execpath "), ctx.attr.data)
             env_flags.append("--env=%s=%s" % (key, value))
 
-        args = ctx.actions.args()
-        args.use_param_file("@%s", use_always = True)
-        args.set_param_file_format("multiline")
+        runner = ctx.attr.runner[DefaultInfo].files_to_run
+        runner_runfiles = ctx.attr.runner[DefaultInfo].default_runfiles
+        args = python_tool_args(ctx, runner, runner_runfiles)
         args.add("--target", label)
         args.add("--variant", ctx.attr.variant)
         args.add("--receipt", receipt)
@@ -108,9 +108,12 @@ def _receipt_run_impl(ctx):
         # The test environment of .bazelrc's `test --test_env=...`, and the variant's.
         env = dict(ACTION_ENV)
         env.update(ctx.attr.run_env)
-        ctx.actions.run(
-            executable = ctx.executable.runner,
-            arguments = [args],
+        run_python_tool(
+            ctx,
+            worker = ctx.attr._fork_worker[DefaultInfo].files_to_run,
+            tool = runner,
+            tool_runfiles = runner_runfiles,
+            args = args,
             inputs = depset(hashed.values() + ctx.files.data + lock_entries),
             outputs = [receipt, log, xml],
             env = env,
@@ -147,6 +150,7 @@ receipt_run = rule(
         "execution_requirements": attr.string_dict(doc = "the variant's execution requirements for the pytest action"),
         "interpreter": attr.label(default = INTERPRETER, allow_single_file = True),
         "pytest_ini": attr.label(default = PYTEST_INI, allow_single_file = True),
+        "_fork_worker": attr.label(default = FORK_WORKER, executable = True, cfg = "exec"),
     },
 )
 
