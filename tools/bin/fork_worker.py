@@ -174,10 +174,16 @@ def _inherited_files() -> list[str]:
     return files
 
 
+# The files of what persistent() preloaded, found once (resolving ~1,500 module paths is
+# not a cost each action should pay); None until then, and in a process that preloaded nothing.
+_preloaded: list[str] | None = None
+
+
 def foreign_modules(path: list[str]) -> list[str]:
     """The inherited module files that no entry of `path` holds (empty: the child may keep them)."""
     roots = tuple(os.path.realpath(p) + os.sep for p in path if p)
-    return [f for f in _inherited_files() if not f.startswith(roots)]
+    files = _preloaded if _preloaded is not None else _inherited_files()
+    return [f for f in files if not f.startswith(roots)]
 
 
 def run_in_this_process(binary: str, args: list[str]) -> int:
@@ -321,11 +327,13 @@ def requests(fd: int):
 
 
 def persistent() -> int:
+    global _preloaded
     for name in PRELOAD:
         try:
             __import__(name)
         except ImportError:
             pass  # nothing preloaded: each child imports what it needs
+    _preloaded = _inherited_files()
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing but WorkResponses on the protocol's stream
     for request in requests(sys.stdin.fileno()):
