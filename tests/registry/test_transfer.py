@@ -52,6 +52,28 @@ def test_copy_hashed_stops_at_the_limit(tmp_path, how, limit):
     assert (tmp_path / "dst").stat().st_size <= limit + 1
 
 
+def test_copy_hashed_hashes_what_landed_in_the_target_not_the_source(tmp_path, monkeypatch):
+    # A write that lands wrong (here: one byte of each span spoiled after the kernel copied it)
+    # must show in the digest, so a fetch or promote refuses it: the hash reads the target back.
+    send = os.sendfile
+
+    def spoiling_send(out_fd, in_fd, offset, count):
+        sent = send(out_fd, in_fd, offset, count)
+        if sent:
+            end = os.lseek(out_fd, 0, os.SEEK_CUR)
+            os.pwrite(out_fd, bytes([os.pread(out_fd, 1, end - 1)[0] ^ 0xFF]), end - 1)
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", spoiling_send)
+    data = random.Random(11).randbytes(3 * S + 12345)
+    (tmp_path / "src").write_bytes(data)
+    with open(tmp_path / "src", "rb", buffering=0) as src, open(tmp_path / "dst", "w+b", buffering=0) as dst:
+        got = transfer.copy_hashed(src.fileno(), dst.fileno(), len(data), algorithm="blake3")
+    landed = (tmp_path / "dst").read_bytes()
+    assert landed != data
+    assert got == (len(data), blake3(landed).hexdigest())
+
+
 def test_copy_hashed_falls_back_where_sendfile_is_refused(tmp_path, monkeypatch):
     import errno
 

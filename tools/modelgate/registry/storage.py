@@ -179,7 +179,7 @@ class LocalStorage(Storage):
         tmp = self.root / TEMP_DIR
         tmp.mkdir(parents=True, exist_ok=True)
         path = tmp / leftovers.temp_name()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # readable: copy_hashed maps it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # readable: copy_hashed reads it back
         f = os.fdopen(fd, "wb")
         try:
             fcntl.flock(f, fcntl.LOCK_EX)

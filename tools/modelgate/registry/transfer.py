@@ -5,9 +5,9 @@ build manifest's): its blake3 where the manifest lists one, else its sha256 (mod
 sha256 addresses a blob, blake3 verifies it; both are signed). blake3 hashes about 3.5x faster on
 one thread, so on two cores the hash keeps up with the copy instead of holding it back.
 
-Hashing first and copying afterwards reads everything twice. Here a file is copied by the kernel
-span by span, and a second thread hashes each span of the target as it lands (through a mapping
-of the target's pages, so no byte passes through Python); a stream (a download) is gathered into
+Hashing first and copying afterwards reads everything twice from memory. Here a file is copied by
+the kernel span by span, and a second thread reads each span of the target back as it lands,
+while it is still in the CPU's cache, and hashes it; a stream (a download) is gathered into
 buffers that are written and then hashed on the second thread.
 Both hashers release the GIL on large updates, so on two cores the copy and the hash overlap;
 blake3 is held to one thread (the copy needs the other core).
@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import queue
 import threading
 
 from modelgate import digests
 
-# Files: the kernel copies SPAN bytes at a time and the hashing thread hashes the copied span
-# of the target (mapped, not copied again) while the next one is copied.
-SPAN = 8 << 20
-SPANS_IN_FLIGHT = 3
+# Files: the kernel copies SPAN bytes at a time, and the hashing thread reads each copied span
+# back from the target in HASH_CHUNK pieces (one reused buffer that stays in the core's L2 cache)
+# while the next span is copied. At most SPANS_IN_FLIGHT spans are copied but not yet hashed, so
+# what the hash reads back was written a moment before and is still in the L3 cache. Through a
+# mapping of the target instead (an earlier version) the hash fetched every byte from memory
+# again and took as long as the copy: for 1 GiB on 2 cores, the hashing thread was busy 0.33 s
+# beside the copy's 0.32 s that way, and 0.26 s (0.08 s reading back, 0.18 s hashing) this way.
+SPAN = 2 << 20
+SPANS_IN_FLIGHT = 2
+HASH_CHUNK = 512 << 10
 # Streams (downloads) and the fallback: 1 MiB buffers, written and hashed while still in the
 # CPU's cache; 4 of them keep both threads busy.
 BUFFER = 1 << 20
@@ -135,10 +140,10 @@ def copy_hashed(
     arrive (at most one byte past it is written). `writeback`: the caller will fsync the target;
     start the disk writing early.
 
-    The kernel copies (sendfile(2): one copy of the bytes, none through Python), and the hashing
-    thread hashes each copied span of the *target* through a read-only mapping of its pages: the
-    digest is of the bytes that landed, and no byte is copied twice. `target_fd` must be open for
-    reading too. Where sendfile refuses the pair, a copy through Python buffers does the same.
+    The kernel copies (sendfile(2), none of it through Python), and the hashing thread reads each
+    copied span of the *target* back (pread(2), from the page cache while the span is still in the
+    CPU's cache) and hashes it: the digest is of the bytes that landed. `target_fd` must be open
+    for reading too. The copy is the slower of the two: the hashing thread waits for spans. Where sendfile refuses the pair, a copy through Python buffers does the same.
     The hashing thread also starts the write-back of what it has hashed: sync_file_range can
     block on a busy disk, and on the copying thread it held the copy back (a 1 GiB promote's copy,
     hash and fsync took 0.56 s that way, 0.48 s this way, on 2 cores)."""
@@ -149,19 +154,19 @@ def copy_hashed(
     failed: list[BaseException] = []
 
     def hash_spans() -> None:
+        buf = memoryview(bytearray(HASH_CHUNK))
         started = 0
         while (item := spans.get()) is not None:
-            span, end = item
+            start, end = item
             try:
                 if not failed:
-                    digest.update(span)
+                    _hash_back(digest, target_fd, buf, start, end)
                     if writeback and end - started >= WRITEBACK:
                         _start_writeback(target_fd, started, end - started)
                         started = end
             except BaseException as e:  # noqa: BLE001 - handed to the copying thread
                 failed.append(e)
             finally:
-                span.close()
                 slots.release()
 
     hasher = threading.Thread(target=hash_spans, name=algorithm, daemon=True)
@@ -179,8 +184,8 @@ def copy_hashed(
             if not n:
                 break
             slots.acquire()
+            spans.put((total, total + n))
             total += n
-            spans.put((mmap.mmap(target_fd, n, mmap.MAP_SHARED, mmap.PROT_READ, offset=total - n), total))
             if limit is not None and total > limit:
                 raise TooLarge(limit)
             if n < want:
@@ -192,6 +197,16 @@ def copy_hashed(
     if failed:
         raise failed[0]
     return total, digest.hexdigest()
+
+
+def _hash_back(digest, fd: int, buf: memoryview, start: int, end: int) -> None:
+    """Adds bytes [start, end) of file `fd` to `digest`, read back through `buf`."""
+    while start < end:
+        n = os.preadv(fd, [buf[: min(len(buf), end - start)]], start)
+        if not n:
+            raise OSError(errno.EIO, "the copy's target shrank while it was being hashed")
+        digest.update(buf[:n])
+        start += n
 
 
 def _send(target_fd: int, source_fd: int, want: int) -> int | None:
@@ -358,7 +373,7 @@ def fetch_file(registry, name: str, spec: dict, path) -> None:
     from modelgate.errors import VerificationError
 
     algorithm, expected = digests.verifier(spec)
-    with open(path, "w+b", buffering=0) as f:  # readable too: copy_hashed maps what it wrote
+    with open(path, "w+b", buffering=0) as f:  # readable too: copy_hashed reads back what it wrote
         try:
             got = registry.read_blob_hashed_into(spec["sha256"], f.fileno(), spec["size"], algorithm)
         except TooLarge:
