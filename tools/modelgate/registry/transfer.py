@@ -143,7 +143,8 @@ def copy_hashed(
     The kernel copies (sendfile(2), none of it through Python), and the hashing thread reads each
     copied span of the *target* back (pread(2), from the page cache while the span is still in the
     CPU's cache) and hashes it: the digest is of the bytes that landed. `target_fd` must be open
-    for reading too. The copy is the slower of the two: the hashing thread waits for spans. Where sendfile refuses the pair, a copy through Python buffers does the same.
+    for reading too. The copy is the slower of the two: the hashing thread waits for spans. Where
+    sendfile refuses the pair, a copy through Python buffers does the same.
     The hashing thread also starts the write-back of what it has hashed: sync_file_range can
     block on a busy disk, and on the copying thread it held the copy back (a 1 GiB promote's copy,
     hash and fsync took 0.56 s that way, 0.48 s this way, on 2 cores)."""
