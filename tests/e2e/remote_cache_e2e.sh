@@ -8,8 +8,10 @@
 # cache can carry results:
 #   1. clone A, as CI (MODELGATE_REMOTE_CACHE_WRITE=1): bazel test //models/...  -- cold, local
 #   2. clone B, as a developer (read only): bazel test //models/...  -- every test (cached),
-#      every process a remote cache hit, none executed
-#   3. clone B with the cache down: the build completes locally and says so
+#      every process a remote cache hit, none executed, no weights downloaded; then
+#      bazel build //models/minilm:weights downloads them, the same bytes as clone A's
+#   3. clone B with the cache down: the build completes locally and says so, also for a test
+#      that reads weights the cached run never downloaded
 # Prints the wall times. About 5 minutes on a busy 2-core machine (two first fetches of the
 # pinned packages side by side, then a cold test run that trains three small models). Cleans up its servers, clones and their output bases.
 set -uo pipefail
@@ -65,6 +67,21 @@ hits=$(count_of "$work/b.log" 'remote cache hit')
 [[ -z "$(local_runs "$work/b.log")" && $hits -gt 0 ]] && ok "$hits remote cache hits, nothing executed" ||
   bad "processes ran locally: $(local_runs "$work/b.log")"
 
+# A developer's cached test run downloads nothing it does not read (.bazelrc:
+# --remote_download_minimal); a later build that needs a file downloads it, byte for byte.
+weights=bazel-bin/models/minilm/weights/weights.safetensors
+out_mb=$(du -sm "$(cd "$work/b" && bazel info output_path 2>/dev/null)" | cut -f1)
+echo "   clone B's output tree after it: ${out_mb} MB (clone A, which ran everything: $(du -sm "$(cd "$work/a" && bazel info output_path 2>/dev/null)" | cut -f1) MB)"
+[[ ! -e "$work/b/$weights" ]] && ok "the cached run downloaded no weights" || bad "$weights was downloaded by a run that does not read it"
+(cd "$work/a" && timeout 60 bazel shutdown >/dev/null 2>&1)
+start=$(now)
+(cd "$work/b" && MODELGATE_REMOTE_CACHE="$url" timeout 300 bazel build "${flags[@]}" //models/minilm:weights >"$work/b-build.log" 2>&1)
+rc=$?
+echo "   bazel build //models/minilm:weights: exit $rc, $(since "$start")s, $(processes "$work/b-build.log")"
+[[ $rc -eq 0 ]] && cmp -s "$work/a/$weights" "$work/b/$weights" && [[ -z "$(local_runs "$work/b-build.log")" ]] &&
+  ok "a later build downloaded the weights from the cache, the same bytes as clone A's" ||
+  bad "clone B's weights after bazel build: missing, different, or rebuilt ($(local_runs "$work/b-build.log"))"
+
 echo "== 3. the cache is down: the build completes locally, and says so"
 dead="http://127.0.0.1:$(dead_port)"
 # A new test_env value changes the test's cache key, so it has to run again.
@@ -83,6 +100,17 @@ grep -A1 -E '^WARNING: (Reading from|Writing to) Remote Cache' "$work/down2.log"
 echo "   exit $rc, $(processes "$work/down2.log")"
 [[ $rc -eq 0 && "$(local_runs "$work/down2.log")" == *"1 "* ]] && grep -q 'Remote Cache' "$work/down2.log" &&
   ok "--remote_cache down: ran locally, Bazel warned" || bad "--remote_cache down"
+
+# After a cached run that downloaded nothing, with the cache gone: a test that reads the exported
+# weights (which clone B never downloaded) runs, and Bazel exports them again locally.
+(cd "$work/b" && timeout 300 bazel clean >/dev/null 2>&1 &&
+  MODELGATE_REMOTE_CACHE="$url" timeout 300 bazel test "${flags[@]}" //models/... >"$work/b2.log" 2>&1 &&
+  MODELGATE_REMOTE_CACHE="$dead" timeout 300 bazel test "${flags[@]}" --test_env=MODELGATE_E2E=down-weights \
+    //models/tiny_transformer:golden_test_cpu >"$work/down3.log" 2>&1)
+rc=$?
+echo "   exit $rc, $(processes "$work/down3.log")"
+[[ $rc -eq 0 ]] && grep -qE '^//models/tiny_transformer:golden_test_cpu +PASSED' "$work/down3.log" &&
+  ok "cache down after a cached run: the golden test ran on weights exported again locally" || bad "golden test with the cache down"
 
 echo
 echo "wall times: cold local (clone A, uploading) ${cold}s; warm cache (clone B) ${warm}s"
