@@ -8,8 +8,9 @@
 # directory), clones this repository's HEAD twice and:
 #   1. clone A: bazel test --config=rbe //models/...  -- every action executed by the worker
 #      (Bazel's summary: N remote), on this machine only the checkpoint fetch (1 local)
-#   2. clone B, another path: --config=remote-cache against the worker -- every test (cached),
-#      every process a remote cache hit
+#   2. clone B, another path: --config=remote-cache against the worker, with the same inputs as
+#      --config=rbe (MODELGATE_PIP_INPUTS=files) -- every test (cached), every process a remote
+#      cache hit
 #   3. the executor down: a clear message, a failed build (no silent local fallback)
 # Prints the wall times. About 5-7 minutes on a busy 2-core machine: the worker copies every input
 # of every action (~22k files of the pinned packages per test) and the first upload is ~1 GB.
@@ -24,6 +25,9 @@ cleanup() {
 }
 trap cleanup EXIT
 flags=(--noshow_progress --color=no --curses=no)
+# --config=rbe makes every installed file of the pinned packages an input (the workers have no pip
+# store of this machine); a clone that reads its results needs the same inputs, or no key matches.
+inputs=(--repo_env=MODELGATE_PIP_INPUTS=files)
 
 echo "== executor: tools/dev/rbe_server start --port=0 --dir=$work/rbe"
 start=$(now)
@@ -35,7 +39,7 @@ e2e_clone "$work/a"
 e2e_clone "$work/b"
 start=$(now)
 for ws in "$work/a" "$work/b"; do
-  (cd "$ws" && timeout 300 bazel build "${flags[@]}" --disk_cache= --nobuild //models/... >"$ws.fetch.log" 2>&1) &
+  (cd "$ws" && timeout 300 bazel build "${flags[@]}" "${inputs[@]}" --disk_cache= --nobuild //models/... >"$ws.fetch.log" 2>&1) &
 done
 wait
 echo "   fetch and analysis, both clones side by side: $(since "$start")s (not counted below)"
@@ -59,7 +63,7 @@ echo "   the worker's CAS now holds $(du -sh "$work/rbe/cas" | cut -f1) (it grow
 echo "== 2. clone B, another path: the worker's cache, read only"
 (cd "$work/a" && timeout 60 bazel shutdown >/dev/null 2>&1)
 start=$(now)
-(cd "$work/b" && timeout 300 bazel test "${flags[@]}" --disk_cache= --config=remote-cache --remote_cache="$url" //models/... >"$work/b.log" 2>&1)
+(cd "$work/b" && timeout 300 bazel test "${flags[@]}" --disk_cache= "${inputs[@]}" --config=remote-cache --remote_cache="$url" //models/... >"$work/b.log" 2>&1)
 rc=$?
 warm=$(since "$start")
 echo "   exit $rc, ${warm}s, $(processes "$work/b.log")"
