@@ -98,7 +98,8 @@ def test_killed_promotes_leave_nothing_after_the_next_run(tmp_path):
     rng = random.Random(16)
     left_by_kills = []
     for trial in range(KILLS):
-        bundle = make_bundle(tmp_path / "b", model=f"m{trial}", seed=1, weights_size=4 << 20)
+        # Larger than one span of the copy (transfer.SPAN), so that the kill lands mid-file.
+        bundle = make_bundle(tmp_path / "b", model=f"m{trial}", seed=1, weights_size=2 * transfer.SPAN)
 
         ready_r, ready_w = os.pipe()
 
@@ -122,7 +123,8 @@ def test_killed_promotes_leave_nothing_after_the_next_run(tmp_path):
     print(f"\n{KILLS} killed promotes: each left {min(left_by_kills)}-{max(left_by_kills)} bytes in {storage_module.TEMP_DIR}; "
           f"before the next promote {before[0]} bytes in {len(before[1])} file(s); after it: {after[0]} bytes, {len(after[1])} files")  # fmt: skip
     assert promote_ok_rc == 0
-    assert min(left_by_kills) >= 2 << 20  # every kill landed mid-write and left its partial file
+    # every kill landed mid-write and left its partial file: more than the pause's 2 MiB, less than the weights
+    assert 2 << 20 <= min(left_by_kills) and max(left_by_kills) < 2 * transfer.SPAN
     assert after == (0, [])
 
 
