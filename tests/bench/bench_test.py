@@ -112,6 +112,32 @@ def test_profile_summary_splits_thread_time(tmp_path):
     assert s["repository_rules"] == [("//external:pip", 48), ("pip install of the lock", 24)]
 
 
+def test_the_profile_paragraph_counts_worker_actions_as_the_work_not_as_overhead(tmp_path):
+    # Forks of the persistent worker have no subprocess span of their own in Bazel 4's profile:
+    # their time is their actions' time, and it is the work, not Bazel's overhead around it.
+    def span(name, cat, ts, dur):
+        return {"ph": "X", "name": name, "cat": cat, "ts": ts * 1e6, "dur": dur * 1e6}
+
+    trace = {
+        "traceEvents": [
+            span("Exporting m (train)", "action processing", 0, 30),  # a worker fork
+            span("Testing //models/m:golden_test_cpu", "action processing", 30, 6),  # a linux-sandbox
+            span("subprocess.run", "general information", 31, 5),
+            span("Creating source manifest for //m:t", "action processing", 36, 4),
+            span("action 'Exporting m (train)'", "critical path component", 0, 30),
+            span("runAnalysisPhase", "general information", 0, 1),
+        ]
+    }
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(trace))
+    prose = report.ReportProse.__new__(report.ReportProse)
+    prose.work = tmp_path
+    log = "INFO: 4 processes: 2 internal, 1 linux-sandbox, 1 worker.\n"
+    text = prose.bazel_paragraph(parse.profile_summary(path), {"cold_b": runner.Run(40.0, log, 0), "runfiles": (1, 30)})
+    assert "busy for 40 s in all, 36 s (90%) of it in the 2 export, gate and test actions" in text
+    assert "The 1 linux-sandbox processes ran 5 s" in text
+
+
 def test_the_table_has_one_line_per_row_with_every_column():
     rows = [report.Row("1", "what", "2.0 s", "1.0 s", "2.00×", "≤ 1.3×", report.verdict(False))]
     table = report.render_table(rows).splitlines()

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from parse import profile_summary
+from parse import parse_processes, profile_summary
 from runner import LOAD_SAMPLES
 
 
@@ -95,16 +95,21 @@ class ReportProse:
         trees, links = d.get("runfiles", (0, 0))
         crit = sum(sec for _, sec in prof["critical_path"])
         crit_top = max(prof["critical_path"], key=lambda c: c[1], default=("?", 0.0))
-        spawns = sum(kinds.get(k, {"count": 0})["count"] for k in ("Exporting", "Gating", "Testing"))
+        heavy = ("Exporting", "Gating", "Testing")
+        spawns = sum(kinds.get(k, {"count": 0})["count"] for k in heavy)
+        heavy_s = sum(kinds.get(k, {"seconds": 0.0})["seconds"] for k in heavy)
+        sandboxed = parse_processes(d["cold_b"].log).get("linux-sandbox", 0)
 
         def share(x: float) -> str:
             return f"{x:.0f} s ({x / thread_s:.0%})" if thread_s else f"{x:.0f} s"
 
         text = (
             f"**Profile of the cold `bazel test //models/...` (`--profile`, {fmt_s(d['cold_b'].wall_s)} wall).** "
-            f"Bazel's action threads were busy for {thread_s:.0f} s in all. The {spawns} processes themselves (training "
-            f"in the exports, gates, tests; each imports torch) ran {share(processes)}. Setting up and deleting their "
-            f"linux-sandboxes took {share(create + delete)} (set-up {create:.0f} s, deletion {delete:.0f} s): each "
+            f"Bazel's action threads were busy for {thread_s:.0f} s in all, {share(heavy_s)} of it in the {spawns} export, "
+            "gate and test actions (each a process that imports torch: a fork of the persistent worker or a "
+            f"linux-sandbox process). The {sandboxed} linux-sandbox processes ran "
+            f"{processes:.0f} s (Bazel 4's profile does not time the worker's forks apart from their actions). Setting up "
+            f"and deleting the linux-sandboxes took {share(create + delete)} (set-up {create:.0f} s, deletion {delete:.0f} s): each "
             f"sandbox is a tree of one symlink per input file, and the {trees} runfiles manifests list {links:,} files, "
             f"~{links // max(trees, 1):,} per test or tool (a pip package is one file, its lock entry: README, \"How a test "
             "sees its packages\"; the previous layout listed ~24k installed files per test). "
