@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Callable
 
 from modelgate import notify
-from modelgate.errors import BundleError, GateError, ModelgateError, StorageError, UsageError
+from modelgate.errors import BundleError, GateError, ModelgateError, StorageError, UsageError, VerificationError
 
 from . import bundle as bundles
 from . import gates, signing, tags, transfer
-from .moves import PromoteResult, Warn, _event, _now, _signer, _user
+from .moves import PromoteResult, Warn, _event, _notify_endpoints, _now, _signer, _user
 from .registry import BUILD_SCHEMA, Registry, TagMove, TagState
 from .storage import LocalStorage
 
@@ -46,9 +46,21 @@ def select_bundles(directories: list[Path], models: list[str]) -> list[bundles.B
 
 
 def _decide(
-    registry: Registry, b: bundles.Bundle, tag: str, kind: tags.TagKind, state: TagState, force: bool
+    registry: Registry,
+    b: bundles.Bundle,
+    tag: str,
+    kind: tags.TagKind,
+    state: TagState,
+    force: bool,
+    load_verifier: Callable[[], None],
 ) -> _Decision:
-    """Raises GateError when this promotion must not happen (unless forced, where that is allowed)."""
+    """Raises GateError when this promotion must not happen (unless forced, where that is allowed).
+
+    The baseline's metrics decide the gate, so its manifest is verified as fetch verifies one
+    (signature, then schema) before a value of it is used: whoever can write to the registry
+    could otherwise lower the bar (let a regressed build through) or raise it (block every good
+    one). `load_verifier` makes sure the registry has the promoter's public key (a dry run loads
+    it only here, when there is a baseline to verify)."""
     if state.build_hash == b.build_hash:
         return _Decision(True, [], False, False)
     if state.build_hash is not None and not kind.movable:
@@ -58,7 +70,16 @@ def _decide(
         )
     if state.build_hash is None:
         return _Decision(False, [], kind.movable, False)  # a channel's first build has no baseline
-    baseline = registry.read_checked_build(b.model, state.build_hash)
+    load_verifier()
+    try:
+        baseline = registry.read_verified_build(b.model, state.build_hash)
+    except VerificationError as e:
+        if force:
+            return _Decision(False, [], False, True)
+        raise GateError(
+            f"{b.model}: {tag} points at build {state.build_hash[:12]}, whose manifest does not verify, so its metrics "
+            f"cannot be the baseline ({e}); pass --force --reason=TEXT to promote anyway"
+        ) from None
     if baseline is None:
         if force:
             return _Decision(False, [], False, True)
@@ -88,7 +109,7 @@ def _store_build(registry: Registry, b: bundles.Bundle, signed: dict | None) -> 
     """Writes builds/<hash>.json once; a later promotion of the same build reuses the stored one."""
     if signed is not None and registry.create_build(b.model, b.build_hash, signed):
         return
-    existing = registry.read_checked_build(b.model, b.build_hash)
+    existing = registry.read_verified_build(b.model, b.build_hash)  # the tag is about to name it
     if existing is None or not bundles.same_files(existing.get("files"), b.manifest["files"]):
         raise BundleError(
             f"{registry.uri} already holds build {b.build_hash[:12]} of {b.model} with different files; "
@@ -121,12 +142,13 @@ def _commit(
     force: bool,
     reason: str | None,
     commit: str | None,
+    load_verifier: Callable[[], None],
 ) -> tuple[TagMove, _Decision]:
     """Moves `tag` to this build (Registry.move_tag), deciding against the tag's state at commit time."""
     decisions = []
 
     def decide(state: TagState, seq: int) -> dict | None:
-        decision = _decide(registry, b, tag, kind, state, force)
+        decision = _decide(registry, b, tag, kind, state, force, load_verifier)
         decisions.append(decision)
         if decision.unchanged:
             return None
@@ -189,10 +211,15 @@ def promote(
         # The key is loaded before anything is written, so that a missing or unusable key writes
         # nothing; from here the registry verifies every event and pointer it reads with it.
         _signer(registry, signing_key, warn)
+
+    def load_verifier() -> None:
+        if registry.verifier is None:  # a dry run: the baseline is verified with the promoter's key all the same
+            _signer(registry, signing_key, warn)
+
     planned = {}
     for b in selected:
         state = registry.tag_state(b.model, tag)
-        planned[b.model] = (state, _decide(registry, b, tag, kind, state, force))
+        planned[b.model] = (state, _decide(registry, b, tag, kind, state, force, load_verifier))
 
     if dry_run:
         results = []
@@ -220,14 +247,17 @@ def promote(
             signed[b.model] = doc
     _check_space(registry, selected)
     if isinstance(registry.storage, LocalStorage):
-        registry.storage.sweep_temporaries()
+        try:
+            registry.storage.sweep_temporaries()
+        except StorageError as e:  # .tmp is not a real directory: nothing is swept; a write through it is refused
+            warn(f"not sweeping temporaries: {e}")
 
-    endpoints = list(notify_urls) + registry.notify_endpoints()
+    endpoints = _notify_endpoints(registry, notify_urls, warn)
     results = []
     with copies.staged():  # every copy made and checked before the first blob is linked
         for b in selected:
             try:
-                results.append(_promote_one(registry, b, tag, kind, signed[b.model], force, reason, commit, progress, endpoints, warn))
+                results.append(_promote_one(registry, b, tag, kind, signed[b.model], force, reason, commit, progress, endpoints, warn, load_verifier))
             except ModelgateError as e:
                 if results:  # say what did happen: the models before this one stay promoted
                     done = ", ".join(f"{r.model} {r.build_hash[:12]}" for r in results)
@@ -248,11 +278,12 @@ def _promote_one(
     progress: ProgressFactory | None,
     endpoints: list[str],
     warn: Warn,
+    load_verifier: Callable[[], None],
 ) -> PromoteResult:
     """Blobs, then the manifest, then the tag: a reader can never reach a build that is not complete."""
     uploaded_bytes, uploaded_files = _upload(registry, b, progress)
     _store_build(registry, b, signed)
-    move, decision = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit)
+    move, decision = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit, load_verifier=load_verifier)
     state, event, pending = move.state, move.event, move.pending
     status = "unchanged" if event is None else "committed" if pending else "promoted"
     result = PromoteResult(
