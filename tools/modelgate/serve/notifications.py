@@ -19,9 +19,12 @@ the rollout worker's first look at the tag): such a notification can tell it not
 startup check, which reads the registry afterwards, has not already seen, because promote
 notifies only after its move is committed. So a replay from before a restart is refused without
 any state: nothing to write (an fsync) per notification, nothing to corrupt or to grow, and the
-replay cache of one run only has to cover that run. The cost: a notification signed in the
-service's first second (timestamps are whole seconds), or by a sender whose clock is behind the
-service's, right after a restart, is refused too; the poll (--poll-interval) picks its move up.
+replay cache of one run only has to cover that run. Timestamps are whole seconds, so "before"
+means in an earlier second than the one the service started in: a notification signed in that
+same second is accepted (a promote right after a deploy is not delayed to the next poll), which
+leaves a replay open only if the service restarted within the second the notification was signed.
+A sender whose clock is behind the service's has its notifications refused for that long after a
+restart; the poll (--poll-interval) picks their moves up.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class NotificationGuard:
         self.secret = secret
         self.tolerance_s = tolerance_s
         self._clock = clock
-        self.started = clock()  # notifications signed before this are refused (see the module docstring)
+        self.started = int(clock())  # notifications signed in an earlier second are refused (see the module docstring)
         self._seen: dict[str, float] = {}  # signature -> its timestamp
         self._lock = threading.Lock()
         self.accepted = 0
@@ -87,7 +90,7 @@ class NotificationGuard:
         if sent < self.started:
             return Verdict(
                 403,
-                f"notification signed {self.started - sent:.0f} s before this service started: refused (a replay across a "
+                f"notification signed {self.started - sent} s before this service started: refused (a replay across a "
                 "restart cannot be told apart); the service read the registry itself when it started",
             )
         with self._lock:
