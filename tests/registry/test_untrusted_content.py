@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -38,16 +39,33 @@ HANG_S = 20
 
 @pytest.fixture(autouse=True)
 def no_hang():
-    """Fails a test whose command blocks (a FIFO opened without O_NONBLOCK) instead of hanging it."""
+    """Fails a test whose command blocks (a FIFO opened without O_NONBLOCK) instead of hanging it:
+    SIGALRM is sent to the main thread itself, so that the blocked system call is the one it
+    interrupts (a process-wide alarm may land on another thread and interrupt nothing)."""
 
     def hung(signum, frame):
-        raise TimeoutError(f"a command blocked for {HANG_S} s")
+        raise Hung(f"a command blocked for more than {HANG_S} s")
 
     previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(HANG_S)
+    main = threading.main_thread().ident
+    done = threading.Event()
+
+    def watchdog():
+        timeout = HANG_S
+        while not done.wait(timeout):
+            signal.pthread_kill(main, signal.SIGALRM)
+            timeout = 1  # again, in case the code under test swallowed it
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
     yield
-    signal.alarm(0)
+    done.set()
+    thread.join()
     signal.signal(signal.SIGALRM, previous)
+
+
+class Hung(BaseException):
+    """Not an OSError (TimeoutError is one): code that handles OSError cannot swallow it."""
 
 
 def _note(capsys, text: str) -> None:
