@@ -2,11 +2,14 @@
 
     serve --model=NAME --tag=TAG [--registry=URI] [--port=P] [--host=ADDR] [--public-key=PEM]
           [--poll-interval=SECONDS] [--state-dir=DIR] [--max-body-bytes=N] [--threads=N]
-          [--read-timeout=SECONDS] [--allow-rollback]
+          [--read-timeout=SECONDS] [--allow-rollback] [--runtime=onnx|torch]
 
 Pulls the tag's build at start, again when a signed notification arrives on POST /notify
 (secret: $MODELGATE_NOTIFY_SECRET) and every --poll-interval seconds; verifies the signature and
-digests, warms up on the build's golden data and swaps it in. See modelgate/serve/.
+digests, warms up on the build's golden data and swaps it in. By default it runs the bundle's
+model.onnx on onnxruntime as the build's manifest declares it, and imports neither torch nor
+anything of models/; --runtime=torch runs this checkout's model code, bound by digest to the
+build. See modelgate/serve/.
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ def build_parser() -> Parser:
     p.add_argument("--allow-rollback", action="store_true", help="accept a tag state older than the one this service accepted before (an operator's decision; `registry rollback` does not need it)")
     p.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS", help="a client must send its request head, and then its body, within this long (default: 30)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest /predict body (default: 1 MiB)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch intra-op threads (default: 1)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="intra-op threads of the runtime (default: 1)")
+    p.add_argument(
+        "--runtime", choices=["onnx", "torch"], default="onnx",
+        help="onnx: the build's model.onnx on onnxruntime (default); torch: this checkout's model code with the build's "
+        "weights, refused unless every model source it imports is the one the build was made from",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
@@ -53,34 +61,37 @@ def _main(argv: list[str]) -> int:
             raise UsageError(f"{flag} must be positive, got {value}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s serve %(levelname)s %(message)s", stream=sys.stderr)
 
-    from modelgate.spec import load_spec
-
-    try:
-        spec = load_spec(args.model)
-    except LookupError as e:
-        raise UsageError(str(e).strip("'\"")) from None
+    tags.check_model_name(args.model)
+    runtime = None
+    if args.runtime == "torch":
+        try:
+            from modelgate.serve.torch_runtime import torch_runtime
+        except ImportError as e:
+            raise UsageError(f"--runtime=torch needs torch and this checkout's models/, which this installation lacks ({e})") from None
+        try:
+            runtime = torch_runtime(args.model, threads=args.threads)
+        except LookupError as e:
+            raise UsageError(str(e).strip("'\"")) from None
     uri, registry = open_registry(args.registry)
     workspace = workspace_dir()
     public_key = signing.public_key_setting(user_path(args.public_key), allow_dev_key=uri.is_default, workspace=workspace)
     state_dir = Path(user_path(args.state_dir)) if args.state_dir else workspace / DEFAULT_STATE_DIR / args.model / args.tag
 
-    import torch
     import uvicorn
 
     from modelgate import notify
     from modelgate.serve.app import create_app, slow_client_protocol
-    from modelgate.serve.deployment import Deployment
+    from modelgate.serve.deployment import Deployment, onnx_runtime
     from modelgate.serve.notifications import NotificationGuard
 
-    torch.set_num_threads(args.threads)
     secret = notify.secret_from_env()
     if secret is None:
         logging.getLogger("modelgate.serve").warning(
             "$%s is not set: POST /notify refuses everything; polling %s every %g s", notify.ENV_SECRET, args.tag, args.poll_interval
         )
     deployment = Deployment(
-        spec, args.tag, registry, public_key, state_dir, poll_interval_s=args.poll_interval, retry_refused_s=args.retry_refused,
-        allow_rollback=args.allow_rollback,
+        args.model, args.tag, registry, public_key, state_dir, poll_interval_s=args.poll_interval, retry_refused_s=args.retry_refused,
+        allow_rollback=args.allow_rollback, runtime=runtime or onnx_runtime(args.threads),
     )  # fmt: skip
     deployment.claim()  # fail here, in one line, if another service uses the state directory
     guard = NotificationGuard(secret, tolerance_s=args.notify_tolerance)

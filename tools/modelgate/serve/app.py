@@ -5,12 +5,15 @@
     GET  /version   model, tag, build hash, file digests, since when, and why a rollout was refused
     GET  /schema    the model's inputs and outputs
     POST /notify    a signed promotion event (modelgate.notify): look at the tag now
+    /v2/...         the Open Inference Protocol v2 (modelgate.serve.oip): health, model
+                    metadata, readiness and inference, as KServe, Triton and MLServer serve it
 
 Bodies are read up to a limit before anything parses them (413 beyond it), and within
 `read_timeout_s` (408 beyond it; a client that has not sent its headers by then is cut off by
 `slow_client_protocol`). Errors are JSON {"detail": "<one sentence>"}: 400 for a body that is not
 JSON or is nested too deeply, 408 for one too slow, 413 for one too large, 422 for JSON that does
-not fit the model's inputs, 503 when nothing is serving yet.
+not fit the model's inputs, 503 when nothing is serving yet. Under /v2 the same errors are
+{"error": "<one sentence>"}, as the protocol has them.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import contextlib
 import logging
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelgate.serve import schema
+from modelgate.serve import oip, schema
 from modelgate.serve.deployment import Deployment, short
 from modelgate.serve.notifications import NotificationGuard
 
@@ -82,18 +87,25 @@ def create_app(
 
     app = FastAPI(title=f"modelgate serve: {deployment.model_name}:{deployment.tag}", lifespan=lifespan)
 
-    def predict_sync(body: bytes) -> dict:
+    def serving():
         served = deployment.current  # one reference for the whole request: a swap cannot split it
         if served is None:
             raise HTTPException(503, f"no build is serving yet: {deployment.problem or 'starting up, looking at the tag'}")
+        return served
+
+    def run_model(served, inputs):
+        try:
+            return served.forward(inputs)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for inputs it cannot run
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise schema.InputError(422, f"the model cannot run on these inputs: {first}") from None
+
+    def predict_sync(body: bytes) -> dict:
+        served = serving()
         try:
             payload = schema.parse_json(body)
-            inputs = schema.to_tensors(served.spec, payload, served.text)
-            try:
-                outputs = served.forward(inputs)
-            except (ValueError, RuntimeError, IndexError) as e:
-                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                raise schema.InputError(422, f"the model cannot run on these inputs: {first}") from None
+            inputs = schema.to_arrays(served.model_name, served.signature, payload, served.text)
+            outputs = run_model(served, inputs)
         except schema.InputError as e:
             raise HTTPException(e.status, e.message) from None
         return {
@@ -123,8 +135,62 @@ def create_app(
 
     @app.get("/schema")
     async def get_schema():
-        served = deployment.current
-        return schema.describe(served.spec if served else deployment.spec)
+        served = serving()
+        return schema.describe(served.model_name, served.signature)
+
+    # ---- the Open Inference Protocol v2
+
+    def model_at(model: str, version: str | None):
+        served = serving()
+        if model != served.model_name:
+            raise HTTPException(404, f"model {model!r} is not served here; this service serves {served.model_name}")
+        if version is not None and not (len(version) >= 12 and served.build_hash.startswith(version)):
+            raise HTTPException(404, f"version {version!r} of {model} is not serving; the serving version is {served.build_hash}")
+        return served
+
+    @app.get("/v2")
+    async def v2_server():
+        return oip.SERVER
+
+    @app.get("/v2/health/live")
+    async def v2_live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready():
+        if deployment.current is None:
+            return JSONResponse({"ready": False, "error": deployment.problem or "no build is serving yet"}, status_code=503)
+        return {"ready": True}
+
+    @app.get("/v2/models/{model}")
+    @app.get("/v2/models/{model}/versions/{version}")
+    async def v2_metadata(model: str, version: str | None = None):
+        served = model_at(model, version)
+        return oip.metadata(served.model_name, served.build_hash, served.signature, served.runtime)
+
+    @app.get("/v2/models/{model}/ready")
+    @app.get("/v2/models/{model}/versions/{version}/ready")
+    async def v2_model_ready(model: str, version: str | None = None):
+        served = model_at(model, version)
+        return {"name": served.model_name, "ready": True}
+
+    def infer_sync(model: str, version: str | None, body: bytes, headers) -> tuple[bytes, dict]:
+        served = model_at(model, version)
+        try:
+            doc, binary = oip.split_body(body, headers)
+            inputs = oip.request_arrays(served.model_name, served.signature, served.text, doc, binary)
+            outputs = run_model(served, inputs)
+            answer, data = oip.response(served.model_name, served.build_hash, served.signature, doc, outputs)
+        except schema.InputError as e:
+            raise HTTPException(e.status, e.message) from None
+        return oip.encode_response(answer, data)
+
+    @app.post("/v2/models/{model}/infer")
+    @app.post("/v2/models/{model}/versions/{version}/infer")
+    async def v2_infer(model: str, request: Request, version: str | None = None):
+        body = await read_body(request, max_body_bytes, read_timeout_s)
+        content, headers = await run_in_threadpool(infer_sync, model, version, body, request.headers)
+        return Response(content, headers=headers)
 
     @app.post("/notify")
     async def notify(request: Request):
@@ -151,14 +217,26 @@ def create_app(
         deployment.request_check("notify", announced_seq=seq if type(seq) is int else None)
         return JSONResponse({"accepted": True}, status_code=202)
 
+    def error(request: Request, status: int, message: str) -> JSONResponse:
+        key = "error" if request.url.path.startswith("/v2") else "detail"
+        return JSONResponse({key: message}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return error(request, e.status_code, str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, e: RequestValidationError):
+        return error(request, 422, f"invalid request: {e.errors()[0].get('msg', 'malformed') if e.errors() else 'malformed'}")
+
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, e: RecursionError):
-        return JSONResponse({"detail": "request nested too deeply"}, status_code=400)
+        return error(request, 400, "request nested too deeply")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, e: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
+        return error(request, 500, f"internal error: {type(e).__name__}: {e}")
 
     return app
 
