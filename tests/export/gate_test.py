@@ -64,10 +64,16 @@ def _refresh_digest(manifest, export_dir, name):
 def test_a_healthy_export_passes_every_check(release):
     spec, export_dir, manifest, golden_dir = release
     checks, metrics = _gate(*release)
-    assert [(c.name, c.passed) for c in checks.values()] == [("golden", True), ("onnx", True), ("metrics", True)]
+    assert [(c.name, c.passed) for c in checks.values()] == [("golden", True), ("onnx", True), ("serving", True), ("metrics", True)]
     released = gate.release_manifest(manifest, list(checks.values()), metrics, golden_dir)
     assert released["gate"]["passed"] and released["schema"] == "modelgate/release@1"
     assert set(released["files"]) == {WEIGHTS, ONNX, "inputs.safetensors", "expected.safetensors", "golden.json"}
+    # What the service will run, declared by the build itself (modelgate.serve.signature).
+    serving = released["serving"]
+    assert serving["model_file"] == ONNX and serving["runtime"] == "onnxruntime" and serving["text"] is None
+    assert serving["inputs"] == [{"name": "x", "datatype": "float32", "shape": [None, 4]}]
+    assert [(o["name"], o["datatype"], o["shape"][1:]) for o in serving["outputs"]] == [("y", "float32", [2])]
+    assert serving["warmup"]["tolerances"] == {"y": {"atol": 1e-05, "rtol": 0.0001}}
 
 
 def test_flipped_weight_bytes_fail_the_digest_check_before_anything_loads(release):
@@ -180,6 +186,7 @@ def test_an_onnx_file_onnxruntime_cannot_read_is_reported_not_raised(release):
     _refresh_digest(manifest, export_dir, ONNX)
     checks, _ = _gate(*release)
     assert not checks["onnx"].passed and checks["onnx"].detail.startswith("onnxruntime cannot run model.onnx: ")
+    assert not checks["serving"].passed and checks["serving"].detail.startswith("onnxruntime cannot read model.onnx: ")
 
 
 @pytest.mark.parametrize(
@@ -200,7 +207,7 @@ def test_failure_text_lists_every_check_and_marks_the_failing_ones(release):
     checks, _ = _gate(_spec(accuracy=0.3), export_dir, manifest, golden_dir)
     lines = gate.failure_text("toy", list(checks.values())).splitlines()
     assert lines[0] == "release gate failed for toy:"
-    assert [line.split(":")[0].strip() for line in lines[1:]] == ["ok   golden", "ok   onnx", "FAIL metrics"]
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["ok   golden", "ok   onnx", "ok   serving", "FAIL metrics"]
 
 
 def test_the_export_manifest_on_disk_is_what_the_gate_checks(release):

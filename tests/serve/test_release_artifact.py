@@ -41,6 +41,8 @@ def altered_checkout(root: Path) -> Path:
     """models/ copied, with tiny_transformer's forward changed for a batch of one; and a `torch`
     that cannot be imported."""
     shutil.copytree(harness.REPO / "models", root / "models", ignore=shutil.ignore_patterns("__pycache__", "*_test.py"))
+    for package in (root / "models", root / "models" / harness.MODEL):  # regular packages, which a
+        (package / "__init__.py").touch()  # namespace portion later on the path could not shadow
     model_py = root / "models" / harness.MODEL / "model.py"
     model_py.write_text(model_py.read_text() + ALTERATION)
     poison = root / "poison" / "torch"
@@ -92,7 +94,10 @@ def test_the_torch_runtime_refuses_a_build_its_checkout_did_not_make(local_regis
     harness.promote(local_registry, v1, keys["signer"])
     checkout = altered_checkout(tmp_path / "checkout")
     server = servers(local_registry, keys["signer_public"], extra_args=["--runtime=torch"], extra_env=env_with(checkout))
-    version = harness.wait_for(lambda: (v := server.version())["error"] and v, 60, "the rollout to be refused")
+    try:
+        version = harness.wait_for(lambda: (v := server.version())["error"] and v, 60, "the rollout to be refused")
+    except TimeoutError:
+        raise AssertionError(f"{server.version()}\n{server.log()[-3000:]}") from None
     assert version["build_hash"] is None and version["runtime"] == "torch"
     line = version["last_rollout"]["error"]
     assert line.startswith(f"--runtime=torch refuses build {build_hash(v1)[:12]}: this checkout's models/{harness.MODEL}/model.py (sha256 ")

@@ -266,6 +266,8 @@ def check_serving(spec: ModelSpec, export_dir: Path, golden_dir: Path, bundle_fi
         signature = from_manifest({"serving": doc})
     except (golden_lib.GoldenError, SignatureError, ValueError) as e:
         return Check("serving", False, str(e).splitlines()[0][:300])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own errors on a file it cannot read
+        return Check("serving", False, f"onnxruntime cannot read {ONNX}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
     with tempfile.TemporaryDirectory(prefix="modelgate-serving-") as tmp:
         bundle = Path(tmp)
         for name, path in [(ONNX, export_dir / ONNX)] + [(n, Path(golden_dir) / n) for n in sorted(GOLDEN_FILES)] + sorted(bundle_files.items()):

@@ -11,6 +11,7 @@ model.onnx) needs no such binding: it runs nothing from the checkout.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -104,6 +105,9 @@ def torch_runtime(model: str, threads: int = 1):
     torch.set_num_threads(threads)
     spec = load_spec(model)
     sources = model_sources(model)
+    logging.getLogger("modelgate.serve").info(
+        "--runtime=torch: this checkout's %s, bound to each build by sha256: %s", model, ", ".join(f"{k} ({v})" for k, v in sources.items()) or "none found"
+    )
 
     def load(directory: Path, manifest: dict) -> TorchRunner:
         check_sources(sources, manifest)
