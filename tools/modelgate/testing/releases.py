@@ -77,7 +77,7 @@ def passing_receipts(directory: Path, manifest: dict) -> dict:
     doc = {
         "schema": receipts_lib.RECEIPT_SCHEMA, "target": f"//models/{model}:model_test_cpu", "variant": "cpu",
         "status": "passed", "counts": {"passed": 3, "failed": 0, "error": 0, "skipped": 0, "total": 3},
-        "failures": [], "duration_s": 1.0, "inputs": dict(manifest["inputs"]), "packages": {},
+        "failures": [], "inputs": dict(manifest["inputs"]), "packages": {},
         "test_files": {f"models/{model}/model_test.py": hashlib.sha256(b"synthetic").hexdigest()},
     }  # fmt: skip
     section, bundled = receipts_lib.bind(model, manifest, [doc], {})
