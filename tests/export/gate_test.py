@@ -192,7 +192,7 @@ def test_an_onnx_file_onnxruntime_cannot_read_is_reported_not_raised(release):
 @pytest.mark.parametrize(
     "spec, expected",
     [
-        (_spec(accuracy=0.3), "accuracy 0.3000 misses its floor >= 0.5 by 0.2000"),
+        (_spec(accuracy=0.3), "accuracy 0.3 misses its floor >= 0.5 by 0.2"),
         (_spec(metrics={"loss": MetricGate(floor=0.5, max_regression=0.1, higher_is_better=False)}), "loss: not reported by evaluate()"),
     ],
 )
@@ -271,7 +271,7 @@ def test_a_loss_above_its_ceiling_fails_metrics():
     spec = ModelSpec(**{**spec.__dict__, "evaluate": lambda model, config: {"loss": 0.75}})
     check, metrics = gate.check_metrics(spec, spec.build(spec.config))
     assert not check.passed and metrics == {"loss": 0.75}
-    assert check.detail == "loss 0.7500 misses its floor <= 0.5 by 0.2500"
+    assert check.detail == "loss 0.75 misses its floor <= 0.5 by 0.25"
 
 
 def test_a_bundle_file_that_would_replace_a_release_file_is_refused(release, tmp_path):
@@ -321,3 +321,11 @@ def test_a_tokenizer_whose_inputs_make_the_model_non_finite_fails_text(tmp_path)
     spec = _text_spec(lambda directory: lambda texts: {"x": torch.full((len(texts), 4), float("inf"))})
     check = gate.check_text(spec, spec.build(spec.config), {"vocab.txt": vocab})
     assert not check.passed and check.detail == "the model gives non-finite outputs for a text"
+
+
+def test_a_tiny_metric_prints_its_digits_beside_its_floor():
+    # Four decimals printed a 2.2e-6 disagreement as 0.0000 beside its floor <= 0.0001.
+    spec = _spec(metrics={"disagreement": MetricGate(floor=1e-4, max_regression=1e-4, higher_is_better=False)})
+    spec = ModelSpec(**{**spec.__dict__, "evaluate": lambda model, config: {"disagreement": 2.2e-6}})
+    check, _ = gate.check_metrics(spec, spec.build(spec.config))
+    assert check.passed and check.detail == "disagreement 2.2e-06 (floor <= 0.0001)"

@@ -153,10 +153,12 @@ def check_metrics(spec: ModelSpec, model) -> tuple[Check, dict]:
             failures.append(f"{name}: not reported by evaluate()")
             continue
         relation = ">=" if gate.higher_is_better else "<="
-        text = f"{name} {value:.4f} (floor {relation} {gate.floor})"
+        # Six significant digits, not four decimals: a 2.2e-6 disagreement beside a floor of 1e-4
+        # must not print as 0.0000.
+        text = f"{name} {value:.6g} (floor {relation} {gate.floor:g})"
         parts.append(text)
         if not gate.passes_floor(value):
-            failures.append(f"{name} {value:.4f} misses its floor {relation} {gate.floor} by {abs(value - gate.floor):.4f}")
+            failures.append(f"{name} {value:.6g} misses its floor {relation} {gate.floor:g} by {abs(value - gate.floor):.6g}")
     if failures:
         return Check("metrics", False, "; ".join(failures)), metrics
     return Check("metrics", True, "; ".join(parts)), metrics
