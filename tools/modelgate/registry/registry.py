@@ -176,6 +176,25 @@ class Registry:
             raise VerificationError(f"the manifest {key} in {self.uri} is not a JSON object")
         return doc
 
+    @staticmethod
+    def release_key(model: str, build_hash: str, release: str) -> str:
+        return f"models/{model}/releases/{build_hash}/{release}.json"
+
+    def read_release(self, model: str, build_hash: str, release: str) -> dict | None:
+        """Another release of a build (bundle.release_id): the same files but its receipts,
+        stored beside the build's first manifest (builds/<hash>.json). Not yet checked."""
+        key = self.release_key(tags.check_model_name(model), tags.check_build_hash(build_hash), tags.check_build_hash(release))
+        data = self.storage.read(key)
+        if data is None:
+            return None
+        doc = records.loads(data, f"the manifest {self._where(key)}")
+        if not isinstance(doc, dict):
+            raise VerificationError(f"the manifest {key} in {self.uri} is not a JSON object")
+        return doc
+
+    def create_release(self, model: str, build_hash: str, release: str, doc: dict) -> bool:
+        return self.storage.create(self.release_key(model, build_hash, release), canonical_json(doc))
+
     def read_checked_build(self, model: str, build_hash: str) -> dict | None:
         doc = self.read_build(model, build_hash)
         if doc is None:
@@ -271,8 +290,8 @@ class Registry:
                 )
             else:
                 named = events[pointer.seq - 1]
-                if (named["tag"], named["build_hash"], named.get("previous"), named["time"]) != (
-                    tag, pointer.build_hash, pointer.doc.get("previous"), pointer.doc["time"],
+                if (named["tag"], named["build_hash"], named.get("previous"), named["time"], named.get("release")) != (
+                    tag, pointer.build_hash, pointer.doc.get("previous"), pointer.doc["time"], pointer.doc.get("release"),
                 ):  # fmt: skip
                     problem = f"the tag pointer {self._where(key)} does not match history event {pointer.seq} it names"
                 elif event is not None and pointer.seq < event["seq"] and event["seq"] != newest_seq:
@@ -304,6 +323,7 @@ class Registry:
             "previous": event.get("previous"),
             "seq": event["seq"],
             "time": event["time"],
+            **({"release": event["release"]} if event.get("release") else {}),
         }
 
     def materialize(self, event: dict, *, repair: bool = False) -> None:

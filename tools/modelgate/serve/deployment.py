@@ -427,7 +427,8 @@ class Deployment:
         )
         directory = self.state_dir / f"{target[:16]}-{uuid.uuid4().hex[:8]}"
         try:
-            served = self._prepare(target, directory, attempt.seconds)
+            release = state.event.get("release") if state is not None and state.event else None
+            served = self._prepare(target, directory, attempt.seconds, release)
         except Exception as e:  # noqa: BLE001 - any failure refuses the build; the old one keeps serving
             shutil.rmtree(directory, ignore_errors=True)
             reason = str(e) if isinstance(e, (RolloutError, ModelgateError)) else f"{type(e).__name__}: {_first_line(e)}"
@@ -451,9 +452,11 @@ class Deployment:
         log.info("%s:%s: now serving %s (%s)", self.model_name, self.tag, short(target), timings)
         return attempt
 
-    def _prepare(self, target: str, directory: Path, seconds: dict[str, float]) -> Served:
+    def _prepare(self, target: str, directory: Path, seconds: dict[str, float], release: str | None = None) -> Served:
         start = time.perf_counter()
-        manifest = api.fetch(self.registry, self.model_name, out=directory, public_key=self.public_key, build=target).manifest
+        manifest = api.fetch(
+            self.registry, self.model_name, out=directory, public_key=self.public_key, build=target, release=release
+        ).manifest
         seconds["fetch_verify"] = time.perf_counter() - start
 
         start = time.perf_counter()
