@@ -61,6 +61,9 @@ from modelgate.serve.signature import Signature, SignatureError, from_manifest
 log = logging.getLogger("modelgate.serve")
 
 WARMUP_ROUNDS = runtime_lib.WARMUP_ROUNDS
+# A build whose forward on its golden inputs takes less than this runs requests on the event loop
+# (modelgate.serve.app): the hop to a worker thread and back would cost more than the model.
+INLINE_BELOW_S = 0.002
 # A runtime: (the fetched build's directory, its verified manifest) -> a Runner, or RolloutError.
 LoadRunner = Callable[[Path, dict], runtime_lib.Runner]
 _LOCK_FILE = ".lock"
@@ -127,6 +130,7 @@ class Served:
     git_commit: str | None
     created_at: str | None
     tests: dict = field(default_factory=dict)  # the build's test receipts (modelgate.receipts.summary)
+    inline: bool = False  # requests run on the event loop (a fast model: INLINE_BELOW_S)
 
     @property
     def signature(self) -> Signature:
@@ -469,6 +473,8 @@ class Deployment:
         start = time.perf_counter()
         runtime_lib.warm_up(runner, directory, rounds=WARMUP_ROUNDS)
         seconds["warmup"] = time.perf_counter() - start
+        inputs = runtime_lib.load_golden(directory)[0]
+        forward = min(_timed(runner.forward, inputs) for _ in range(3))
         registry_info = manifest.get("registry") or {}
         return Served(
             model_name=self.model_name,
@@ -481,6 +487,7 @@ class Deployment:
             git_commit=registry_info.get("git_commit"),
             created_at=registry_info.get("created_at"),
             tests=receipts.summary(manifest),
+            inline=forward < INLINE_BELOW_S,
         )
 
     def _report_problem(self, message: str) -> None:
@@ -499,6 +506,12 @@ class Deployment:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+def _timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
 
 
 def _first_line(e: BaseException) -> str:

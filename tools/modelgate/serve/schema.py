@@ -14,12 +14,13 @@ declares, not this checkout's model code) before the model sees anything. numpy 
 from __future__ import annotations
 
 import json
+import re
 from typing import Mapping
 
 import numpy as np
+import orjson
 
 from modelgate.errors import InputError
-from modelgate.registry.records import json_depth
 from modelgate.serve.signature import Signature, TensorSig
 
 # A request is {"inputs": {name: nested lists}}: a few levels deeper than the deepest input.
@@ -46,8 +47,12 @@ def parse_json(body: bytes) -> object:
     """The request body as JSON; 400 with the parser's reason when it is not JSON."""
     if not body.strip():
         raise InputError(400, "empty request body: expected JSON")
-    if json_depth(body) > MAX_JSON_DEPTH:
+    if _deeper_than(body, MAX_JSON_DEPTH):
         raise InputError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return orjson.loads(body)  # 4x json.loads; strict RFC 8259 (no NaN, no Infinity)
+    except orjson.JSONDecodeError:
+        pass  # json.loads says why, or takes what orjson does not (2**70, 1e400: refused later, with their own message)
     try:
         return json.loads(body, parse_constant=_reject_constant)
     except UnicodeDecodeError:
@@ -56,6 +61,23 @@ def parse_json(body: bytes) -> object:
         raise InputError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as e:
         raise InputError(400, f"request body is not valid JSON: {e}") from None
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET_STEP = np.zeros(256, dtype=np.int8)
+_BRACKET_STEP[[0x5B, 0x7B]], _BRACKET_STEP[[0x5D, 0x7D]] = 1, -1  # [ { open, ] } close
+
+
+def _deeper_than(body: bytes, limit: int) -> bool:
+    """Whether JSON nests deeper than `limit`, at C speed (a byte-by-byte scan costs 30 ns a byte,
+    more than the model): a body with at most `limit` opening brackets cannot (the Open Inference
+    Protocol's flat data); otherwise its strings are blanked (brackets in a text do not nest) and
+    the running depth is a cumulative sum."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    steps = _BRACKET_STEP[np.frombuffer(_JSON_STRING.sub(b'""', body), dtype=np.uint8)]
+    steps = steps[steps != 0].astype(np.int32)  # the brackets alone
+    return bool(steps.size) and int(np.cumsum(steps).max()) > limit
 
 
 def example_request(signature: Signature) -> str:
@@ -160,7 +182,9 @@ def array(t: TensorSig, value: object, shape: list[int] | None = None) -> np.nda
     if 0 in shape:
         raise InputError(422, f"input {t.name!r}: empty (size 0 on axis {shape.index(0)}), expected {t.shape_text()}")
     allowed = _LEAF_TYPES[t.datatype]
-    for index, leaf in enumerate(leaves):
+    # The leaves' types at C speed (map and set); the position of a wrong one only when there is one.
+    wrong = not set(map(type, leaves)) <= set(allowed)
+    for index, leaf in enumerate(leaves if wrong else ()):
         if type(leaf) not in allowed:
             where = "".join(f"[{i}]" for i in _unravel(index, shape))
             found = "null" if leaf is None else json.dumps(leaf) if isinstance(leaf, (bool, int, float, str)) else type(leaf).__name__
