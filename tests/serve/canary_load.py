@@ -310,6 +310,13 @@ def describe(run: FaultRun, rate: float) -> str:
     if run.seconds_to_stop is not None:
         lines.append(f"   promote returned -> last request routed to the canary: {run.seconds_to_stop:.2f} s")
     lines.append(f"   failed requests: {len(run.failed)}")
+    by_canary = [s.ms for s in run.samples if s.build == run.canary]
+    by_stable = [s.ms for s in run.samples if s.build == run.stable and not s.fallback]
+    if by_canary:
+        lines.append(
+            f"   client latency p50/p99: canary {percentile(by_canary, 50):.2f}/{percentile(by_canary, 99):.2f} ms, "
+            f"stable {percentile(by_stable, 50):.2f}/{percentile(by_stable, 99):.2f} ms"
+        )
     for v in c["last_verdicts"]:
         lines.append(f"   window {v['number']}: {v['verdict']} {json.dumps(v['figures'], sort_keys=True)}{'  ' + '; '.join(v['breaches']) if v['breaches'] else ''}")
     lines.append(f"   canary state: {c['state']}; halted: {json.dumps(halted, sort_keys=True) if halted else 'no'}")
