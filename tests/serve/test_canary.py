@@ -154,6 +154,32 @@ def test_without_a_signing_key_a_breaching_canary_stops_taking_traffic_and_repor
     assert [e["action"] for e in harness.open_registry(local_registry).events(harness.MODEL)] == ["promote"] * 3  # nothing written
     metrics = client.get("/metrics").text
     assert 'modelgate_rollbacks_total{build_hash="%s",model="tiny_transformer",recorded="unrecorded",tag="canary"} 1.0' % build_hash(releases["v2"])[:12] in metrics
+    check_dashboard(metrics, list(service.metrics.registry._collector_to_names))
+
+
+def check_dashboard(metrics: str, registry_collectors) -> None:
+    """Every series the Grafana dashboard queries is one the service exports, with the labels it groups by."""
+    import re
+
+    path = Path(harness.REPO) / "tools" / "modelgate" / "serve" / "grafana" / "modelgate-serve.json"
+    dashboard = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]] + [a["expr"] for a in dashboard["annotations"]["list"]]
+    exported: dict[str, set] = {}
+    for line in metrics.splitlines():
+        if line.startswith("# TYPE modelgate_"):  # a metric with no sample yet still declares itself
+            _, _, name, kind = line.split()
+            for suffix in ("_bucket", "_sum", "_count") if kind == "histogram" else ("",):
+                exported.setdefault(name + suffix, set())
+        elif line.startswith("modelgate_") and "{" in line:
+            name, labels = line.split("{", 1)
+            exported.setdefault(name, set()).update(re.findall(r'(\w+)="', labels.rsplit("}", 1)[0]))
+    declared = {label for collector in registry_collectors for label in getattr(collector, "_labelnames", ())}
+    for expr in exprs:
+        for name in re.findall(r"\b(modelgate_\w+)", expr):
+            assert name in exported, f"the dashboard queries {name}, which /metrics does not export: {sorted(exported)}"
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (g.strip() for g in group.split(",")):
+                assert label == "le" or label in declared or any(label in labels for labels in exported.values()), f"no metric has label {label!r}"
 
 
 def test_an_allowed_canary_steps_up_and_is_promoted_to_stable_by_a_signed_event(pair, releases, keys, local_registry):
