@@ -258,3 +258,22 @@ def test_a_healthy_canary_keeps_its_share_and_is_not_rolled_back(runs):
     share = run.answered_by_canary / len(run.samples)
     assert 0.15 < share < 0.35, share  # 25% of keys, from ~1 s into the run
     assert any(v["verdict"] == "healthy" for v in run.version["canary"]["last_verdicts"])
+
+
+def test_the_open_inference_protocol_answers_from_the_routed_arm_and_says_which(pair, releases):
+    stable, canary_deployment = pair
+    canary = Canary(canary_deployment, CanaryConfig(weight=100, min_samples=10, window_requests=10, p95_slack_ms=1000), stable_tag="stable")
+    client = TestClient(create_app(stable, NotificationGuard(None), service=Service(stable, canary), manage_deployment=False))
+    inputs = golden_body(releases["v1"])["inputs"]
+    request = {"inputs": [
+        {"name": "tokens", "datatype": "INT64", "shape": [1, len(inputs["tokens"][0])], "data": inputs["tokens"]},
+        {"name": "mask", "datatype": "BOOL", "shape": [1, len(inputs["mask"][0])], "data": inputs["mask"]},
+    ]}  # fmt: skip
+    response = client.post(f"/v2/models/{harness.MODEL}/infer", json=request, headers={"X-Request-Id": "client-7"})
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == build_hash(releases["v2"]) == response.headers["x-modelgate-build"]
+    assert response.headers["x-modelgate-arm"] == "canary"
+    # A client that names stable's build gets stable's answer, whatever the routing says.
+    pinned = client.post(f"/v2/models/{harness.MODEL}/versions/{build_hash(releases['v1'])}/infer", json=request)
+    assert pinned.json()["model_version"] == build_hash(releases["v1"]) and pinned.headers["x-modelgate-arm"] == "stable"
+    assert client.get("/version").json()["canary"]["build_hash"] == build_hash(releases["v2"])
