@@ -198,6 +198,26 @@ async def open_loop(url: str, pool: list[bytes], rate: float, duration: float, a
     return samples, t0, result, window
 
 
+async def closed_loop(url: str, pool: list[bytes], duration: float, workers: int = 16) -> tuple[list[Sample], float]:
+    """`workers` clients each sending its next request when the last is answered, for `duration`
+    seconds: the most the service answers (its throughput), and the latency at that load."""
+    client = Client(url, workers)
+    samples: list[Sample] = []
+    t0 = time.time()
+
+    async def worker(w: int):
+        i = w
+        while time.time() - t0 < duration:
+            samples.append(await _one(client, i, client.request(pool[i % len(pool)], f"user-{i % CLIENTS}"), 0.0))
+            i += workers
+
+    try:
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+    finally:
+        await client.close()
+    return samples, time.time() - t0
+
+
 def metric_lines(server: harness.Server) -> list[str]:
     status, text = harness.http("GET", server.url + "/metrics")
     assert status == 200, text
@@ -362,14 +382,24 @@ def bench(v1: Path, work: Path, rate: float, duration: float) -> str:
             cpu = (_cpu(server.process.pid) - cpu0) / elapsed
             ok = [s for s in samples if s.error is None]
             canary_share = sum(1 for s in ok if s.arm == "canary") / max(1, len(ok))
-            rows.append((label, len(samples), len(samples) - len(ok), percentile([s.ms for s in ok], 50), percentile([s.ms for s in ok], 99), len(ok) / elapsed, cpu, canary_share))
+            rows.append((f"{label}, {rate:g}/s", len(samples), len(samples) - len(ok), percentile([s.ms for s in ok], 50), percentile([s.ms for s in ok], 99), len(ok) / elapsed, cpu, canary_share))
+        for label, server in (("no canary", plain), ("canary 10%", with_canary), ("no canary", plain), ("canary 10%", with_canary)):
+            cpu0 = _cpu(server.process.pid)
+            samples, elapsed = asyncio.run(closed_loop(server.url, pool, duration / 2))
+            cpu = (_cpu(server.process.pid) - cpu0) / elapsed
+            ok = [s for s in samples if s.error is None]
+            canary_share = sum(1 for s in ok if s.arm == "canary") / max(1, len(ok))
+            rows.append((f"{label}, max", len(samples), len(samples) - len(ok), percentile([s.ms for s in ok], 50), percentile([s.ms for s in ok], 99), len(ok) / elapsed, cpu, canary_share))
     finally:
         plain.stop()
         with_canary.stop()
-    out = [f"open loop {rate:g} req/s x {duration:g} s per phase, one-row /predict, 1,000 client keys; phases in order A B A B"]
-    out.append(f"  {'service':<12}{'requests':>9}{'failed':>7}{'p50 ms':>8}{'p99 ms':>8}{'answers/s':>10}{'server CPU':>11}{'to canary':>10}")
+    out = [
+        f"one-row /predict, 1,000 client keys; open loop {rate:g} req/s x {duration:g} s per phase, then closed loop (16 clients, "
+        f"{duration / 2:g} s: the most it answers); phases in order A B A B"
+    ]
+    out.append(f"  {'service':<22}{'requests':>9}{'failed':>7}{'p50 ms':>8}{'p99 ms':>8}{'answers/s':>10}{'server CPU':>11}{'to canary':>10}")
     for label, n, failed, p50, p99, throughput, cpu, share in rows:
-        out.append(f"  {label:<12}{n:>9}{failed:>7}{p50:>8.2f}{p99:>8.2f}{throughput:>10.1f}{cpu * 100:>10.0f}%{share * 100:>9.1f}%")
+        out.append(f"  {label:<22}{n:>9}{failed:>7}{p50:>8.2f}{p99:>8.2f}{throughput:>10.1f}{cpu * 100:>10.0f}%{share * 100:>9.1f}%")
     return "\n".join(out)
 
 
