@@ -22,7 +22,7 @@ from modelgate.serve.canary import BUCKETS, Canary, CanaryConfig, Service, Windo
 from modelgate.serve.deployment import Deployment
 from modelgate.serve.app import create_app
 from modelgate.serve.notifications import NotificationGuard
-from tests.serve import canary_load, faults, harness
+from tests.serve import canary_load, harness
 from tests.serve.bundles import build_hash
 
 with warnings.catch_warnings():  # starlette suggests a package (httpx2) that the lock does not pin
