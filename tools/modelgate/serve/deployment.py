@@ -214,6 +214,8 @@ class Deployment:
         self.problem: str | None = None  # why the tag's build is not the one serving, if it is not
         self.last_check: str | None = None
         self.checks = 0
+        # Told of every rollout attempt and refusal, once decided (the service's metrics count them).
+        self.on_attempt: Callable[[Deployment, Attempt], None] | None = None
 
     # ---- reading
 
@@ -417,6 +419,7 @@ class Deployment:
     def _refuse_tag_state(self, trigger: str, reason: str, target: str | None = None) -> Attempt:
         attempt = Attempt(target or "", trigger, _now_iso(), outcome="refused", error=reason)
         self.last_attempt = attempt
+        self._told(attempt)
         old = self._current
         keeping = f"still serving {short(old.build_hash)}" if old else "nothing is being served"
         self._report_problem(f"tag {self.tag} refused: {reason}; {keeping}")
@@ -444,6 +447,7 @@ class Deployment:
             keeping = f"still serving {short(old.build_hash)}" if old else "nothing is being served"
             self.problem = f"build {short(target)} (tag {self.tag}) {attempt.outcome}: {reason}; {keeping}"
             log.error("%s:%s: %s", self.model_name, self.tag, self.problem)
+            self._told(attempt)
             return attempt
         if state is not None:
             self._save_tag_state(state)  # before the swap: whoever sees the build sees its seq
@@ -454,7 +458,15 @@ class Deployment:
         self._remove_builds(keep=directory)
         timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in attempt.seconds.items())
         log.info("%s:%s: now serving %s (%s)", self.model_name, self.tag, short(target), timings)
+        self._told(attempt)
         return attempt
+
+    def _told(self, attempt: Attempt) -> None:
+        if self.on_attempt is not None:
+            try:
+                self.on_attempt(self, attempt)
+            except Exception:  # noqa: BLE001 - counting must never stop a rollout
+                log.exception("%s:%s: rollout observer failed", self.model_name, self.tag)
 
     def _prepare(self, target: str, directory: Path, seconds: dict[str, float], release: str | None = None) -> Served:
         start = time.perf_counter()
