@@ -103,7 +103,16 @@ SPEC = ModelSpec(
     outputs=("embeddings",),
     golden_inputs=golden_inputs,
     evaluate=evaluate,
-    text=TextInput(files=("tokenizer.json",), load=text_from_bundle, max_tokens=CONFIG["max_len"], over_length="refused"),
+    text=TextInput(
+        files=("tokenizer.json",),
+        load=text_from_bundle,
+        max_tokens=CONFIG["max_len"],
+        over_length="refused",
+        tokenizer="tokenizer.json",
+        pad_id=CONFIG["pad_id"],
+        ids_input="tokens",
+        mask_input="mask",
+    ),
     metrics={
         "triplet_accuracy": MetricGate(floor=0.95, max_regression=0.05),
         "mean_margin": MetricGate(floor=0.4, max_regression=0.03),

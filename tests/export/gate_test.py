@@ -64,10 +64,16 @@ def _refresh_digest(manifest, export_dir, name):
 def test_a_healthy_export_passes_every_check(release):
     spec, export_dir, manifest, golden_dir = release
     checks, metrics = _gate(*release)
-    assert [(c.name, c.passed) for c in checks.values()] == [("golden", True), ("onnx", True), ("metrics", True)]
+    assert [(c.name, c.passed) for c in checks.values()] == [("golden", True), ("onnx", True), ("serving", True), ("metrics", True)]
     released = gate.release_manifest(manifest, list(checks.values()), metrics, golden_dir)
     assert released["gate"]["passed"] and released["schema"] == "modelgate/release@1"
     assert set(released["files"]) == {WEIGHTS, ONNX, "inputs.safetensors", "expected.safetensors", "golden.json"}
+    # What the service will run, declared by the build itself (modelgate.serve.signature).
+    serving = released["serving"]
+    assert serving["model_file"] == ONNX and serving["runtime"] == "onnxruntime" and serving["text"] is None
+    assert serving["inputs"] == [{"name": "x", "datatype": "float32", "shape": [None, 4]}]
+    assert [(o["name"], o["datatype"], o["shape"][1:]) for o in serving["outputs"]] == [("y", "float32", [2])]
+    assert serving["warmup"]["tolerances"] == {"y": {"atol": 1e-05, "rtol": 0.0001}}
 
 
 def test_flipped_weight_bytes_fail_the_digest_check_before_anything_loads(release):
@@ -180,12 +186,13 @@ def test_an_onnx_file_onnxruntime_cannot_read_is_reported_not_raised(release):
     _refresh_digest(manifest, export_dir, ONNX)
     checks, _ = _gate(*release)
     assert not checks["onnx"].passed and checks["onnx"].detail.startswith("onnxruntime cannot run model.onnx: ")
+    assert not checks["serving"].passed and checks["serving"].detail.startswith("onnxruntime cannot read model.onnx: ")
 
 
 @pytest.mark.parametrize(
     "spec, expected",
     [
-        (_spec(accuracy=0.3), "accuracy 0.3000 misses its floor >= 0.5 by 0.2000"),
+        (_spec(accuracy=0.3), "accuracy 0.3 misses its floor >= 0.5 by 0.2"),
         (_spec(metrics={"loss": MetricGate(floor=0.5, max_regression=0.1, higher_is_better=False)}), "loss: not reported by evaluate()"),
     ],
 )
@@ -200,7 +207,7 @@ def test_failure_text_lists_every_check_and_marks_the_failing_ones(release):
     checks, _ = _gate(_spec(accuracy=0.3), export_dir, manifest, golden_dir)
     lines = gate.failure_text("toy", list(checks.values())).splitlines()
     assert lines[0] == "release gate failed for toy:"
-    assert [line.split(":")[0].strip() for line in lines[1:]] == ["ok   golden", "ok   onnx", "FAIL metrics"]
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["ok   golden", "ok   onnx", "ok   serving", "FAIL metrics"]
 
 
 def test_the_export_manifest_on_disk_is_what_the_gate_checks(release):
@@ -264,7 +271,7 @@ def test_a_loss_above_its_ceiling_fails_metrics():
     spec = ModelSpec(**{**spec.__dict__, "evaluate": lambda model, config: {"loss": 0.75}})
     check, metrics = gate.check_metrics(spec, spec.build(spec.config))
     assert not check.passed and metrics == {"loss": 0.75}
-    assert check.detail == "loss 0.7500 misses its floor <= 0.5 by 0.2500"
+    assert check.detail == "loss 0.75 misses its floor <= 0.5 by 0.25"
 
 
 def test_a_bundle_file_that_would_replace_a_release_file_is_refused(release, tmp_path):
@@ -314,3 +321,11 @@ def test_a_tokenizer_whose_inputs_make_the_model_non_finite_fails_text(tmp_path)
     spec = _text_spec(lambda directory: lambda texts: {"x": torch.full((len(texts), 4), float("inf"))})
     check = gate.check_text(spec, spec.build(spec.config), {"vocab.txt": vocab})
     assert not check.passed and check.detail == "the model gives non-finite outputs for a text"
+
+
+def test_a_tiny_metric_prints_its_digits_beside_its_floor():
+    # Four decimals printed a 2.2e-6 disagreement as 0.0000 beside its floor <= 0.0001.
+    spec = _spec(metrics={"disagreement": MetricGate(floor=1e-4, max_regression=1e-4, higher_is_better=False)})
+    spec = ModelSpec(**{**spec.__dict__, "evaluate": lambda model, config: {"disagreement": 2.2e-6}})
+    check, _ = gate.check_metrics(spec, spec.build(spec.config))
+    assert check.passed and check.detail == "disagreement 2.2e-06 (floor <= 0.0001)"

@@ -61,7 +61,6 @@ def receipt(target="model_test_cpu", status="passed", variant="cpu", failures=()
         "status": status,
         "counts": {"passed": 8 - failed, "failed": failed, "error": 0, "skipped": 1, "total": 9},
         "failures": list(failures),
-        "duration_s": 4.2,
         "test_files": {f"models/{MODEL}/model_test.py": sha("tests v1")},
         "inputs": inputs,
         "packages": {"torch": {"version": "2.13.0+cpu", "hashes": ["sha256:aa"]}, "pytest": {"version": "9.0", "hashes": []}},
@@ -152,7 +151,7 @@ def test_the_release_action_writes_the_manifest_and_refuses_in_one_line(tmp_path
     failed = _tool(tmp_path, receipt(status="failed", failures=["m::test_x"]))
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stderr.strip().splitlines() == [
-        f"release {MODEL} refused: receipt //models/{MODEL}:model_test_cpu: failed (7 passed, 1 failed, 1 skipped in 4.2 s): m::test_x; "
+        f"release {MODEL} refused: receipt //models/{MODEL}:model_test_cpu: failed (7 passed, 1 failed, 1 skipped): m::test_x; "
         f"see: bazel test //models/{MODEL}:model_test_cpu"
     ]
     garbled = _tool(tmp_path, None, raw="{not json")
@@ -160,7 +159,7 @@ def test_the_release_action_writes_the_manifest_and_refuses_in_one_line(tmp_path
     assert f"release {MODEL}: receipt r0.receipt.json is not readable JSON" in garbled.stderr
 
 
-def _release_tool(tmp_path, weights: bytes, listed: bytes, *extra):
+def _receipt_tool(tmp_path, weights: bytes, listed: bytes, *extra):
     """The release action's tool (receipts bound, then each file's blake3 listed) on a gate
     manifest that lists `listed` as the weights, with `weights` as the file."""
     gate = tmp_path / "release.gate.json"
@@ -169,7 +168,7 @@ def _release_tool(tmp_path, weights: bytes, listed: bytes, *extra):
     (tmp_path / "release").mkdir(exist_ok=True)
     (tmp_path / "weights.bin").write_bytes(weights)
     (tmp_path / "r.receipt.json").write_text(json.dumps(receipt()))
-    argv = [sys.executable, str(ROOT / "tools/modelgate/release_tool.py"), "bind", "--model", MODEL, "--gate-manifest", str(gate),
+    argv = [sys.executable, str(ROOT / "tools/modelgate/receipt_tool.py"), "bind", "--model", MODEL, "--gate-manifest", str(gate),
             "--out", str(tmp_path / "release/manifest.json"), f"--receipt={tmp_path / 'r.receipt.json'}",
             f"--file=weights.safetensors={tmp_path / 'weights.bin'}", *extra]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -179,7 +178,7 @@ def _release_tool(tmp_path, weights: bytes, listed: bytes, *extra):
 def test_the_release_manifest_lists_each_files_blake3_beside_its_sha256(tmp_path):
     from blake3 import blake3
 
-    ok = _release_tool(tmp_path, b"weights v1", b"weights v1")
+    ok = _receipt_tool(tmp_path, b"weights v1", b"weights v1")
     assert ok.returncode == 0, ok.stderr
     manifest = json.loads((tmp_path / "release/manifest.json").read_text())
     assert manifest["files"]["weights.safetensors"] == {
@@ -190,13 +189,13 @@ def test_the_release_manifest_lists_each_files_blake3_beside_its_sha256(tmp_path
 
 
 def test_the_release_refuses_a_file_that_is_not_the_one_the_gate_listed(tmp_path):
-    changed = _release_tool(tmp_path, b"weights v2", b"weights v1")
+    changed = _receipt_tool(tmp_path, b"weights v2", b"weights v1")
     assert changed.returncode == 1 and "Traceback" not in changed.stderr
     assert changed.stderr.strip().splitlines() == [
         f"release {MODEL} refused: weights.safetensors does not match the manifest (size 10 vs 10, sha256 "
         f"{hashlib.sha256(b'weights v2').hexdigest()[:12]} vs {hashlib.sha256(b'weights v1').hexdigest()[:12]})"
     ]
-    missing = _release_tool(tmp_path, b"weights v1", b"weights v1", f"--file=weights.safetensors={tmp_path / 'nowhere'}")
+    missing = _receipt_tool(tmp_path, b"weights v1", b"weights v1", f"--file=weights.safetensors={tmp_path / 'nowhere'}")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines() == [f"release {MODEL}: cannot read {tmp_path / 'nowhere'}: No such file or directory"]
 
@@ -404,7 +403,7 @@ def test_registry_show_lists_the_receipts_of_the_tagged_build(capsys, uri, tmp_p
     assert rc == 0, err
     rc, out, err = run(capsys, registry_cli.main, "show", MODEL, f"--registry={uri}")
     assert rc == 0, err
-    assert "tested: model_test_cpu: passed 8 passed, 0 failed, 1 skipped in 4.2 s; models/tiny_transformer/model_test.py" in out
+    assert "tested: model_test_cpu: passed 8 passed, 0 failed, 1 skipped; models/tiny_transformer/model_test.py" in out
     assert "tested: model_test_gpu: not run (this build's torch is the CPU build)" in out
     rc, out, _ = run(capsys, registry_cli.main, "show", MODEL, f"--registry={uri}", "--json")
     (detail,) = json.loads(out)["tagged_builds"].values()
@@ -414,8 +413,26 @@ def test_registry_show_lists_the_receipts_of_the_tagged_build(capsys, uri, tmp_p
 def test_summary_is_what_version_lists():
     manifest = {"tests": {"schema": receipts.TESTS_SCHEMA, "receipts": {"model_test_cpu": {
         "target": "//m:model_test_cpu", "variant": "cpu", "status": "passed", "sha256": "ab",
-        "counts": {"passed": 2, "failed": 0, "error": 0, "skipped": 1}, "duration_s": 1.5, "test_files": {"m/t.py": "cd"}}}}}  # fmt: skip
+        "counts": {"passed": 2, "failed": 0, "error": 0, "skipped": 1}, "test_files": {"m/t.py": "cd"}}}}}  # fmt: skip
     assert receipts.summary(manifest) == {"model_test_cpu": {
         "target": "//m:model_test_cpu", "variant": "cpu", "status": "passed", "sha256": "ab",
-        "passed": 2, "failed": 0, "skipped": 1, "duration_s": 1.5, "test_files": {"m/t.py": "cd"}}}  # fmt: skip
+        "passed": 2, "failed": 0, "skipped": 1, "test_files": {"m/t.py": "cd"}}}  # fmt: skip
     assert receipts.summary({}) == {}
+
+
+def test_a_receipt_is_the_same_on_a_fast_and_a_slow_runner(tmp_path):
+    # Two CI runners that test one build must make one release: nothing in a receipt depends on
+    # how long the tests took (the durations go to the test log, not to what the registry compares).
+    docs = []
+    for seconds in ("0.010", "9.870"):
+        xml = tmp_path / f"junit-{seconds}.xml"
+        xml.write_text(
+            f'<testsuites><testsuite><testcase classname="m" name="test_a" time="{seconds}"/>'
+            f'<testcase classname="m" name="test_b" time="{seconds}"><skipped/></testcase></testsuite></testsuites>'
+        )
+        docs.append(receipts.make_receipt(
+            target="//m:t", variant="cpu", exit_code=0, timed_out=False, timeout_s=300, results=receipts.parse_junit(xml),
+            test_files={"m/t.py": "ab"}, inputs={"m/m.py": "cd"}, packages={},
+        ))  # fmt: skip
+    assert docs[0] == docs[1] and docs[0]["tests"] == [{"id": "m::test_a", "outcome": "passed"}, {"id": "m::test_b", "outcome": "skipped"}]
+    assert receipts.one_line(docs[0], 9.87) == "//m:t: passed (1 passed, 0 failed, 1 skipped in 9.9 s)"

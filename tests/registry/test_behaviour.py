@@ -446,3 +446,49 @@ def test_fetch_into_an_existing_empty_directory(capsys, registry_uri, tmp_path):
     assert rc == 0, err
     assert (out / "weights.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.fetch-")]  # no temporary left
+
+
+def test_a_build_promoted_again_with_other_receipts_is_another_release_of_it(capsys, registry_uri, registry, tmp_path):
+    # A second CI runner, or a test added after the build was promoted: the same build hash and
+    # files, other receipts. It is accepted, recorded as another release of the build, and each
+    # tag serves the receipts it was promoted with.
+    first = make_bundle(tmp_path / "bundles", directory=tmp_path / "first")
+    again = make_bundle(tmp_path / "bundles", directory=tmp_path / "again", test_source="a test added later")
+    assert build_hash(first) == build_hash(again)
+    receipt = "receipt.model_test_cpu.json"
+    assert file_digests(first)[receipt] != file_digests(again)[receipt]
+    assert promote_ok(capsys, registry_uri, first, tag="canary")[0]["status"] == "promoted"
+    assert promote_ok(capsys, registry_uri, again, tag="stable")[0]["status"] == "promoted"
+    assert promote_ok(capsys, registry_uri, again, tag="v1.0.0")[0]["status"] == "promoted"  # the same release: stored once
+    keys = [k for k in registry_keys(registry) if "/releases/" in k]
+    assert len(keys) == 1 and keys[0].startswith(f"models/tiny_transformer/releases/{build_hash(first)}/")
+    for tag, bundle in (("canary", first), ("stable", again), ("v1.0.0", again)):
+        out_dir = tmp_path / "deploy" / tag
+        rc, _, err = run(capsys, fetch.main, "--model=tiny_transformer", f"--tag={tag}", f"--out={out_dir}", f"--registry={registry_uri}")
+        assert rc == 0, err
+        assert (out_dir / receipt).read_bytes() == (bundle / receipt).read_bytes(), tag
+    events = {e["tag"]: e for e in registry.events("tiny_transformer")}
+    assert "release" not in events["canary"] and events["stable"]["release"] == keys[0].rsplit("/", 1)[1].removesuffix(".json")
+
+
+def test_a_bundle_with_other_weights_under_a_stored_build_hash_is_refused(capsys, registry_uri, registry, tmp_path):
+    import hashlib
+    import shutil
+
+    from modelgate import digests
+
+    first = make_bundle(tmp_path / "bundles", directory=tmp_path / "first")
+    promote_ok(capsys, registry_uri, first, tag="canary")
+    other = tmp_path / "other"
+    shutil.copytree(first, other)
+    (other / "weights.safetensors").write_bytes(b"other weights")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["files"]["weights.safetensors"] = {"sha256": hashlib.sha256(b"other weights").hexdigest(), "size": 13}
+    manifest["files"] = digests.add_blake3(manifest["files"], {n: other / n for n in manifest["files"]})
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    before = registry_keys(registry)
+    rc, _, err = run(capsys, promote.main, "--tag=stable", f"--release={other}", f"--registry={registry_uri}")
+    assert rc == 1
+    line = one_line_error(err)
+    assert f"already holds build {build_hash(first)[:12]} of tiny_transformer with other bytes for weights.safetensors" in line
+    assert registry_keys(registry) == before

@@ -20,15 +20,18 @@ from tests.serve.bundles import make_release
 
 V1_HPARAMS: dict = {}
 V2_HPARAMS = {"steps": 200}
+# Another architecture: wider and one layer deeper (weights the v1 model code cannot load).
+V3_HPARAMS = {"d_model": 48, "num_layers": 3}
 
 
 @pytest.fixture(scope="session")
 def releases(tmp_path_factory) -> dict[str, Path]:
-    """{"v1": bundle dir, "v2": bundle dir}: real weights, ONNX, golden data and release manifests."""
+    """{"v1", "v2", "v3": bundle dir}: real weights, ONNX, golden data and release manifests; v3
+    has another architecture (V3_HPARAMS)."""
     root = Path(os.environ.get("MODELGATE_SERVE_TEST_BUNDLES") or tmp_path_factory.mktemp("releases"))
     spec = load_spec(harness.MODEL)
     out = {}
-    for name, hparams in (("v1", V1_HPARAMS), ("v2", V2_HPARAMS)):
+    for name, hparams in (("v1", V1_HPARAMS), ("v2", V2_HPARAMS), ("v3", V3_HPARAMS)):
         label = "-".join(f"{k}{v}" for k, v in sorted(hparams.items())) or "default"
         existing = root / f"{spec.name}-{label}" / "bundle"
         out[name] = existing if (existing / "manifest.json").is_file() else make_release(spec, hparams, root)

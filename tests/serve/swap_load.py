@@ -1,13 +1,14 @@
 """A swap under steady load: zero failed requests, latency before/during/after, rollout time.
 
     PYTHONPATH=.:tools OMP_NUM_THREADS=1 python tests/serve/swap_load.py [--rate=200] [--duration=30]
-        [--swap-at=10] [--bundles=DIR] [--work=DIR] [--poll]
+        [--swap-at=10] [--bundles=DIR] [--work=DIR] [--poll] [--architecture]
 
 Starts a `serve` process on a loopback port with a local registry, promotes v1, then sends
 --rate requests/s for --duration seconds from this process (open loop: each request is sent at its
 scheduled time whether or not earlier ones have answered). At --swap-at seconds it runs promote
 for v2 as a third process (the promote CLI, notifying the service; with --poll, no notification:
-the service's poll finds it). Prints latency percentiles for requests sent before the promote,
+the service's poll finds it; with --architecture, v2 is another architecture, wider and one layer
+deeper, which the service loads from the bundle's own model.onnx and signature). Prints latency percentiles for requests sent before the promote,
 during it (until the first answer from v2) and after, the number of failed requests, and the time
 from promote's return to the first answer from v2. Exits 1 if any request failed.
 
@@ -51,12 +52,16 @@ class Sample:
         return (self.end - self.start) * 1000
 
 
-def releases(directory: Path) -> tuple[Path, Path]:
+V2_HPARAMS = {"steps": 200}
+V2_ARCHITECTURE = {"d_model": 48, "num_layers": 3}  # tests/serve/conftest.py's v3
+
+
+def releases(directory: Path, architecture: bool = False) -> tuple[Path, Path]:
     from modelgate.spec import load_spec
 
     spec = load_spec(harness.MODEL)
     out = []
-    for hparams in ({}, {"steps": 200}):
+    for hparams in ({}, V2_ARCHITECTURE if architecture else V2_HPARAMS):
         label = "-".join(f"{k}{v}" for k, v in sorted(hparams.items())) or "default"
         existing = directory / f"{spec.name}-{label}" / "bundle"
         if not (existing / "manifest.json").is_file():
@@ -204,7 +209,7 @@ def report(args, t0, samples: list[Sample], promote_start, promote_return, h1, h
     mode = "poll only (no notification)" if args.poll else "notified by promote"
     print()
     print(f"swap under load: {args.rate:g} req/s for {args.duration:g} s (open loop), {len(samples)} requests to {args.server_url}")
-    print(f"  payload: the golden batch ({args.rows} rows); server: 1 uvicorn worker, torch threads 1; load: this process (asyncio, keep-alive)")
+    print(f"  payload: the golden batch ({args.rows} rows); server: 1 uvicorn worker, runtime onnxruntime, 1 thread; load: this process (asyncio, keep-alive)")
     print(f"  promote v2 ({mode}) started at +{promote_start - t0:.2f} s and returned after {promote_return - promote_start:.2f} s")
     print()
     print(f"  {'phase':<8}{'requests':>9}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  builds")
@@ -251,6 +256,7 @@ def main() -> int:
     p.add_argument("--work", type=Path, help="registry, keys and server state (default: a temporary directory)")
     p.add_argument("--timeline", action="store_true", help="also print latency per second of the run")
     p.add_argument("--poll", action="store_true", help="no notification: the service polls every second")
+    p.add_argument("--architecture", action="store_true", help="v2 changes the architecture (d_model 48, 3 layers)")
     args = p.parse_args()
     if not (0 < args.rate <= 1000 and 0 < args.duration <= 120 and 0 < args.swap_at < args.duration):
         p.error("keep it bounded: 0 < rate <= 1000, 0 < duration <= 120, 0 < swap-at < duration")
@@ -258,7 +264,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="swap-load-") as tmp:
         work = args.work or Path(tmp)
-        v1, v2 = releases(args.bundles or work / "bundles")
+        v1, v2 = releases(args.bundles or work / "bundles", args.architecture)
         h1, h2 = build_hash(v1), build_hash(v2)
         keys = harness.make_keys(work / "keys")
         uri = f"file://{work / 'registry'}"

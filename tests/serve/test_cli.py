@@ -41,8 +41,15 @@ def one_line_error(capsys, rc_expected: int, *argv) -> str:
     return err.strip()
 
 
-def test_unknown_model(capsys, keys):
-    line = one_line_error(capsys, 2, "--model=no_such_model", "--tag=stable", f"--public-key={keys['signer_public']}")
+def test_invalid_model_name(capsys, keys):
+    # The service knows models from the registry's builds, not from a checkout: a name the registry
+    # does not hold yet is served once promoted (readiness says so until then); a malformed one is refused.
+    line = one_line_error(capsys, 2, "--model=../no_such_model", "--tag=stable", f"--public-key={keys['signer_public']}")
+    assert line.startswith("serve: invalid model name '../no_such_model'")
+
+
+def test_torch_runtime_needs_the_model_in_this_checkout(capsys, keys):
+    line = one_line_error(capsys, 2, "--model=no_such_model", "--tag=stable", "--runtime=torch", f"--public-key={keys['signer_public']}")
     assert line.startswith("serve: no model named 'no_such_model'")
 
 

@@ -7,14 +7,13 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file
+from safetensors.numpy import load_file
 
 from modelgate.serve.app import create_app
 from modelgate.serve.deployment import Deployment, StateDirBusy
 from modelgate.serve.notifications import NotificationGuard
-from modelgate.spec import load_spec
 from tests.serve import harness
 from tests.serve.bundles import build_hash, with_golden_expected_of
 
@@ -39,7 +38,7 @@ def deploy(local_registry, keys, tmp_path):
 
     def make(public_key: Path | None = None, state_dir: Path | None = None, **kwargs) -> Deployment:
         deployment = Deployment(
-            load_spec(harness.MODEL),
+            harness.MODEL,
             "stable",
             harness.open_registry(local_registry),
             str(public_key or keys["signer_public"]),
@@ -130,7 +129,7 @@ def test_requests_in_flight_finish_on_the_build_they_started_on(deploy, local_re
     deployment.check("startup")
     client = TestClient(create_app(deployment, NotificationGuard(harness.SECRET), manage_deployment=False))
 
-    old_model = deployment.current.model
+    old_model = deployment.current.runner
     entered, release = threading.Event(), threading.Event()
     original_forward = old_model.forward
 
@@ -155,7 +154,7 @@ def test_requests_in_flight_finish_on_the_build_they_started_on(deploy, local_re
     response = in_flight["response"]
     assert response.status_code == 200 and response.json()["build_hash"] == build_hash(v1)
     expected = load_file(str(v1 / "expected.safetensors"))["logits"]
-    torch.testing.assert_close(torch.tensor(response.json()["outputs"]["logits"]), expected, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(np.array(response.json()["outputs"]["logits"]), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_health_and_version_before_anything_is_promoted(deploy):
@@ -167,7 +166,13 @@ def test_health_and_version_before_anything_is_promoted(deploy):
     version = client.get("/version").json()
     assert version["status"] == "not serving" and version["build_hash"] is None and version["checks"] == 1
     assert client.post("/notify", content=b"{}").status_code == 503
-    assert client.get("/schema").json()["inputs"][0] == {"name": "tokens", "dtype": "int64", "shape": "(N, N)", "range": [0, 32]}
+    # The schema is the serving build's, so there is none before a build serves.
+    schema = client.get("/schema")
+    assert schema.status_code == 503 and "no build is serving yet" in schema.json()["detail"]
+    assert client.get("/v2/health/live").status_code == 200
+    ready = client.get("/v2/health/ready")
+    assert ready.status_code == 503 and "does not exist" in ready.json()["error"]
+    assert client.get("/v2/models/tiny_transformer").json() == {"error": health.json()["error"].join(("no build is serving yet: ", ""))}
 
 
 def test_one_service_per_state_directory(deploy, tmp_path):

@@ -19,7 +19,6 @@ import pytest
 
 from modelgate import notify
 from modelgate.serve.deployment import Deployment
-from modelgate.spec import load_spec
 from tests.serve import harness
 from tests.serve.bundles import build_hash
 from tests.serve.test_e2e import ROLLOUT_TIMEOUT_S, assert_answers_like, golden_request
@@ -166,7 +165,7 @@ def test_a_silent_gcs_endpoint_is_reported_within_the_bound(monkeypatch, keys, s
     trickle = BadEndpoint("trickle")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", trickle.url)
     monkeypatch.setenv("MODELGATE_GCS_TIMEOUT", "2")
-    deployment = Deployment(load_spec(M), "stable", harness.open_registry("gs://some-bucket/serve"), str(keys["signer_public"]), tmp_path / "st")
+    deployment = Deployment(M, "stable", harness.open_registry("gs://some-bucket/serve"), str(keys["signer_public"]), tmp_path / "st")
     deployment.claim()
     start = time.monotonic()
     try:
@@ -263,7 +262,7 @@ def deploy_factory(local_registry, keys):
     made = []
 
     def make(state_dir: Path) -> Deployment:
-        d = Deployment(load_spec(M), "stable", harness.open_registry(local_registry), str(keys["signer_public"]), state_dir)
+        d = Deployment(M, "stable", harness.open_registry(local_registry), str(keys["signer_public"]), state_dir)
         made.append(d)
         d.claim()
         return d
@@ -283,7 +282,7 @@ def test_allow_rollback_is_the_operators_way_past_the_protection(local_registry,
     state_dir = tmp_path / "state"
 
     def deployment(**kwargs) -> Deployment:
-        d = Deployment(load_spec(M), "stable", harness.open_registry(local_registry), str(keys["signer_public"]), state_dir, **kwargs)
+        d = Deployment(M, "stable", harness.open_registry(local_registry), str(keys["signer_public"]), state_dir, **kwargs)
         d.claim()
         return d
 

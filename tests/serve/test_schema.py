@@ -1,14 +1,27 @@
-"""JSON -> tensors for /predict: what is accepted, and the message for what is not."""
+"""JSON -> arrays for /predict, checked against a build's serving signature: what is accepted,
+and the message for what is not."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
-import torch
 
-from modelgate.serve.schema import InputError, parse_json, to_json_outputs, to_tensors
-from modelgate.spec import load_spec
+from modelgate.serve.schema import InputError, parse_json, to_arrays, to_json_outputs
+from modelgate.serve.signature import Signature, TensorSig
 
-SPEC = load_spec("tiny_transformer")
+SIGNATURE = Signature(
+    model_file="model.onnx",
+    inputs=(TensorSig("tokens", "int64", (None, None), 0, 32), TensorSig("mask", "bool", (None, None))),
+    outputs=(TensorSig("logits", "float32", (None, 4)),),
+    text=None,
+    tolerances={"logits": {"atol": 1e-5, "rtol": 1e-4}},
+)
+
+
+def to_tensors(signature, payload):
+    return to_arrays("tiny_transformer", signature, payload)
 
 
 def request(tokens, mask):
@@ -16,9 +29,9 @@ def request(tokens, mask):
 
 
 def test_a_valid_request_becomes_typed_tensors():
-    tensors = to_tensors(SPEC, request([[1, 2, 0]], [[True, True, False]]))
-    assert tensors["tokens"].dtype == torch.int64 and tensors["tokens"].tolist() == [[1, 2, 0]]
-    assert tensors["mask"].dtype == torch.bool and tuple(tensors["mask"].shape) == (1, 3)
+    arrays = to_tensors(SIGNATURE, request([[1, 2, 0]], [[True, True, False]]))
+    assert arrays["tokens"].dtype == np.int64 and arrays["tokens"].tolist() == [[1, 2, 0]]
+    assert arrays["mask"].dtype == np.bool_ and arrays["mask"].shape == (1, 3)
 
 
 @pytest.mark.parametrize(
@@ -64,15 +77,13 @@ def test_bodies_that_are_not_json_are_400(body, message):
 )
 def test_inputs_that_do_not_fit_the_model_are_422_naming_the_input(payload, message):
     with pytest.raises(InputError) as e:
-        to_tensors(SPEC, payload)
+        to_tensors(SIGNATURE, payload)
     assert e.value.status == 422
     assert message in e.value.message, e.value.message
 
 
 def test_float_inputs_take_integers_and_floats_but_not_booleans():
-    from modelgate.spec import ModelSpec, TensorSpec
-
-    spec = ModelSpec(**{**SPEC.__dict__, "inputs": (TensorSpec("x", "float32", (None, 2)),)})
+    spec = dataclasses.replace(SIGNATURE, inputs=(TensorSig("x", "float32", (None, 2)),))
     assert to_tensors(spec, {"inputs": {"x": [[1, 2.5]]}})["x"].tolist() == [[1.0, 2.5]]
     with pytest.raises(InputError, match=r"expected numbers \(float32\), found false at x\[0\]\[1\]"):
         to_tensors(spec, {"inputs": {"x": [[1, False]]}})
@@ -84,4 +95,4 @@ def test_float_inputs_take_integers_and_floats_but_not_booleans():
 
 def test_non_finite_outputs_are_the_models_fault():
     with pytest.raises(RuntimeError, match="non-finite values in output 'logits'"):
-        to_json_outputs({"logits": torch.tensor([1.0, float("nan")])})
+        to_json_outputs({"logits": np.array([1.0, float("nan")], dtype=np.float32)})

@@ -179,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         exit_code=exit_code,
         timed_out=timed_out,
         timeout_s=args.timeout,
-        duration_s=duration,
         results=results,
         test_files=test_files,
         inputs=inputs,
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     receipt_path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     with open(log_path, "a") as log:
-        log.write(f"\nmodelgate: {receipts.one_line(doc)}\n")
+        log.write(f"\nmodelgate: {receipts.one_line(doc, duration)}\n")
     return 0
 
 

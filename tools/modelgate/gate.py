@@ -8,12 +8,17 @@ Checks, each reported with its numbers:
   text     for a model with a text front end (ModelSpec.text): its files ship in the bundle and,
            loaded from them, it turns a text into inputs the model runs on
   metrics  held-out evaluation of the saved weights meets every metric's floor
+  serving  the build as the service runs it: the serving signature the manifest will carry
+           (modelgate.serve.signature), model.onnx on onnxruntime warmed up on the golden data
+           within its tolerances, and the declared text front end giving the same inputs as the
+           model's own on sample texts (and refusing the same over-long text)
 On success writes the release manifest (the export manifest plus the gate's verdict); on failure
 writes nothing and says which check failed and by how much.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,7 @@ class Check:
     name: str
     passed: bool
     detail: str
+    data: dict | None = None  # what a check hands the manifest (the serving signature)
 
     def as_dict(self):
         return {"name": self.name, "passed": self.passed, "detail": self.detail}
@@ -147,10 +153,12 @@ def check_metrics(spec: ModelSpec, model) -> tuple[Check, dict]:
             failures.append(f"{name}: not reported by evaluate()")
             continue
         relation = ">=" if gate.higher_is_better else "<="
-        text = f"{name} {value:.4f} (floor {relation} {gate.floor})"
+        # Six significant digits, not four decimals: a 2.2e-6 disagreement beside a floor of 1e-4
+        # must not print as 0.0000.
+        text = f"{name} {value:.6g} (floor {relation} {gate.floor:g})"
         parts.append(text)
         if not gate.passes_floor(value):
-            failures.append(f"{name} {value:.4f} misses its floor {relation} {gate.floor} by {abs(value - gate.floor):.4f}")
+            failures.append(f"{name} {value:.6g} misses its floor {relation} {gate.floor:g} by {abs(value - gate.floor):.6g}")
     if failures:
         return Check("metrics", False, "; ".join(failures)), metrics
     return Check("metrics", True, "; ".join(parts)), metrics
@@ -182,6 +190,125 @@ def check_text(spec: ModelSpec, model, bundle_files: dict[str, Path]) -> Check:
     return Check("text", True, f"{', '.join(spec.text.files)} loads; a sample text -> {shapes}; max {spec.text.max_tokens} tokens, longer {spec.text.over_length}")
 
 
+# ONNX element types -> the serving signature's datatype names (numpy's).
+_ONNX_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+TEXT_SAMPLES = ("The release gate checks the tokenizer that ships.", "a", "Two texts of other lengths pad to the longest one.")
+
+
+def serving_signature(spec: ModelSpec, onnx_path: Path, golden: golden_lib.Golden) -> dict:
+    """The manifest's "serving" section: inputs from the spec, outputs from the ONNX graph, the
+    text front end as data, and the warm-up's tolerances from golden.json."""
+    import onnxruntime as ort
+
+    from modelgate.serve.signature import ONNX_RUNTIME, SERVING_SCHEMA
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    graph_outputs = {o.name: o for o in session.get_outputs()}
+    outputs = []
+    for name in spec.outputs:
+        o = graph_outputs.get(name)
+        if o is None:
+            raise ValueError(f"{onnx_path.name} has no output {name!r}")
+        if o.type not in _ONNX_TYPES:
+            raise ValueError(f"output {name!r} is {o.type}, which the service cannot return")
+        outputs.append({"name": name, "datatype": _ONNX_TYPES[o.type], "shape": [d if isinstance(d, int) and d > 0 else None for d in o.shape]})
+    inputs = []
+    for t in spec.inputs:
+        entry = {"name": t.name, "datatype": t.dtype, "shape": list(t.shape)}
+        if t.low is not None:
+            entry["range"] = [t.low, t.high]
+        inputs.append(entry)
+    text = None
+    if spec.text is not None:
+        if spec.text.tokenizer is None:
+            raise ValueError("the spec's TextInput declares no tokenizer file, so the service cannot run its text front end")
+        text = {
+            "kind": "tokenizers",
+            "file": spec.text.tokenizer,
+            "max_tokens": spec.text.max_tokens,
+            "pad_id": spec.text.pad_id,
+            "ids_input": spec.text.ids_input,
+            "mask_input": spec.text.mask_input,
+        }
+    tolerances = {}
+    for name in spec.outputs:
+        atol, rtol = golden.tolerance(name, "float32")
+        tolerances[name] = {"atol": atol, "rtol": rtol}
+    return {
+        "schema": SERVING_SCHEMA,
+        "runtime": ONNX_RUNTIME,
+        "model_file": ONNX,
+        "inputs": inputs,
+        "outputs": outputs,
+        "text": text,
+        "warmup": {"tolerances": tolerances},
+    }
+
+
+def check_serving(spec: ModelSpec, export_dir: Path, golden_dir: Path, bundle_files: dict[str, Path]) -> Check:
+    """The release as the service will run it, from the bundle's files alone."""
+    from modelgate.serve import runtime
+    from modelgate.serve.signature import SignatureError, from_manifest
+
+    try:
+        golden = golden_lib.load(golden_dir, spec.name, [t.name for t in spec.inputs], spec.outputs)
+        doc = serving_signature(spec, export_dir / ONNX, golden)
+        signature = from_manifest({"serving": doc})
+    except (golden_lib.GoldenError, SignatureError, ValueError) as e:
+        return Check("serving", False, str(e).splitlines()[0][:300])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own errors on a file it cannot read
+        return Check("serving", False, f"onnxruntime cannot read {ONNX}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+    with tempfile.TemporaryDirectory(prefix="modelgate-serving-") as tmp:
+        bundle = Path(tmp)
+        for name, path in [(ONNX, export_dir / ONNX)] + [(n, Path(golden_dir) / n) for n in sorted(GOLDEN_FILES)] + sorted(bundle_files.items()):
+            (bundle / name).symlink_to(Path(path).resolve())
+        try:
+            runner = runtime.OnnxRunner(bundle, signature, threads=1)
+            worst = runtime.warm_up(runner, bundle, rounds=1)
+        except Exception as e:  # noqa: BLE001 - RolloutError and onnxruntime's own: the check's verdict
+            return Check("serving", False, f"the service would refuse this build: {str(e).splitlines()[0][:300]}")
+        detail = "onnxruntime warm-up on the golden data: " + ", ".join(f"{k} max abs {v:.3g}" for k, v in sorted(worst.items()))
+        if spec.text is not None:
+            problem = _compare_front_ends(spec, runner.text, bundle)
+            if problem:
+                return Check("serving", False, f"the declared text front end ({spec.text.tokenizer}) differs from the model's: {problem}")
+            detail += f"; the declared text front end gives the model's own inputs for {len(TEXT_SAMPLES)} texts and refuses the same over-long one"
+    return Check("serving", True, detail, data=doc)
+
+
+def _compare_front_ends(spec: ModelSpec, declared, bundle: Path) -> str | None:
+    own = spec.text.load(bundle)
+    theirs, ours = own(list(TEXT_SAMPLES)), declared(list(TEXT_SAMPLES))
+    for name in (spec.text.ids_input, spec.text.mask_input):
+        a, b = np.asarray(theirs[name]), np.asarray(ours.get(name))
+        if a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a, b):
+            return f"input {name!r}: {b.dtype}{list(b.shape)} against the model's {a.dtype}{list(a.shape)}"
+    too_long = " ".join(["word"] * (spec.text.max_tokens + 8))
+    refused = []
+    for front in (own, declared):
+        try:
+            front([too_long])
+            refused.append(False)
+        except ValueError:
+            refused.append(True)
+    if refused != [True, True]:
+        who = "neither front end" if not any(refused) else "the model's front end only" if refused[0] else "the declared front end only"
+        return f"a text of {spec.text.max_tokens + 8} words is refused by {who}"
+    return None
+
+
 def run_gate(
     spec: ModelSpec, export_dir: Path, export_manifest: dict, golden_dir: Path, bundle_files: dict[str, Path] | None = None
 ) -> tuple[list[Check], dict]:
@@ -198,6 +325,7 @@ def run_gate(
     checks.append(check_onnx(spec, model, export_dir / ONNX))
     if spec.text is not None:
         checks.append(check_text(spec, model, dict(bundle_files or {})))
+    checks.append(check_serving(spec, export_dir, golden_dir, dict(bundle_files or {})))
     metric_check, metrics = check_metrics(spec, model)
     checks.append(metric_check)
     return checks, metrics
@@ -217,6 +345,9 @@ def release_manifest(
     manifest["schema"] = RELEASE_SCHEMA
     manifest["metrics"] = metrics
     manifest["training"] = export_manifest.get("training", {})
+    serving = next((c.data for c in checks if c.name == "serving" and c.data), None)
+    if serving is not None:
+        manifest["serving"] = serving
     manifest["gate"] = {"passed": all(c.passed for c in checks), "checks": [c.as_dict() for c in checks]}
     return manifest
 

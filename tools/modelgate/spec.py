@@ -96,6 +96,14 @@ class TextInput:
     load: Callable[[object], Callable[[list[str]], dict[str, torch.Tensor]]]
     max_tokens: int
     over_length: str = "refused"
+    # The same front end as data, for the service (which runs no model code): `tokenizer` is the
+    # bundle file the `tokenizers` library reads; its ids go to `ids_input` right-padded with
+    # `pad_id`, a bool mask of the real tokens to `mask_input` (modelgate.serve.text). The gate
+    # checks that it gives the same inputs as `load` before a build can be released.
+    tokenizer: str | None = None
+    pad_id: int = 0
+    ids_input: str = "tokens"
+    mask_input: str = "mask"
 
 
 @dataclass(frozen=True)

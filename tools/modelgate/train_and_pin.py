@@ -65,12 +65,12 @@ def metric_changes(spec, before: dict, after: dict) -> list[str]:
     for name in sorted(after):
         value = after[name]
         gate = spec.metrics.get(name)
-        line = f"{name:>12} {value:.4f}"
+        line = f"{name:>12} {value:.6g}"
         if name in before:
             delta = value - before[name]
             better = (delta > 0) == (gate.higher_is_better if gate else True)
             verdict = "unchanged" if delta == 0 else ("better" if better else "worse")
-            line += f"  (was {before[name]:.4f}, {delta:+.4f}, {verdict})"
+            line += f"  (was {before[name]:.6g}, {delta:+.6g}, {verdict})"
         else:
             line += "  (no previous pin)"
         if gate and not gate.passes_floor(value):

@@ -11,6 +11,8 @@ CHECKPOINT_TOOL = "//tools/bin:checkpoint_tool"
 RECEIPT_TOOL = "//tools/modelgate:receipt_tool"
 SPEC_LIB = "//tools/modelgate:spec"
 EXPORT_LIB = "//tools/modelgate:export"
+# The release gate: run by the gate action with the model's code, never part of a build hash.
+GATE_LIB = "//tools/modelgate:gate"
 CHECKS_LIB = "//tools/modelgate:checks"
 RECEIPTS_LIB = "//tools/modelgate:receipts_lib"
 TRAIN_LIB = "//tools/modelgate:train_lib"

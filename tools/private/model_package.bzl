@@ -37,6 +37,9 @@ def model_package(*, name, srcs, tests, deps = [], test_deps = [], hparams = {},
     model_library(name = name, srcs = srcs, deps = deps, visibility = ["//visibility:public"])
     model_test(name = "model_test", srcs = tests, deps = [library] + test_deps, size = size)
     checkpoint = None
+    # `:pin`: the package's pin file, or nothing: what tells a model trained in the build from a
+    # pinned one to tools outside the package (//models:pins; the portability tests).
+    native.filegroup(name = "pin", srcs = native.glob(["checkpoint.json"], allow_empty = True), visibility = ["//visibility:public"])
     if native.glob(["checkpoint.json"], allow_empty = True):
         pinned_checkpoint(name = "checkpoint", model = name, pin = "checkpoint.json", packages = checkpoint_packages)
         checkpoint = ":checkpoint"

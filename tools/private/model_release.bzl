@@ -46,7 +46,7 @@ def _model_release_impl(ctx):
     golden = info.golden.to_list()
     golden_dir = golden[0].dirname if golden else "golden/" + info.model
 
-    args = python_tool_args(ctx, info.tool, info.tool_runfiles)
+    args = python_tool_args(ctx, info.gate_tool, info.gate_tool_runfiles)
     args.add("gate")
     args.add("--model", info.model)
     args.add("--export-dir", info.weights.dirname)
@@ -65,9 +65,9 @@ def _model_release_impl(ctx):
     run_python_tool(
         ctx,
         worker = ctx.attr._fork_worker[DefaultInfo].files_to_run,
-        # The model tool the weights were exported with (ModelWeightsInfo), wherever they live.
-        tool = info.tool,
-        tool_runfiles = info.tool_runfiles,
+        # The model tool the weights were exported with, with the gate (ModelWeightsInfo).
+        tool = info.gate_tool,
+        tool_runfiles = info.gate_tool_runfiles,
         args = args,
         inputs = [info.weights, info.onnx, info.export_manifest] + golden + extra,
         outputs = [gated],

@@ -1,6 +1,6 @@
 """Implementation of model_weights: the export as a hermetic build action. Use //tools:defs.bzl."""
 
-load("//tools/private:common.bzl", "EXPORT_ENV", "EXPORT_LIB", "FORK_WORKER", "INTERPRETER", "MODEL_TOOL_MAIN", "model_name", "python_tool_args", "run_python_tool")
+load("//tools/private:common.bzl", "EXPORT_ENV", "EXPORT_LIB", "FORK_WORKER", "GATE_LIB", "INTERPRETER", "MODEL_TOOL_MAIN", "model_name", "python_tool_args", "run_python_tool")
 load("//tools/private:model_tool.bzl", "model_tool")
 load("//tools/private:pip_closure.bzl", "pip_lock_entries_aspect")
 load("//tools/private:providers.bzl", "CheckpointInfo", "ModelWeightsInfo", "PipLockEntriesInfo")
@@ -87,6 +87,8 @@ def _model_weights_impl(ctx):
             hparams = ctx.attr.hparams,
             tool = ctx.attr.tool[DefaultInfo].files_to_run,
             tool_runfiles = ctx.attr.tool[DefaultInfo].default_runfiles,
+            gate_tool = ctx.attr.gate_tool[DefaultInfo].files_to_run,
+            gate_tool_runfiles = ctx.attr.gate_tool[DefaultInfo].default_runfiles,
             library = py_info,
         ),
         OutputGroupInfo(
@@ -109,6 +111,7 @@ _model_weights = rule(
         "hparams": attr.string_dict(),
         "interpreter": attr.label(default = INTERPRETER, allow_single_file = True),
         "model": attr.string(mandatory = True),
+        "gate_tool": attr.label(mandatory = True, executable = True, cfg = "exec", doc = "the model tool with the gate, for model_release: not an input of the export"),
         "tool": attr.label(mandatory = True, executable = True, cfg = "exec"),
         "tool_src": attr.label(default = MODEL_TOOL_MAIN, allow_single_file = True),
         "_fork_worker": attr.label(default = FORK_WORKER, executable = True, cfg = "exec"),
@@ -151,6 +154,11 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
     deps = deps + [EXPORT_LIB]
     tool = "_%s_tool" % name
     model_tool(name = tool, deps = deps, visibility = ["//visibility:private"], tags = tags)
+    # The gate runs the same main with the release gate beside the model's code. A tool of its own,
+    # so that the gate's code is neither in the build hash nor an input of the export action:
+    # editing a gate check re-runs every gate and no export.
+    gate_tool = "_%s_gate_tool" % name
+    model_tool(name = gate_tool, deps = deps + [GATE_LIB], visibility = ["//visibility:private"], tags = tags)
     _model_weights(
         name = name,
         model = model,
@@ -159,6 +167,7 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
         hparams = hparams,
         checkpoint = checkpoint,
         tool = ":" + tool,
+        gate_tool = ":" + gate_tool,
         visibility = visibility,
         tags = tags,
     )

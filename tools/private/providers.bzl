@@ -6,7 +6,7 @@ ModelWeightsInfo = provider(
     doc = """Exported weights of one model, identified by the build hash inside export_manifest.
 
 Everything a consumer of the weights needs (a golden test, a release, golden_update), in any
-package: the files, the model tool that exports and gates them, and the model's library. The
+package: the files, the model tools that export and gate them, and the model's library. The
 model_weights target also returns the library's PyInfo and runfiles, so it can stand in `deps`
 of a py_binary or test for the model's code and the export tooling, and OutputGroupInfo groups
 `weights`, `onnx` and `export_manifest`, one file each.""",
@@ -19,6 +19,8 @@ of a py_binary or test for the model's code and the export tooling, and OutputGr
         "hparams": "dict of hyperparameter overrides",
         "tool": "FilesToRunProvider: the model tool (tools/bin/model_tool.py with the model's library), built for the exec configuration; the export and gate actions run it",
         "tool_runfiles": "runfiles of `tool` (run_python_tool passes them to the fork worker as plain inputs)",
+        "gate_tool": "FilesToRunProvider: the model tool with the release gate (//tools/modelgate:gate), which the gate action runs; not in the build hash",
+        "gate_tool_runfiles": "runfiles of `gate_tool`",
         "library": "PyInfo: the model's library and the export tooling (what the tool imports)",
     },
 )

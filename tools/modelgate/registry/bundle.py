@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelgate import digests
 from modelgate.errors import BundleError, UsageError
 from modelgate.formats import RELEASE_MANIFEST as MANIFEST
-from modelgate.formats import RELEASE_SCHEMA
+from modelgate.formats import RELEASE_SCHEMA, canonical_json
 
 from . import tags
 
@@ -146,6 +147,28 @@ def verify_files(bundle: Bundle, skip: set[str] | frozenset[str] = frozenset()) 
                 f"release bundle {bundle.directory}: {f.name} does not match its manifest "
                 f"(size {size} vs {f.size}, {algorithm} {digest[:12]} vs {expected[:12]})"
             )
+
+
+RECEIPT_FILE = re.compile(r"receipt\.[A-Za-z0-9_.-]+\.json")
+
+
+def release_id(manifest: dict) -> str:
+    """A release's identity: the sha256 of its manifest as the release rule wrote it (the registry's
+    own fields and the signature aside). The same build released twice with the same gate results
+    and receipts is one release, whichever runner made it; with other receipts (a test added, a
+    GPU runner's receipts), another release of the same build."""
+    import hashlib
+
+    return hashlib.sha256(canonical_json({k: v for k, v in manifest.items() if k not in ("registry", "signature")})).hexdigest()
+
+
+def differing_artifacts(stored: dict, listed: dict) -> list[str]:
+    """The files (receipts aside) that two manifests of one build hash list differently: what the
+    build made (weights, ONNX, golden data, bundle files) must be the same bytes in every release."""
+    if not isinstance(stored, dict):
+        return sorted(listed)
+    names = sorted((set(stored) | set(listed)) - {n for n in set(stored) | set(listed) if RECEIPT_FILE.fullmatch(n)})
+    return [n for n in names if n not in stored or n not in listed or not same_files({n: stored[n]}, {n: listed[n]})]
 
 
 def same_files(stored: dict, listed: dict) -> bool:

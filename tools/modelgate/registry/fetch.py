@@ -53,10 +53,13 @@ def fetch(
     public_key: str,
     tag: str | None = None,
     build: str | None = None,
+    release: str | None = None,
 ) -> FetchResult:
     """Downloads a build into `out`, verified; on any failure nothing is left behind.
 
-    By tag, the tag's pointer and the whole history are verified first (signatures, schema, no
+    By tag, the build and release the tag's newest event names (a build's first manifest, or
+    another release of it: the same files, other receipts); by build hash, the build's first
+    manifest, or `release` of it. By tag, the tag's pointer and the whole history are verified first (signatures, schema, no
     gaps; the pointer names the tag's newest event: Registry.tag_state). The manifest's signature
     is checked before any byte is downloaded; each file is hashed as it streams into a temporary
     directory, which is renamed into place only when every file matched. The temporary directory
@@ -81,14 +84,22 @@ def fetch(
         if state.build_hash is None:
             raise UsageError(_no_tag_message(registry, model, tag))
         build_hash = state.build_hash
+        release = state.event.get("release") if state.event else None
     else:
         build_hash = resolve_build(registry, model, build)
-    doc = registry.read_build(model, build_hash)
-    if doc is None:
-        raise UsageError(f"{model} has no build {build_hash[:12]} in {registry.uri}")
+    if release is None:
+        doc = registry.read_build(model, build_hash)
+        if doc is None:
+            raise UsageError(f"{model} has no build {build_hash[:12]} in {registry.uri}")
+    else:
+        doc = registry.read_release(model, build_hash, release)
+        if doc is None:
+            raise VerificationError(f"{model} {build_hash[:12]}: release {release[:12]}, which the history names, is missing from {registry.uri}")
     signing.verify(doc, public_key)
     if doc.get("model") != model or doc.get("build_hash") != build_hash:
         raise VerificationError(f"the manifest stored as {model}/{build_hash[:12]} describes another build")
+    if release is not None and bundles.release_id(doc) != release:
+        raise VerificationError(f"the manifest stored as release {release[:12]} of {model}/{build_hash[:12]} is another release")
     try:
         bundles.check_manifest(doc, f"{model}/{build_hash[:12]}")
     except BundleError as e:

@@ -71,9 +71,11 @@ def _event(
     *,
     forced: bool = False,
     checks: list[gates.MetricCheck] = (),
+    release: str | None = None,
 ) -> dict:
-    """A history event claiming slot `seq`, the one after the newest the writer has seen."""
-    return {
+    """A history event claiming slot `seq`, the one after the newest the writer has seen. `release`
+    names another release of the build than its first (Registry.read_release)."""
+    event = {
         "schema": EVENT_SCHEMA,
         "seq": seq,
         "id": uuid.uuid4().hex,  # lets a retried create recognize its own first attempt
@@ -89,6 +91,9 @@ def _event(
         "reason": reason,
         "checks": [c.to_json() for c in checks],
     }
+    if release:
+        event["release"] = release
+    return event
 
 
 def _signer(registry: Registry, signing_key: Callable[[], str] | None, warn: Warn) -> signing.RecordSigner:

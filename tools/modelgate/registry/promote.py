@@ -11,7 +11,7 @@ from modelgate import notify
 from modelgate.errors import BundleError, GateError, ModelgateError, StorageError, UsageError, VerificationError
 
 from . import bundle as bundles
-from . import gates, signing, tags, transfer
+from . import gates, records, signing, tags, transfer
 from .moves import PromoteResult, Warn, _event, _notify_endpoints, _now, _signer, _user
 from .registry import BUILD_SCHEMA, Registry, TagMove, TagState
 from .storage import LocalStorage
@@ -105,16 +105,53 @@ def _build_document(b: bundles.Bundle, commit: str | None) -> dict:
     return doc
 
 
-def _store_build(registry: Registry, b: bundles.Bundle, signed: dict | None) -> None:
-    """Writes builds/<hash>.json once; a later promotion of the same build reuses the stored one."""
-    if signed is not None and registry.create_build(b.model, b.build_hash, signed):
-        return
-    existing = registry.read_verified_build(b.model, b.build_hash)  # the tag is about to name it
-    if existing is None or not bundles.same_files(existing.get("files"), b.manifest["files"]):
+@dataclass
+class _Record:
+    """What promote stores for a bundle's manifest: the build's first manifest (builds/<hash>.json),
+    another release of a build the registry holds (releases/<hash>/<release>.json: the same files
+    but other receipts or gate results), or nothing (the registry holds this release already)."""
+
+    key: str | None  # "build", "release" or None
+    release: str | None  # the release the tag's event names; None: the build's first manifest
+    doc: dict | None = None  # signed, for `key`
+
+
+def _plan_record(registry: Registry, b: bundles.Bundle) -> _Record:
+    """Decides, before anything is written, how this bundle's manifest relates to the registry's.
+    A build hash names the bytes of what the build made: a bundle whose weights, ONNX file, golden
+    data or bundle files differ from the stored build's is refused; one that differs only in its
+    receipts or gate results is another release of the same build, recorded under its own
+    identity (bundle.release_id), so that a second runner (whose tests re-ran) or a test added
+    later can promote a build the registry already holds."""
+    existing = registry.read_checked_build(b.model, b.build_hash)
+    if existing is None:
+        return _Record("build", None)
+    release = bundles.release_id(b.manifest)
+    if release == bundles.release_id(existing):
+        return _Record(None, None)
+    differ = bundles.differing_artifacts(existing.get("files"), b.manifest["files"])
+    if differ:
         raise BundleError(
-            f"{registry.uri} already holds build {b.build_hash[:12]} of {b.model} with different files; "
-            "a build hash must always name the same bytes"
+            f"{registry.uri} already holds build {b.build_hash[:12]} of {b.model} with other bytes for "
+            f"{', '.join(differ[:4])}; a build hash must always name the same bytes, so this export is not reproducible: "
+            f"compare the two bundles' digests (registry show {b.model}) and fix what makes them differ"
         )
+    stored = registry.read_release(b.model, b.build_hash, release)
+    if stored is not None:
+        records.check_build(stored, f"release {release[:12]} of {b.model}/{b.build_hash[:12]}", model=b.model, build_hash=b.build_hash)
+        return _Record(None, release)
+    return _Record("release", release)
+
+
+def _store_build(registry: Registry, b: bundles.Bundle, record: _Record) -> str | None:
+    """Writes the planned manifest (create-only: a concurrent promoter of the same release wrote the
+    same one); returns the release the tag's event names."""
+    if record.key == "build" and not registry.create_build(b.model, b.build_hash, record.doc):
+        if _plan_record(registry, b).key == "release":  # a concurrent first promote of another release
+            raise BundleError(f"{b.model} {b.build_hash[:12]}: another release of this build was stored meanwhile; promote again")
+    elif record.key == "release":
+        registry.create_release(b.model, b.build_hash, record.release, record.doc)
+    return record.release
 
 
 def _upload(registry: Registry, b: bundles.Bundle, progress: ProgressFactory | None) -> tuple[int, int]:
@@ -142,7 +179,8 @@ def _commit(
     force: bool,
     reason: str | None,
     commit: str | None,
-    load_verifier: Callable[[], None],
+    release: str | None = None,
+    load_verifier: Callable[[], None] = lambda: None,
 ) -> tuple[TagMove, _Decision]:
     """Moves `tag` to this build (Registry.move_tag), deciding against the tag's state at commit time."""
     decisions = []
@@ -154,7 +192,7 @@ def _commit(
             return None
         return _event(
             seq, "promote", b.model, tag, b.build_hash, state.build_hash, commit, reason,
-            forced=decision.forced, checks=decision.checks,
+            forced=decision.forced, checks=decision.checks, release=release,
         )  # fmt: skip
 
     move = registry.move_tag(b.model, tag, decide, what="moving")
@@ -216,8 +254,9 @@ def promote(
         if registry.verifier is None:  # a dry run: the baseline is verified with the promoter's key all the same
             _signer(registry, signing_key, warn)
 
-    planned = {}
+    planned, plans = {}, {}
     for b in selected:
+        plans[b.model] = _plan_record(registry, b)  # refuses other bytes under a stored build hash
         state = registry.tag_state(b.model, tag)
         planned[b.model] = (state, _decide(registry, b, tag, kind, state, force, load_verifier))
 
@@ -236,15 +275,15 @@ def promote(
         return results
 
     # Sign before uploading anything, so that a missing or unusable key writes nothing.
-    signed: dict[str, dict | None] = {}
+    signed: dict[str, _Record] = {}
     key = None
     for b in selected:
-        signed[b.model] = None
-        if registry.read_build(b.model, b.build_hash) is None:
+        signed[b.model] = record = plans[b.model]
+        if record.key is not None:
             key = key or signing_key()
             doc = _build_document(b, commit)
             doc["signature"] = signing.sign(doc, key)
-            signed[b.model] = doc
+            record.doc = doc
     _check_space(registry, selected)
     if isinstance(registry.storage, LocalStorage):
         try:
@@ -271,7 +310,7 @@ def _promote_one(
     b: bundles.Bundle,
     tag: str,
     kind: tags.TagKind,
-    signed: dict | None,
+    signed: _Record,
     force: bool,
     reason: str | None,
     commit: str | None,
@@ -282,8 +321,10 @@ def _promote_one(
 ) -> PromoteResult:
     """Blobs, then the manifest, then the tag: a reader can never reach a build that is not complete."""
     uploaded_bytes, uploaded_files = _upload(registry, b, progress)
-    _store_build(registry, b, signed)
-    move, decision = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit, load_verifier=load_verifier)
+    release = _store_build(registry, b, signed)
+    move, decision = _commit(
+        registry, b, tag, kind, force=force, reason=reason, commit=commit, release=release, load_verifier=load_verifier
+    )
     state, event, pending = move.state, move.event, move.pending
     status = "unchanged" if event is None else "committed" if pending else "promoted"
     result = PromoteResult(

@@ -127,6 +127,7 @@ def check_event(doc, what: str, *, model: str, seq: int) -> dict:
         c.fail(f"'action' must be one of {', '.join(ACTIONS)}, got {doc['action'][:40]!r}")
     c.build_hash("build_hash")
     c.build_hash("previous", optional=True)
+    c.build_hash("release", optional=True)  # another release of the build (bundle.release_id)
     c.field("time", (str,))
     c.field("id", (str,))
     for name in ("user", "git_commit", "reason"):
@@ -147,6 +148,7 @@ def check_pointer(doc, what: str, *, model: str, tag: str) -> dict:
         c.fail(f"it names tag {doc['tag']!r}, not {tag!r}")
     c.build_hash("build_hash")
     c.build_hash("previous", optional=True)
+    c.build_hash("release", optional=True)
     c.seq()
     c.field("time", (str,))
     c.field("signature", (dict,), optional=True)

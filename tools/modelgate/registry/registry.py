@@ -65,6 +65,7 @@ NOTIFY_CONFIG = "config/notify.json"
 # Everything but blobs is read whole into memory, so each kind of object has a cap, far above what
 # modelgate writes (measured: a signed tag pointer 431 bytes, a history event 565, the manifests of
 # this repository's models 40-55 KiB): a planted 64 GiB object is one line, not a MemoryError.
+# Another release's manifest (releases/<build>/<release>.json) has a manifest's cap.
 # Blobs are streamed, and stopped at the size their signed manifest gives (transfer.TooLarge).
 POINTER_MAX_BYTES = 64 << 10
 EVENT_MAX_BYTES = 64 << 10
@@ -184,6 +185,31 @@ class Registry:
         if not isinstance(doc, dict):
             raise VerificationError(f"the manifest {key} in {self.uri} is not a JSON object")
         return doc
+
+    @staticmethod
+    def release_key(model: str, build_hash: str, release: str) -> str:
+        return f"models/{model}/releases/{build_hash}/{release}.json"
+
+    def read_release(self, model: str, build_hash: str, release: str) -> dict | None:
+        """Another release of a build (bundle.release_id): the same files but its receipts,
+        stored beside the build's first manifest (builds/<hash>.json). Not yet checked."""
+        key = self.release_key(tags.check_model_name(model), tags.check_build_hash(build_hash), tags.check_build_hash(release))
+        data = self.storage.read(key, MANIFEST_MAX_BYTES)
+        if data is None:
+            return None
+        doc = records.loads(data, f"the manifest {self._where(key)}")
+        if not isinstance(doc, dict):
+            raise VerificationError(f"the manifest {key} in {self.uri} is not a JSON object")
+        return doc
+
+    def create_release(self, model: str, build_hash: str, release: str, doc: dict) -> bool:
+        data = canonical_json(doc)
+        if len(data) > MANIFEST_MAX_BYTES:
+            raise UsageError(
+                f"the manifest of {model} {build_hash[:12]} (release {release[:12]}) is {human_size(len(data))}, over the "
+                f"{human_size(MANIFEST_MAX_BYTES)} that registry readers accept: nothing was written"
+            )
+        return self.storage.create(self.release_key(model, build_hash, release), data)
 
     def read_checked_build(self, model: str, build_hash: str) -> dict | None:
         doc = self.read_build(model, build_hash)
@@ -305,8 +331,8 @@ class Registry:
                 )
             else:
                 named = events[pointer.seq - 1]
-                if (named["tag"], named["build_hash"], named.get("previous"), named["time"]) != (
-                    tag, pointer.build_hash, pointer.doc.get("previous"), pointer.doc["time"],
+                if (named["tag"], named["build_hash"], named.get("previous"), named["time"], named.get("release")) != (
+                    tag, pointer.build_hash, pointer.doc.get("previous"), pointer.doc["time"], pointer.doc.get("release"),
                 ):  # fmt: skip
                     problem = f"the tag pointer {self._where(key)} does not match history event {pointer.seq} it names"
                 elif event is not None and pointer.seq < event["seq"] and event["seq"] != newest_seq:
@@ -338,6 +364,7 @@ class Registry:
             "previous": event.get("previous"),
             "seq": event["seq"],
             "time": event["time"],
+            **({"release": event["release"]} if event.get("release") else {}),
         }
 
     def materialize(self, event: dict, *, repair: bool = False) -> None:

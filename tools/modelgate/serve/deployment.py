@@ -16,9 +16,13 @@ rollout but never blocks it. Each rollout:
   2. fetches that build into a fresh directory under the state directory, verifying the manifest
      signature and every file's digest (blake3, or sha256 where the build lists none) and size
      (modelgate.registry.api.fetch);
-  3. loads weights.safetensors strictly into a new model instance built from the manifest's config;
-  4. runs the build's own golden inputs and requires its golden outputs within golden.json's
-     float32 tolerance;
+  3. loads the build with the service's runtime (modelgate.serve.runtime): by default the
+     bundle's model.onnx on onnxruntime, with the inputs, outputs and text front end the build's
+     own manifest declares (its serving signature), so nothing of this service's checkout runs;
+     with --runtime=torch, the checkout's model code, refused unless every model source it
+     imports has the digest the build recorded (modelgate.serve.torch_runtime);
+  4. runs the build's own golden inputs and requires its golden outputs within the tolerances the
+     release gate recorded (the same check the gate ran on this runtime);
   5. swaps, then removes the directories of older builds.
 The state directory is modelgate's alone: claim() creates it, or refuses one holding anything
 that this service does not create (user files, a registry), and only ever deletes its own.
@@ -44,20 +48,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
-import torch
+import numpy as np
 
-from modelgate import golden as golden_lib
 from modelgate import receipts
-from modelgate import loading
 from modelgate.errors import ModelgateError, RolloutError, StorageError, UsageError, VerificationError
-from modelgate.formats import GOLDEN_FILES, SERVE_STATE_SCHEMA, WEIGHTS
+from modelgate.formats import GOLDEN_FILES, SERVE_STATE_SCHEMA
 from modelgate.registry import api, signing
 from modelgate.registry.registry import Registry, TagState
-from modelgate.spec import ModelSpec
+from modelgate.serve import runtime as runtime_lib
+from modelgate.serve.signature import Signature, SignatureError, from_manifest
 
 log = logging.getLogger("modelgate.serve")
 
-WARMUP_ROUNDS = 3
+WARMUP_ROUNDS = runtime_lib.WARMUP_ROUNDS
+# A build whose forward on its golden inputs takes less than this runs requests on the event loop
+# (modelgate.serve.app): the hop to a worker thread and back would cost more than the model.
+INLINE_BELOW_S = 0.002
+# A runtime: (the fetched build's directory, its verified manifest) -> a Runner, or RolloutError.
+LoadRunner = Callable[[Path, dict], runtime_lib.Runner]
 _LOCK_FILE = ".lock"
 TAG_STATE_FILE = "tag-state.json"
 TAG_STATE_SCHEMA = SERVE_STATE_SCHEMA
@@ -83,26 +91,62 @@ class StateDirForeign(UsageError):
     """The state directory holds something modelgate did not create."""
 
 
+def onnx_runtime(threads: int = 1) -> LoadRunner:
+    """The default runtime: the bundle's model file on onnxruntime, as its signature declares."""
+
+    def load(directory: Path, manifest: dict) -> runtime_lib.Runner:
+        signature = signature_of(manifest)
+        return runtime_lib.OnnxRunner(directory, signature, threads)
+
+    load.runtime = runtime_lib.OnnxRunner.runtime
+    return load
+
+
+def signature_of(manifest: dict) -> Signature:
+    """The build's serving signature, each file it names listed (so verified) in the manifest."""
+    try:
+        signature = from_manifest(manifest)
+    except SignatureError as e:
+        raise RolloutError(str(e)) from None
+    needed = [signature.model_file] + ([signature.text.file] if signature.text else [])
+    missing = [name for name in needed if name not in manifest["files"]]
+    if missing:
+        raise RolloutError(f"the build's signature names {', '.join(missing)}, which its manifest does not list")
+    return signature
+
+
 @dataclass(frozen=True)
 class Served:
-    """One loaded, warmed-up build. Immutable: a rollout makes a new one."""
+    """One loaded, warmed-up build. Immutable: a rollout makes a new one. Nothing in it depends on
+    the service's own checkout: a second build (a canary) can sit beside it in one process."""
 
     model_name: str
     tag: str
     build_hash: str
-    spec: ModelSpec
-    model: torch.nn.Module
+    runner: runtime_lib.Runner
     files: dict[str, str]  # file name -> sha256, from the verified manifest
     since: str  # when this build started serving (ISO 8601, UTC)
     directory: Path
     git_commit: str | None
     created_at: str | None
     tests: dict = field(default_factory=dict)  # the build's test receipts (modelgate.receipts.summary)
-    text: Callable | None = None  # texts -> inputs, from the bundle's own tokenizer (ModelSpec.text)
+    inline: bool = False  # requests run on the event loop (a fast model: INLINE_BELOW_S)
 
-    def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with torch.inference_mode():
-            return self.spec.forward(self.model, inputs)
+    @property
+    def signature(self) -> Signature:
+        return self.runner.signature
+
+    @property
+    def text(self) -> Callable | None:
+        """texts -> inputs with the bundle's own tokenizer, for a build with a text front end."""
+        return self.runner.text
+
+    @property
+    def runtime(self) -> str:
+        return self.runner.runtime
+
+    def forward(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner.forward(inputs)
 
 
 @dataclass
@@ -130,7 +174,7 @@ class Attempt:
 class Deployment:
     def __init__(
         self,
-        spec: ModelSpec,
+        model_name: str,
         tag: str,
         registry: Registry,
         public_key: str,
@@ -139,10 +183,12 @@ class Deployment:
         poll_interval_s: float = 30.0,
         retry_refused_s: float = 300.0,
         allow_rollback: bool = False,
+        runtime: LoadRunner | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.spec = spec
-        self.model_name = spec.name
+        self.model_name = model_name
+        self.load_runner = runtime or onnx_runtime()
+        self.runtime = getattr(self.load_runner, "runtime", "custom")
         self.tag = tag
         self.registry = registry
         if registry.verifier is None:
@@ -168,6 +214,8 @@ class Deployment:
         self.problem: str | None = None  # why the tag's build is not the one serving, if it is not
         self.last_check: str | None = None
         self.checks = 0
+        # Told of every rollout attempt and refusal, once decided (the service's metrics count them).
+        self.on_attempt: Callable[[Deployment, Attempt], None] | None = None
 
     # ---- reading
 
@@ -182,6 +230,7 @@ class Deployment:
             "tag": self.tag,
             "registry": self.registry.uri,
             "status": "serving" if served else "not serving",
+            "runtime": self.runtime,
             "build_hash": served.build_hash if served else None,
             "since": served.since if served else None,
             "files": dict(served.files) if served else {},
@@ -370,6 +419,7 @@ class Deployment:
     def _refuse_tag_state(self, trigger: str, reason: str, target: str | None = None) -> Attempt:
         attempt = Attempt(target or "", trigger, _now_iso(), outcome="refused", error=reason)
         self.last_attempt = attempt
+        self._told(attempt)
         old = self._current
         keeping = f"still serving {short(old.build_hash)}" if old else "nothing is being served"
         self._report_problem(f"tag {self.tag} refused: {reason}; {keeping}")
@@ -384,7 +434,8 @@ class Deployment:
         )
         directory = self.state_dir / f"{target[:16]}-{uuid.uuid4().hex[:8]}"
         try:
-            served = self._prepare(target, directory, attempt.seconds)
+            release = state.event.get("release") if state is not None and state.event else None
+            served = self._prepare(target, directory, attempt.seconds, release)
         except Exception as e:  # noqa: BLE001 - any failure refuses the build; the old one keeps serving
             shutil.rmtree(directory, ignore_errors=True)
             reason = str(e) if isinstance(e, (RolloutError, ModelgateError)) else f"{type(e).__name__}: {_first_line(e)}"
@@ -396,6 +447,7 @@ class Deployment:
             keeping = f"still serving {short(old.build_hash)}" if old else "nothing is being served"
             self.problem = f"build {short(target)} (tag {self.tag}) {attempt.outcome}: {reason}; {keeping}"
             log.error("%s:%s: %s", self.model_name, self.tag, self.problem)
+            self._told(attempt)
             return attempt
         if state is not None:
             self._save_tag_state(state)  # before the swap: whoever sees the build sees its seq
@@ -406,53 +458,48 @@ class Deployment:
         self._remove_builds(keep=directory)
         timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in attempt.seconds.items())
         log.info("%s:%s: now serving %s (%s)", self.model_name, self.tag, short(target), timings)
+        self._told(attempt)
         return attempt
 
-    def _prepare(self, target: str, directory: Path, seconds: dict[str, float]) -> Served:
+    def _told(self, attempt: Attempt) -> None:
+        if self.on_attempt is not None:
+            try:
+                self.on_attempt(self, attempt)
+            except Exception:  # noqa: BLE001 - counting must never stop a rollout
+                log.exception("%s:%s: rollout observer failed", self.model_name, self.tag)
+
+    def _prepare(self, target: str, directory: Path, seconds: dict[str, float], release: str | None = None) -> Served:
         start = time.perf_counter()
-        manifest = api.fetch(self.registry, self.model_name, out=directory, public_key=self.public_key, build=target).manifest
+        manifest = api.fetch(
+            self.registry, self.model_name, out=directory, public_key=self.public_key, build=target, release=release
+        ).manifest
         seconds["fetch_verify"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        try:
-            spec = self.spec.with_config(manifest.get("config") or {})
-        except ValueError as e:
-            raise RolloutError(f"the build's config does not fit this service's model code: {e}") from None
-        if WEIGHTS not in manifest["files"]:
-            raise RolloutError(f"the build has no {WEIGHTS}")
-        try:
-            model = loading.load_weights(spec, directory / WEIGHTS)
-        except Exception as e:  # noqa: BLE001 - WeightsError, safetensors errors, shape mismatches
-            raise RolloutError(f"cannot load {WEIGHTS}: {_first_line(e)}") from None
+        missing = [name for name in GOLDEN_FILES if name not in manifest["files"]]
+        if missing:
+            raise RolloutError(f"the build carries no golden data ({', '.join(missing)} missing), so it cannot be warmed up")
+        runner = self.load_runner(directory, manifest)
         seconds["load"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        warm_up(spec, model, directory)
-        text = None
-        if spec.text is not None:
-            missing = [name for name in spec.text.files if name not in manifest["files"]]
-            if missing:
-                raise RolloutError(f"the build does not ship its text front end ({', '.join(missing)} missing)")
-            try:
-                text = spec.text.load(directory)
-                text(["warm-up"])
-            except Exception as e:  # noqa: BLE001 - a tokenizer that does not load refuses the build
-                raise RolloutError(f"cannot load the build's text front end: {_first_line(e)}") from None
+        runtime_lib.warm_up(runner, directory, rounds=WARMUP_ROUNDS)
         seconds["warmup"] = time.perf_counter() - start
+        inputs = runtime_lib.load_golden(directory)[0]
+        forward = min(_timed(runner.forward, inputs) for _ in range(3))
         registry_info = manifest.get("registry") or {}
         return Served(
             model_name=self.model_name,
             tag=self.tag,
             build_hash=target,
-            spec=spec,
-            model=model,
+            runner=runner,
             files={name: f["sha256"] for name, f in sorted(manifest["files"].items())},
             since=_now_iso(),
             directory=directory,
             git_commit=registry_info.get("git_commit"),
             created_at=registry_info.get("created_at"),
             tests=receipts.summary(manifest),
-            text=text,
+            inline=forward < INLINE_BELOW_S,
         )
 
     def _report_problem(self, message: str) -> None:
@@ -473,21 +520,10 @@ class Deployment:
                 path.unlink(missing_ok=True)
 
 
-def warm_up(spec: ModelSpec, model: torch.nn.Module, directory: Path) -> None:
-    """Runs the build's golden inputs; raises RolloutError unless the outputs match its golden
-    outputs within the float32 tolerance of its golden.json."""
-    missing = [name for name in GOLDEN_FILES if not (directory / name).is_file()]
-    if missing:
-        raise RolloutError(f"the build carries no golden data ({', '.join(missing)} missing), so it cannot be warmed up")
-    try:
-        result = loading.check_golden(spec, model, directory, rounds=WARMUP_ROUNDS)
-    except golden_lib.GoldenError as e:
-        raise RolloutError(f"unusable golden data: {str(e).replace(str(directory) + '/', '')}") from None
-    except Exception as e:  # noqa: BLE001
-        raise RolloutError(f"the model fails on its golden inputs: {type(e).__name__}: {_first_line(e)}") from None
-    failed = result.failures()
-    if failed:
-        raise RolloutError("warm-up output does not match the build's golden data: " + "; ".join(r.message for r in failed))
+def _timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
 
 
 def _first_line(e: BaseException) -> str:

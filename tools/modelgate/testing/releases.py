@@ -31,19 +31,22 @@ def make_bundle(
     schema: str = RELEASE_SCHEMA,
     receipts: bool = True,
     blake3: bool = True,
+    test_source: str = "synthetic",
+    directory: Path | None = None,
 ) -> Path:
     """Writes a release bundle directory like the Bazel release rule's and returns it.
 
     Different seeds give different weights (and build hashes); shared_onnx keeps model.onnx equal
     across seeds, as when only the weights change. blake3=False: a manifest from before blake3
-    was recorded (its files listed by sha256 and size only).
+    was recorded (its files listed by sha256 and size only). test_source: what the receipt's test
+    file holds (another one: the same build tested by other tests, another release of it).
     """
     rng = random.Random(f"{model}/{seed}")
     contents = {
         "weights.safetensors": rng.randbytes(weights_size),
         "model.onnx": random.Random(f"{model}/onnx").randbytes(onnx_size) if shared_onnx else rng.randbytes(onnx_size),
     }
-    directory = Path(root) / f"{model}-{seed}"
+    directory = Path(directory or Path(root) / f"{model}-{seed}")
     directory.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, data in contents.items():
@@ -63,22 +66,22 @@ def make_bundle(
         "gate": {"passed": gate_passed, "checks": [{"name": "golden", "passed": gate_passed, "detail": "synthetic"}]},
     }
     if receipts:
-        manifest = passing_receipts(directory, manifest)
-    if blake3:  # as the release action lists them (modelgate.release_tool)
+        manifest = passing_receipts(directory, manifest, test_source)
+    if blake3:  # as the release action lists them (modelgate.receipt_tool)
         manifest["files"] = digests.add_blake3(manifest["files"], {name: directory / name for name in manifest["files"]})
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return directory
 
 
-def passing_receipts(directory: Path, manifest: dict) -> dict:
+def passing_receipts(directory: Path, manifest: dict, test_source: str = "synthetic") -> dict:
     """The manifest with a passing CPU test receipt bound to its build, written into `directory`
     as the release rule writes it (modelgate.receipts)."""
     model = manifest["model"]
     doc = {
         "schema": receipts_lib.RECEIPT_SCHEMA, "target": f"//models/{model}:model_test_cpu", "variant": "cpu",
         "status": "passed", "counts": {"passed": 3, "failed": 0, "error": 0, "skipped": 0, "total": 3},
-        "failures": [], "duration_s": 1.0, "inputs": dict(manifest["inputs"]), "packages": {},
-        "test_files": {f"models/{model}/model_test.py": hashlib.sha256(b"synthetic").hexdigest()},
+        "failures": [], "inputs": dict(manifest["inputs"]), "packages": {},
+        "test_files": {f"models/{model}/model_test.py": hashlib.sha256(test_source.encode()).hexdigest()},
     }  # fmt: skip
     section, bundled = receipts_lib.bind(model, manifest, [doc], {})
     return receipts_lib.attach(directory, manifest, section, bundled)
