@@ -116,14 +116,18 @@ class _Record:
     doc: dict | None = None  # signed, for `key`
 
 
-def _plan_record(registry: Registry, b: bundles.Bundle) -> _Record:
+def _plan_record(registry: Registry, b: bundles.Bundle, load_verifier: Callable[[], None]) -> _Record:
     """Decides, before anything is written, how this bundle's manifest relates to the registry's.
     A build hash names the bytes of what the build made: a bundle whose weights, ONNX file, golden
     data or bundle files differ from the stored build's is refused; one that differs only in its
     receipts or gate results is another release of the same build, recorded under its own
     identity (bundle.release_id), so that a second runner (whose tests re-ran) or a test added
     later can promote a build the registry already holds."""
-    existing = registry.read_checked_build(b.model, b.build_hash)
+    if registry.read_build(b.model, b.build_hash) is None:
+        return _Record("build", None)
+    # What the registry holds decides what is written next: verified first, as fetch verifies it.
+    load_verifier()
+    existing = registry.read_verified_build(b.model, b.build_hash)
     if existing is None:
         return _Record("build", None)
     release = bundles.release_id(b.manifest)
@@ -138,7 +142,11 @@ def _plan_record(registry: Registry, b: bundles.Bundle) -> _Record:
         )
     stored = registry.read_release(b.model, b.build_hash, release)
     if stored is not None:
-        records.check_build(stored, f"release {release[:12]} of {b.model}/{b.build_hash[:12]}", model=b.model, build_hash=b.build_hash)
+        what = f"release {release[:12]} of {b.model}/{b.build_hash[:12]}"
+        signing.verify(stored, registry.verifier.public_key, registry.verifier.setting)
+        records.check_build(stored, what, model=b.model, build_hash=b.build_hash)
+        if bundles.release_id(stored) != release:
+            raise VerificationError(f"the manifest stored as {what} is another release (tampered with)")
         return _Record(None, release)
     return _Record("release", release)
 
@@ -147,7 +155,7 @@ def _store_build(registry: Registry, b: bundles.Bundle, record: _Record) -> str 
     """Writes the planned manifest (create-only: a concurrent promoter of the same release wrote the
     same one); returns the release the tag's event names."""
     if record.key == "build" and not registry.create_build(b.model, b.build_hash, record.doc):
-        if _plan_record(registry, b).key == "release":  # a concurrent first promote of another release
+        if _plan_record(registry, b, lambda: None).key == "release":  # a concurrent first promote of another release
             raise BundleError(f"{b.model} {b.build_hash[:12]}: another release of this build was stored meanwhile; promote again")
     elif record.key == "release":
         registry.create_release(b.model, b.build_hash, record.release, record.doc)
@@ -256,7 +264,7 @@ def promote(
 
     planned, plans = {}, {}
     for b in selected:
-        plans[b.model] = _plan_record(registry, b)  # refuses other bytes under a stored build hash
+        plans[b.model] = _plan_record(registry, b, load_verifier)  # refuses other bytes under a stored build hash
         state = registry.tag_state(b.model, tag)
         planned[b.model] = (state, _decide(registry, b, tag, kind, state, force, load_verifier))
 
