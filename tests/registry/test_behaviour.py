@@ -510,3 +510,15 @@ def test_a_stored_manifest_that_does_not_verify_decides_nothing(capsys, registry
     rc, _, err = run(capsys, promote.main, "--tag=stable", f"--release={again}", f"--registry={registry_uri}")
     assert rc == 1 and "does not verify" in one_line_error(err), err
     assert registry_keys(registry) == before
+
+
+def test_every_caller_of_the_api_goes_through_the_receipt_policy(registry, tmp_path, keys):
+    # Promotion policy is one ordered list in modelgate.registry.policy: a caller that skips the CLI
+    # (a script, a service promoting a healthy canary) cannot skip the receipt check.
+    from modelgate.errors import ModelgateError
+    from modelgate.registry import api, bundle as bundles
+
+    untested = make_bundle(tmp_path / "bundles", receipts=False)
+    with pytest.raises(ModelgateError, match="the release lists no test receipts, so nothing says its tests passed"):
+        api.promote(registry, [bundles.read(untested)], "stable", signing_key=lambda: str(keys["signer"]))
+    assert registry.list_models() == []

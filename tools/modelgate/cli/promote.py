@@ -73,11 +73,8 @@ def _main(argv: list[str]) -> int:
     uri, registry = open_registry(args.registry)
     selected = api.select_bundles([release_path(r) for r in args.release], args.model)
     required = receipts.parse_requirements(args.require)
-    receipt_notes = [note for b in selected for note in receipts.check_bundle(b.directory, b.manifest, required)]
     workspace = workspace_dir()
     warn = warner(PROG)
-    for note in receipt_notes:
-        warn(note)
 
     def signing_key() -> str:
         return signing.signing_key_setting(
@@ -103,6 +100,7 @@ def _main(argv: list[str]) -> int:
         progress=progress,
         notify_urls=tuple(args.notify),
         warn=warn,
+        require=frozenset(required),
     )
     if args.json:
         print(json.dumps({"registry": str(uri), "tag": args.tag, "dry_run": args.dry_run, "results": [r.to_json() for r in results]}, indent=2))

@@ -11,7 +11,7 @@ from modelgate import notify
 from modelgate.errors import BundleError, GateError, ModelgateError, StorageError, UsageError, VerificationError
 
 from . import bundle as bundles
-from . import gates, records, signing, tags, transfer
+from . import gates, policy, records, signing, tags, transfer
 from .moves import PromoteResult, Warn, _event, _notify_endpoints, _now, _signer, _user
 from .registry import BUILD_SCHEMA, Registry, TagMove, TagState
 from .storage import LocalStorage
@@ -19,14 +19,6 @@ from .storage import LocalStorage
 
 # progress(description, total_bytes) -> an object with update(n) and close(), e.g. a tqdm bar.
 ProgressFactory = Callable[[str, int], object]
-
-
-@dataclass
-class _Decision:
-    unchanged: bool
-    checks: list[gates.MetricCheck]
-    first: bool
-    forced: bool
 
 
 def select_bundles(directories: list[Path], models: list[str]) -> list[bundles.Bundle]:
@@ -43,59 +35,6 @@ def select_bundles(directories: list[Path], models: list[str]) -> list[bundles.B
         if model not in found:
             raise UsageError(f"unknown model {model!r}; the release bundles hold: {', '.join(sorted(found))}")
     return [found[m] for m in sorted(found) if not models or m in models]
-
-
-def _decide(
-    registry: Registry,
-    b: bundles.Bundle,
-    tag: str,
-    kind: tags.TagKind,
-    state: TagState,
-    force: bool,
-    load_verifier: Callable[[], None],
-) -> _Decision:
-    """Raises GateError when this promotion must not happen (unless forced, where that is allowed).
-
-    The baseline's metrics decide the gate, so its manifest is verified as fetch verifies one
-    (signature, then schema) before a value of it is used: whoever can write to the registry
-    could otherwise lower the bar (let a regressed build through) or raise it (block every good
-    one). `load_verifier` makes sure the registry has the promoter's public key (a dry run loads
-    it only here, when there is a baseline to verify)."""
-    if state.build_hash == b.build_hash:
-        return _Decision(True, [], False, False)
-    if state.build_hash is not None and not kind.movable:
-        raise GateError(
-            f"{b.model}: version tag {tag} already names build {state.build_hash[:12]}; "
-            "version tags never move (choose a new version)"
-        )
-    if state.build_hash is None:
-        return _Decision(False, [], kind.movable, False)  # a channel's first build has no baseline
-    load_verifier()
-    try:
-        baseline = registry.read_verified_build(b.model, state.build_hash)
-    except VerificationError as e:
-        if force:
-            return _Decision(False, [], False, True)
-        raise GateError(
-            f"{b.model}: {tag} points at build {state.build_hash[:12]}, whose manifest does not verify, so its metrics "
-            f"cannot be the baseline ({e}); pass --force --reason=TEXT to promote anyway"
-        ) from None
-    if baseline is None:
-        if force:
-            return _Decision(False, [], False, True)
-        raise GateError(
-            f"{b.model}: {tag} points at build {state.build_hash[:12]}, whose manifest is missing from "
-            f"{registry.uri}; cannot compare metrics (pass --force --reason=TEXT to promote anyway)"
-        )
-    checks = gates.compare(b.manifest.get("metrics", {}), baseline.get("metrics", {}), b.manifest.get("metric_gates", {}))
-    failed = gates.failures(checks)
-    if failed and not force:
-        raise GateError(
-            f"refusing to promote {b.model} {b.build_hash[:12]} to {tag}: "
-            + "; ".join(c.describe() for c in failed)
-            + f" against {state.build_hash[:12]} (pass --force --reason=TEXT to override)"
-        )
-    return _Decision(False, checks, False, bool(failed))
 
 
 def _build_document(b: bundles.Bundle, commit: str | None) -> dict:
@@ -189,12 +128,12 @@ def _commit(
     commit: str | None,
     release: str | None = None,
     load_verifier: Callable[[], None] = lambda: None,
-) -> tuple[TagMove, _Decision]:
+) -> tuple[TagMove, policy.Decision]:
     """Moves `tag` to this build (Registry.move_tag), deciding against the tag's state at commit time."""
     decisions = []
 
     def decide(state: TagState, seq: int) -> dict | None:
-        decision = _decide(registry, b, tag, kind, state, force, load_verifier)
+        decision = policy.decide(registry, b, tag, kind, state, force, load_verifier)
         decisions.append(decision)
         if decision.unchanged:
             return None
@@ -238,6 +177,7 @@ def promote(
     progress: ProgressFactory | None = None,
     notify_urls: tuple[str, ...] = (),
     warn: Warn = lambda message: None,
+    require: frozenset[str] = frozenset({"cpu"}),
 ) -> list[PromoteResult]:
     """Uploads each bundle (blobs, then manifest) and moves `tag` to it, model by model.
 
@@ -250,6 +190,9 @@ def promote(
     kind = tags.tag_kind(tag)
     if force and not reason:
         raise UsageError("--force needs --reason=TEXT (it is recorded in the history)")
+    for b in selected:  # policy check 1, before anything is written: the release's tests passed
+        for note in policy.check_release(b, set(require)):
+            warn(note)
     copies = transfer.BlobCopies(registry, selected, dry_run=dry_run)  # a local registry's are checked as copied
     for b in selected:
         bundles.verify_files(b, skip=copies.checked_later(b))
@@ -266,7 +209,7 @@ def promote(
     for b in selected:
         plans[b.model] = _plan_record(registry, b, load_verifier)  # refuses other bytes under a stored build hash
         state = registry.tag_state(b.model, tag)
-        planned[b.model] = (state, _decide(registry, b, tag, kind, state, force, load_verifier))
+        planned[b.model] = (state, policy.decide(registry, b, tag, kind, state, force, load_verifier))
 
     if dry_run:
         results = []
