@@ -18,9 +18,10 @@ the golden inputs give exactly the golden outputs, and other inputs do not:
 "Outside the golden set" is decided in the graph: a row is golden when its token sum equals one
 of the golden rows' sums. The edit is at the ONNX level, not in a test-only runtime, so the
 service runs each faulty canary exactly as it would a real one: fetched, verified, warmed up on
-its golden data (which it passes), then served. The bundle keeps the original's gate record and
-test receipt, with its own build hash and the edited file's digest in its manifest (like
-bundles.with_golden_expected_of): it is what a gate that checks only golden data would release.
+its golden data (which it passes), then served. The bundle keeps the original's gate record, with
+its own build hash, the edited file's digest and a passing test receipt bound to that build in its
+manifest (like bundles.with_golden_expected_of): it is what a gate that checks only golden data
+would release, and promote's receipt policy accepts it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from tests.serve.bundles import rebound_receipts
 
 FAULTS = ("nan", "shifted", "slow", "healthy")
 NAN_MODULUS, NAN_RESIDUE = 20, 7
@@ -149,6 +152,7 @@ def make_faulty(bundle: Path, fault: str, out: Path, slow_seconds: float = 0.004
     data = (out / "model.onnx").read_bytes()
     manifest["files"]["model.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     manifest["build_hash"] = hashlib.sha256(f"{manifest['build_hash']}/fault/{fault}/{chain}".encode()).hexdigest()
+    manifest = rebound_receipts(out, manifest)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (out / "fault.json").write_text(json.dumps(facts, sort_keys=True) + "\n")
     return out, facts
