@@ -38,7 +38,7 @@ PROG = "ci"
 INPUTS = {
     "MODELGATE_CI_BASE": "the revision to compare with: origin/<base branch> (pull request), the previous head (main)",
     "MODELGATE_CI_TAG": "the pushed tag, vX.Y.Z or vX.Y.Z-rc.N (release)",
-    "MODELGATE_CI_REPORTS": "where logs and reports go (the workflows upload it); default /tmp/modelgate-ci-reports",
+    "MODELGATE_CI_REPORTS": "where logs and reports go; default $RUNNER_TEMP/ci-reports (the workflows upload it), else /tmp/modelgate-ci-reports",
     "MODELGATE_REGISTRY": "the registry promotions go to, gs://BUCKET/PREFIX (repository variable)",
     "MODELGATE_NOTIFY": "endpoints promote notifies, space-separated (repository variable; optional)",
     "MODELGATE_REMOTE_CACHE": "the team Bazel cache URL (repository variable; optional); tools/bazel reads it",
@@ -51,15 +51,16 @@ INPUTS = {
 GOLDEN_ENV = {
     "MODELGATE_CI_BASE": "origin/main",
     "MODELGATE_CI_TAG": "v0.1.0",
-    "MODELGATE_CI_REPORTS": "/home/runner/work/_temp/ci-reports",
+    "RUNNER_TEMP": "/home/runner/work/_temp",
     "MODELGATE_REGISTRY": "gs://example-modelgate-registry/models",
     "MODELGATE_NOTIFY": "https://serve.example.com/notify",
     "MODELGATE_REMOTE_CACHE": "https://storage.googleapis.com/example-modelgate-bazel-cache",
     "MODELGATE_REQUIRE_GPU": "true",
 }
+# Per event: a push to main compares with the previous head (github.event.before).
+GOLDEN_EVENT_ENV = {"main": {"MODELGATE_CI_BASE": "3f2c1e0d9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e"}}
 # Extra golden cases: (title, event, job, environment overrides).
 GOLDEN_VARIANTS = [
-    ("main push, previous head as base", "main", "gpu", {"MODELGATE_CI_BASE": "3f2c1e0d9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e"}),
     ("release candidate: the version tag only, stable stays", "release", "promote", {"MODELGATE_CI_TAG": "v0.2.0-rc.1"}),
     ("no GPU runner (MODELGATE_REQUIRE_GPU=false)", "main", "promote", {"MODELGATE_REQUIRE_GPU": "false"}),
 ]
@@ -78,7 +79,7 @@ class Command:
     name: str
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
-    always: bool = False  # reports: run even when an earlier command failed
+    always: bool = False  # run even when an earlier command failed (reports, the gates' verdicts)
 
     def line(self) -> str:
         prefix = [f"{k}={shlex.quote(v)}" for k, v in self.env]
@@ -117,7 +118,8 @@ class Inputs:
         return cls(
             base=env.get("MODELGATE_CI_BASE", "").strip(),
             tag=env.get("MODELGATE_CI_TAG", "").strip(),
-            reports=env.get("MODELGATE_CI_REPORTS", "").strip() or "/tmp/modelgate-ci-reports",
+            reports=env.get("MODELGATE_CI_REPORTS", "").strip()
+            or (f"{env['RUNNER_TEMP']}/ci-reports" if env.get("RUNNER_TEMP") else "/tmp/modelgate-ci-reports"),
             registry=env.get("MODELGATE_REGISTRY", "").strip(),
             notify=tuple(env.get("MODELGATE_NOTIFY", "").split()),
             remote_cache=env.get("MODELGATE_REMOTE_CACHE", "").strip(),
@@ -201,9 +203,11 @@ def _pr_test(inputs: Inputs) -> Plan:
         # Read-only team cache; cached tests' logs downloaded too (the reports read them).
         Command("test-affected", ("tools/ci/test_affected.sh", base, f"--targets-out={tests}", "--",
                                   "--remote_download_outputs=toplevel"), env=_cache(write=False)),
-        Command("affected-releases", (CI_PY, "releases", tests, f"--out={releases}")),
-        # The gate (and the receipts it needs) for every model an affected test belongs to.
-        Command("gate-affected", ("bazel", "build", "--config=ci", f"--target_pattern_file={releases}"), env=_cache(write=False)),
+        # The gate (and the receipts it needs) for every model an affected test belongs to; also
+        # after a failing test, so that the report has every gate's verdict.
+        Command("affected-releases", (CI_PY, "releases", tests, f"--out={releases}"), always=True),
+        Command("gate-affected", ("bazel", "build", "--config=ci", f"--target_pattern_file={releases}"),
+                env=_cache(write=False), always=True),
         _reports(inputs, f"--tests={tests}", f"--releases={releases}"),
     ), _setup(inputs, signing=False))  # fmt: skip
 
@@ -274,10 +278,10 @@ def golden_text() -> str:
         "",
     ]
     cases = [(f"{e} {j}", e, j, {}) for e, j in JOBS] + [(t, e, j, o) for t, e, j, o in GOLDEN_VARIANTS]
-    for title, event, job, overrides in cases:
+    for title, event, job, variant in cases:
+        overrides = {**GOLDEN_EVENT_ENV.get(event, {}), **variant}
         env = {**GOLDEN_ENV, **overrides}
-        heading = f"## {event} {job}" if not overrides else f"## {event} {job}: {title}"
-        out.append(heading)
+        out.append(f"## {event} {job}" if not variant else f"## {event} {job}: {title}")
         out += [f"#   {k}={v}" for k, v in overrides.items()]
         out += plan(event, job, Inputs.from_env(env)).lines()
         out.append("")
@@ -294,15 +298,16 @@ def _say(msg: str) -> None:
 class _Secrets:
     """Writes what the secrets give (a cache header, a key file) for the run; removes it after."""
 
-    def __init__(self, env: dict[str, str], signing: bool):
+    def __init__(self, env: dict[str, str], signing: bool, root: Path):
         self.env = env
         self.signing = signing
+        self.root = root
         self.cleanup: list = []
 
     def __enter__(self):
         token = self.env.pop("MODELGATE_REMOTE_CACHE_TOKEN", "")
         if token:
-            rc = ROOT / "user.bazelrc"
+            rc = self.root / "user.bazelrc"
             before = rc.read_text() if rc.exists() else None
             rc.write_text((before or "") + f"\nbuild:remote-cache --remote_header=Authorization=Bearer {token}\n")
             self.cleanup.append(lambda: rc.write_text(before) if before is not None else rc.unlink(missing_ok=True))
@@ -325,7 +330,9 @@ class _Secrets:
             undo()
 
 
-def run_plan(p: Plan, inputs: Inputs) -> int:
+def run_plan(p: Plan, inputs: Inputs, root: Path = ROOT) -> int:
+    """Runs the commands in order in `root`, each one's output also in REPORTS/logs/NN-name.log;
+    after a failure only the `always` ones run. Exit 0 when every command passed, else 1."""
     reports = Path(inputs.reports)
     logs = reports / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -334,7 +341,7 @@ def run_plan(p: Plan, inputs: Inputs) -> int:
     timings: list[str] = []
     signing = any(c.name.startswith("promote-") for c in p.commands)
     start_all = time.monotonic()
-    with _Secrets(env, signing):
+    with _Secrets(env, signing, root):
         for i, c in enumerate(p.commands, 1):
             if failed and not c.always:
                 _say(f"skipped {c.name} (after a failure): {c.line()}")
@@ -345,7 +352,7 @@ def run_plan(p: Plan, inputs: Inputs) -> int:
             with log.open("w") as f:
                 f.write(f"$ {c.line()}\n")
                 f.flush()
-                proc = subprocess.Popen(list(c.argv), cwd=ROOT, env={**env, **dict(c.env)},
+                proc = subprocess.Popen(list(c.argv), cwd=root, env={**env, **dict(c.env)},
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
                 for chunk in iter(lambda: proc.stdout.readline(), b""):
                     sys.stdout.buffer.write(chunk)
@@ -393,10 +400,10 @@ def known_models() -> list[str]:
     return sorted(p.parent.name for p in (ROOT / "models").glob("*/BUILD.bazel"))
 
 
-def collect_reports(out: Path, tests: list[str], releases: list[str], every_test: bool) -> list[Path]:
+def collect_reports(out: Path, tests: list[str], releases: list[str], every_test: bool, root: Path = ROOT) -> list[Path]:
     """Copies the test logs (test.xml, test.log) and the release manifests into `out`."""
     copied = []
-    testlogs = ROOT / "bazel-testlogs"
+    testlogs = root / "bazel-testlogs"
     if every_test and testlogs.exists():
         dirs = sorted({p.parent for p in testlogs.glob("**/test.xml")} | {p.parent for p in testlogs.glob("**/test.log")})
     else:
@@ -411,7 +418,7 @@ def collect_reports(out: Path, tests: list[str], releases: list[str], every_test
                 copied.append(dst)
     for label in releases:
         package = label[2:].split(":")[0]
-        bundle = ROOT / "bazel-bin" / package / "release"
+        bundle = root / "bazel-bin" / package / "release"
         for src in sorted(bundle.glob("*.json")) if bundle.is_dir() else []:
             dst = out / "releases" / package / src.name
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -420,12 +427,12 @@ def collect_reports(out: Path, tests: list[str], releases: list[str], every_test
     return copied
 
 
-def check_release_tag(tag: str, on: str) -> str:
+def check_release_tag(tag: str, on: str, root: Path = ROOT) -> str:
     if not VERSION_TAG.match(tag):
         raise CIError(f"tag {tag!r} is not a version (vX.Y.Z or vX.Y.Z-rc.N)")
 
     def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
 
     commit = git("rev-parse", "--verify", "--quiet", f"{tag}^{{commit}}")
     if commit.returncode:
