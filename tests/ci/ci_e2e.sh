@@ -76,6 +76,7 @@ export MODELGATE_NOTIFY="http://127.0.0.1:$notify_port/notify"
 export MODELGATE_REQUIRE_GPU=false
 export STORAGE_EMULATOR_HOST="http://127.0.0.1:$gcs_port"
 export MODELGATE_PUBLIC_KEY="$work/signing.pub"
+export MODELGATE_NOTIFY_SECRET=ci-e2e-notify-secret
 entries() { find "$work/cache" -path '*/ac/*' -type f 2>/dev/null | wc -l; }
 
 # run_ci NAME SCRIPT JOB: runs it with its reports in $work/reports/NAME; prints its wall time.
@@ -95,11 +96,13 @@ echo "# a reviewer's comment" >>"$ws/models/image_cnn/model_test.py"
 git -C "$ws" commit -qam "image_cnn: a comment in its test"
 before=$(entries)
 MODELGATE_CI_BASE=origin/main run_ci pr pull_request.sh test && ok "pull_request.sh test passed" || bad "pull_request.sh test failed (log: $work/pr.log)"
+echo "   tests: $(grep -E '^//[^ ]+ +(\(cached\) )?(PASSED|FAILED)' "$work/pr.log" | awk '{print $1" "$(NF-2)}' | paste -sd, -)"
 tests_file="$work/reports/pr/affected_tests.txt"
 echo "   affected: $(paste -sd' ' "$tests_file")"
 grep -qx '//models/image_cnn:model_test_cpu' "$tests_file" && ! grep -q 'sequence_rnn\|tiny_transformer\|minilm' "$tests_file" &&
   ok "only image_cnn's tests" || bad "unexpected affected tests"
 [[ "$(cat "$work/reports/pr/affected_releases.txt")" == "//models/image_cnn:release" ]] && ok "gate built for image_cnn only" || bad "gates: $(cat "$work/reports/pr/affected_releases.txt")"
+grep -qE 'ci: gate-affected: exit 0' "$work/pr.log" && ok "image_cnn's release built (gate and receipts passed)" || bad "image_cnn's release did not build"
 grep -q 'model_test_cpu .*PASSED' "$work/pr.log" && ok "image_cnn's model test ran and passed" || bad "no passing image_cnn model test in the log"
 [[ $(entries) -eq $before ]] && ok "the team cache was not written ($before entries)" || bad "the pull request wrote $(( $(entries) - before )) cache entries"
 [[ -s "$work/reports/pr/releases/models/image_cnn/manifest.json" && -n "$(find "$work/reports/pr/testlogs" -name test.xml)" ]] &&
@@ -110,12 +113,12 @@ git -C "$ws" checkout -q main && git -C "$ws" merge -q --ff-only pr && git -C "$
 before=$(entries)
 MODELGATE_CI_BASE="$(git -C "$ws" rev-parse HEAD~1)" run_ci main-test main.sh test && ok "main.sh test passed" || bad "main.sh test failed (log: $work/main-test.log)"
 echo "   $(grep -E '^INFO: [0-9]+ processes' "$work/main-test.log" | tail -1)"
-echo "   $(grep -cE '^//[^ ]+ +(\(cached\) )?PASSED' "$work/main-test.log") tests passed"
+echo "   $(grep -cE '^//[^ ]+ +(\(cached\) )?PASSED' "$work/main-test.log") tests passed; failed: $(grep -E '^//[^ ]+ +(\(cached\) )?FAILED' "$work/main-test.log" | awk '{print $1}' | paste -sd' ')"
 echo "   team cache: $before -> $(entries) action entries"
 MODELGATE_SIGNING_KEY_PEM="$(cat "$work/signing.pem")" run_ci main-promote main.sh promote && ok "main.sh promote passed" || bad "main.sh promote failed (log: $work/main-promote.log)"
 grep -E '^(promoted|would promote|[a-z_]+: canary already)' "$work/main-promote.log" | sed 's/^/   | /'
 [[ $(grep -c '^promoted .* to canary' "$work/main-promote.log") -eq 4 ]] && ok "4 models promoted to canary" || bad "not 4 canary promotions"
-[[ $(grep -c '"tag": *"canary"' "$work/notifications" 2>/dev/null || echo 0) -ge 1 ]] && ok "the notify endpoint got $(wc -l <"$work/notifications") notification(s)" || bad "no canary notification"
+[[ $(grep -c '"tag": *"canary"' "$work/notifications" 2>/dev/null) -eq 4 ]] && ok "the notify endpoint got 4 canary notifications, e.g. $(head -c 160 "$work/notifications")" || bad "not 4 canary notifications"
 ! find /tmp -maxdepth 1 -name 'modelgate-signing-*.pem' -newer "$work/signing.pem" | grep -q . && ok "the signing key file was removed" || bad "a signing key file was left in /tmp"
 
 echo "== 3. version tag v0.1.0 on main"
@@ -124,6 +127,8 @@ MODELGATE_CI_TAG=v0.1.0 MODELGATE_SIGNING_KEY_PEM="$(cat "$work/signing.pem")" r
 grep -E '^(promoted|[a-z_]+: stable already)' "$work/release.log" | sed 's/^/   | /'
 [[ $(grep -c '^promoted .* to v0.1.0 .*uploaded 0 B in 0 file' "$work/release.log") -eq 4 ]] && ok "v0.1.0: the canary builds, nothing uploaded again" || bad "v0.1.0 promotions not as expected"
 [[ $(grep -c '^promoted .* to stable' "$work/release.log") -eq 4 ]] && ok "4 models promoted to stable" || bad "not 4 stable promotions"
+[[ $(grep -c '"tag": *"stable"' "$work/notifications") -eq 4 && $(grep -c '"tag": *"v0.1.0"' "$work/notifications") -eq 4 ]] &&
+  ok "notified: 4 for v0.1.0, 4 for stable" || bad "v0.1.0 / stable notifications missing"
 sed -n '/registry -- ls/,$p' "$work/release.log" | grep -E '^[a-z_]+ |^ ' | head -12 | sed 's/^/   | /'
 
 echo "== 4. a tag that is not on main is refused"

@@ -45,6 +45,7 @@ INPUTS = {
     "MODELGATE_REQUIRE_GPU": "true (default): GPU tests run on the `gpu` runner and promotion demands their receipts",
     "MODELGATE_REMOTE_CACHE_TOKEN": "secret, from google-github-actions/auth: a bearer token for the cache (never printed)",
     "MODELGATE_SIGNING_KEY_PEM": "secret: the EC private key promotions are signed with (never printed)",
+    "MODELGATE_NOTIFY_SECRET": "secret: the HMAC key of promote's notifications (read by promote itself)",
 }
 
 # The environment the golden file is generated under: what a real run on GitHub sees.
