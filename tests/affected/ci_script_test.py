@@ -89,3 +89,13 @@ def test_a_failing_affected_tests_everything_and_the_test_exit_code_is_kept(ci):
 def test_usage(ci):
     proc, calls = ci()
     assert proc.returncode == 2 and "usage: tools/ci/test_affected.sh BASE" in proc.stderr and calls == []
+
+
+def test_targets_out_keeps_the_labels_it_tested(ci, tmp_path):
+    out = tmp_path / "reports/affected.txt"
+    proc, _ = ci("origin/main", f"--targets-out={out}", affected="//models/a:model_test_cpu\n")
+    assert proc.returncode == 0 and out.read_text() == "//models/a:model_test_cpu\n"
+    proc, _ = ci("origin/main", f"--targets-out={out}", AFFECTED_FAILS="1")
+    assert out.read_text() == "//...\n"
+    ci("origin/main", f"--targets-out={out}", affected="")
+    assert out.read_text() == ""
