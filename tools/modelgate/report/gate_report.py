@@ -116,3 +116,40 @@ def failure_report(spec, model, export_dir, export_manifest: dict, golden_dir, c
     )
     path = failed_dir() / spec.name / f"gate-{str(export_manifest.get('build_hash'))[:12]}.html"
     return render.write(path, render.gate_page(data))
+
+
+def golden_test_report(spec, golden, outputs: dict, *, dtype: str = "float32", device: str = "cpu", note: str = "") -> dict:
+    """A golden test's report: each output against golden data (tolerance band, heat map, worst rows)."""
+    section = golden_section(golden, outputs, dtype=dtype, device=device, note=note)
+    failed = [o["name"] for o in section["outputs"] if not o["passed"]]
+    provenance = golden.provenance or {}
+    return {
+        "kind": "golden",
+        "model": spec.name,
+        "build_hash": provenance.get("build_hash"),
+        "passed": not failed,
+        "title": f"Golden test {'passed' if not failed else 'FAILED'}: {spec.name} ({dtype} on {device})",
+        "failed_checks": [f"golden {name}" for name in failed],
+        "checks": [],
+        "golden": section,
+        "metrics": None,
+        "onnx": None,
+        "receipts": [],
+        "receipts_note": "A golden test's page: the release's review page lists the receipts.",
+        "lineage": None,
+        "generated_by": f"golden test of {spec.name} (golden data made by build {str(provenance.get('build_hash'))[:12]} on {provenance.get('cpu', 'unknown CPU')})",
+    }
+
+
+def write_golden_test_report(spec, golden, outputs: dict, *, dtype: str = "float32", device: str = "cpu") -> tuple[Path, str]:
+    """Writes the golden test's page into the test's undeclared outputs ($TEST_UNDECLARED_OUTPUTS_DIR:
+    kept by Bazel when the test fails, uploaded by CI), else under the failed-report directory.
+    Returns (path written, path to show a person)."""
+    from . import render
+
+    directory = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR")
+    name = f"golden_report.{spec.name}.{device}.{dtype}.html"
+    path = Path(directory) / name if directory else failed_dir() / spec.name / name
+    render.write(path, render.gate_page(golden_test_report(spec, golden, outputs, dtype=dtype, device=device)))
+    display = os.environ.get("MODELGATE_REPORT_DISPLAY_DIR")
+    return path, (f"{display}/{name}" if display and directory else str(path))
