@@ -62,6 +62,7 @@ def open_page(b, url: str, *, width: int = 1280, height: int = 900):
     """A fresh page at `url` and the Watch of what it did."""
     context = b.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
+    page.set_default_timeout(5000)  # a static page: what is not there in 5 s is not coming
     watch = Watch(url)
     page.on("console", lambda m: watch.console_errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: watch.page_errors.append(str(e)))
