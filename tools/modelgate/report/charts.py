@@ -39,7 +39,7 @@ def _pyplot():
 def _svg(fig) -> str:
     plt = _pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "modelgate"})
+    fig.savefig(buf, format="svg", bbox_inches="tight", dpi=110, metadata={"Date": None, "Creator": "modelgate"})
     plt.close(fig)
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -60,8 +60,10 @@ def output_scatter(section: dict) -> str | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.2))
     lo, hi = float(min(e.min(), a.min())), float(max(e.max(), a.max()))
     left.plot([lo, hi], [lo, hi], color="#888", lw=0.8, zorder=1)
-    left.scatter(e[~bad], a[~bad], s=6, color="#2b7bba", label="within tolerance", zorder=2)
-    left.scatter(e[bad], a[bad], s=9, color="#d62728", label="outside", zorder=3)
+    # Points as one embedded raster (axes, labels and the band stay vector): a page with thousands
+    # of points stays small (minilm's went from 703 KiB of SVG paths).
+    left.scatter(e[~bad], a[~bad], s=6, color="#2b7bba", label="within tolerance", zorder=2, rasterized=True)
+    left.scatter(e[bad], a[bad], s=9, color="#d62728", label="outside", zorder=3, rasterized=True)
     left.set_xlabel("expected (golden)")
     left.set_ylabel("actual")
     left.set_title("expected vs actual")
@@ -69,8 +71,8 @@ def output_scatter(section: dict) -> str | None:
     band = atol + rtol * np.abs(grid)
     right.fill_between(grid, -band, band, color="#2ca02c", alpha=0.25, label=f"tolerance (atol {atol:g}, rtol {rtol:g})")
     right.axhline(0, color="#888", lw=0.8)
-    right.scatter(e[~bad], (a - e)[~bad], s=6, color="#2b7bba", zorder=2)
-    right.scatter(e[bad], (a - e)[bad], s=9, color="#d62728", zorder=3)
+    right.scatter(e[~bad], (a - e)[~bad], s=6, color="#2b7bba", zorder=2, rasterized=True)
+    right.scatter(e[bad], (a - e)[bad], s=9, color="#d62728", zorder=3, rasterized=True)
     right.set_xlabel("expected")
     right.set_ylabel("actual − expected")
     right.set_title("error and tolerance band")
