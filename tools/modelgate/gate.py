@@ -13,7 +13,8 @@ Checks, each reported with its numbers:
            within its tolerances, and the declared text front end giving the same inputs as the
            model's own on sample texts (and refusing the same over-long text)
 On success writes the release manifest (the export manifest plus the gate's verdict); on failure
-writes nothing and says which check failed and by how much.
+writes no manifest, says which check failed and by how much, and writes its report
+(modelgate.report) outside the sandbox, naming it in the error's first line.
 """
 
 from __future__ import annotations
