@@ -411,7 +411,7 @@ def test_train_uploads_the_checkpoint_and_pins_it_with_the_metric_change(tmp_pat
     assert pin.sources == (blob.as_uri(),)
     assert pin.metrics == {"accuracy": 0.8} and pin.provenance["numerics"] == "native"
     assert pin.provenance["device"].startswith("cpu") and pin.provenance["command"] == "bazel run //models/toy:train"
-    assert "accuracy 0.8000  (no previous pin)" in out and "new pin" in out
+    assert "accuracy 0.8  (no previous pin)" in out and "new pin" in out
 
     # Trained again, differently: a new digest, and the change against the pin it replaces.
     spec = ModelSpec(**{**spec.__dict__, "train": _scaling_train(3.0)})
@@ -419,7 +419,7 @@ def test_train_uploads_the_checkpoint_and_pins_it_with_the_metric_change(tmp_pat
     out = capsys.readouterr().out
     again = checkpoints.read_pin(workspace / PIN, PIN, "toy")
     assert again.sha256 != pin.sha256 and f"(was {pin.sha256[:12]})" in out
-    assert "accuracy 0.7000  (was 0.8000, -0.1000, worse)" in out
+    assert "accuracy 0.7  (was 0.8, -0.1, worse)" in out
 
     # The checkpoint it pinned is what an export of the pin writes.
     fetched = checkpoints.fetch(again)

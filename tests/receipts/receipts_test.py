@@ -159,7 +159,7 @@ def test_the_release_action_writes_the_manifest_and_refuses_in_one_line(tmp_path
     assert f"release {MODEL}: receipt r0.receipt.json is not readable JSON" in garbled.stderr
 
 
-def _release_tool(tmp_path, weights: bytes, listed: bytes, *extra):
+def _receipt_tool(tmp_path, weights: bytes, listed: bytes, *extra):
     """The release action's tool (receipts bound, then each file's blake3 listed) on a gate
     manifest that lists `listed` as the weights, with `weights` as the file."""
     gate = tmp_path / "release.gate.json"
@@ -168,7 +168,7 @@ def _release_tool(tmp_path, weights: bytes, listed: bytes, *extra):
     (tmp_path / "release").mkdir(exist_ok=True)
     (tmp_path / "weights.bin").write_bytes(weights)
     (tmp_path / "r.receipt.json").write_text(json.dumps(receipt()))
-    argv = [sys.executable, str(ROOT / "tools/modelgate/release_tool.py"), "bind", "--model", MODEL, "--gate-manifest", str(gate),
+    argv = [sys.executable, str(ROOT / "tools/modelgate/receipt_tool.py"), "bind", "--model", MODEL, "--gate-manifest", str(gate),
             "--out", str(tmp_path / "release/manifest.json"), f"--receipt={tmp_path / 'r.receipt.json'}",
             f"--file=weights.safetensors={tmp_path / 'weights.bin'}", *extra]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -178,7 +178,7 @@ def _release_tool(tmp_path, weights: bytes, listed: bytes, *extra):
 def test_the_release_manifest_lists_each_files_blake3_beside_its_sha256(tmp_path):
     from blake3 import blake3
 
-    ok = _release_tool(tmp_path, b"weights v1", b"weights v1")
+    ok = _receipt_tool(tmp_path, b"weights v1", b"weights v1")
     assert ok.returncode == 0, ok.stderr
     manifest = json.loads((tmp_path / "release/manifest.json").read_text())
     assert manifest["files"]["weights.safetensors"] == {
@@ -189,13 +189,13 @@ def test_the_release_manifest_lists_each_files_blake3_beside_its_sha256(tmp_path
 
 
 def test_the_release_refuses_a_file_that_is_not_the_one_the_gate_listed(tmp_path):
-    changed = _release_tool(tmp_path, b"weights v2", b"weights v1")
+    changed = _receipt_tool(tmp_path, b"weights v2", b"weights v1")
     assert changed.returncode == 1 and "Traceback" not in changed.stderr
     assert changed.stderr.strip().splitlines() == [
         f"release {MODEL} refused: weights.safetensors does not match the manifest (size 10 vs 10, sha256 "
         f"{hashlib.sha256(b'weights v2').hexdigest()[:12]} vs {hashlib.sha256(b'weights v1').hexdigest()[:12]})"
     ]
-    missing = _release_tool(tmp_path, b"weights v1", b"weights v1", f"--file=weights.safetensors={tmp_path / 'nowhere'}")
+    missing = _receipt_tool(tmp_path, b"weights v1", b"weights v1", f"--file=weights.safetensors={tmp_path / 'nowhere'}")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines() == [f"release {MODEL}: cannot read {tmp_path / 'nowhere'}: No such file or directory"]
 

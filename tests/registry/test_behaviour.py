@@ -492,3 +492,21 @@ def test_a_bundle_with_other_weights_under_a_stored_build_hash_is_refused(capsys
     line = one_line_error(err)
     assert f"already holds build {build_hash(first)[:12]} of tiny_transformer with other bytes for weights.safetensors" in line
     assert registry_keys(registry) == before
+
+
+def test_a_stored_manifest_that_does_not_verify_decides_nothing(capsys, registry_uri, registry, tmp_path):
+    # Whether a bundle is another release of a stored build is decided from the stored manifest:
+    # one edited behind the registry's back is refused before anything is written, not compared.
+    from modelgate.testing.cli import overwrite
+
+    first = make_bundle(tmp_path / "bundles", directory=tmp_path / "first")
+    again = make_bundle(tmp_path / "bundles", directory=tmp_path / "again", test_source="a test added later")
+    promote_ok(capsys, registry_uri, first, tag="canary")
+    key = Registry.build_key("tiny_transformer", build_hash(first))
+    doc = json.loads(registry.storage.read(key))
+    doc["metrics"]["accuracy"] = 0.5
+    overwrite(registry, key, canonical_json(doc))
+    before = registry_keys(registry)
+    rc, _, err = run(capsys, promote.main, "--tag=stable", f"--release={again}", f"--registry={registry_uri}")
+    assert rc == 1 and "does not verify" in one_line_error(err), err
+    assert registry_keys(registry) == before

@@ -17,9 +17,10 @@ RELEASES = Path(os.environ["MODELGATE_RELEASES"])
 LOCK = Path(os.environ["MODELGATE_LOCK"])
 MODELS = sorted(os.environ["MODELGATE_MODELS"].split(","))  # models/models.bzl's list
 # Imported by the export tooling and every model (through //tools:spec and //tools:export).
-EVERY_MODEL_NEEDS = {"torch", "numpy", "onnx", "onnxruntime", "onnxscript", "safetensors", "filelock", "sympy"}
-# Used by the registry, the service or the tests, never by a model's export.
-NO_MODEL_NEEDS = {"httpx", "hypothesis", "fastapi", "uvicorn", "pytest", "google-cloud-storage", "pip-tools", "pip"}
+EVERY_MODEL_NEEDS = {"torch", "numpy", "onnx", "onnxscript", "safetensors", "filelock", "sympy"}
+# Used by the registry, the service, the release gate (onnxruntime: the gate and the service run
+# model.onnx on it; it makes no weights) or the tests, never by a model's export.
+NO_MODEL_NEEDS = {"httpx", "hypothesis", "fastapi", "uvicorn", "pytest", "google-cloud-storage", "pip-tools", "pip", "onnxruntime"}
 
 
 def manifests():

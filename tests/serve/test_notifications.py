@@ -36,3 +36,20 @@ def test_refusals_and_their_status_codes():
     assert "ago" in guard.check(body, headers(body, 4000)).reason
     assert "in the future" in guard.check(body, headers(body, 6000)).reason
     assert NotificationGuard(None).check(body, headers(body, 5000)).status == 503
+
+
+def test_a_notification_signed_before_the_service_started_is_refused():
+    """A replay across a restart: the new process has an empty replay cache, so it refuses
+    everything signed in a second before its own start (its startup check has read the registry since)."""
+    now = [1_000_000.4]
+    before = NotificationGuard(SECRET, tolerance_s=300, clock=lambda: now[0])
+    body = b'{"model":"m","tag":"stable"}'
+    captured = headers(body, now[0] + 10)
+    now[0] += 10
+    assert before.check(body, captured).status == 200
+    now[0] += 20  # restarted 20 s later, well within the 300 s freshness window
+    after = NotificationGuard(SECRET, tolerance_s=300, clock=lambda: now[0])
+    verdict = after.check(body, captured)
+    assert verdict.status == 403 and "20 s before this service started" in verdict.reason
+    assert after.check(body, headers(body, now[0])).status == 200  # signed in the second it started: accepted
+    assert after.check(b"{}", headers(b"{}", now[0] - 1)).status == 403

@@ -38,6 +38,17 @@ from rows import Bench, ROWS
 from runner import SRC, log
 
 
+# Sections of BENCHMARKS.md that other benchmarks write (tools/bench/serving_bench.py, ...) start
+# with this heading; a run of this one rewrites its own part and keeps theirs.
+OTHER_BENCHMARKS = "\n## Recorded by other benchmarks\n"
+
+
+def carried_over(out: Path) -> str:
+    text = out.read_text() if out.is_file() else ""
+    at = text.find(OTHER_BENCHMARKS)
+    return text[at:] if at >= 0 else ""
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="tools/bench/run", description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows to run (default: all of {','.join(ROWS)})")
@@ -74,7 +85,7 @@ def main() -> int:
     print()
     print(bench.where_the_time_goes())
     if out:
-        out.write_text(report)
+        out.write_text(report + carried_over(out))
         log(f"wrote {out}")
     if created and not args.keep:
         shutil.rmtree(args.work, ignore_errors=True)

@@ -71,6 +71,10 @@ def _print_show(info: dict) -> None:
         pending = "  (pointer update pending; the next promote completes it)" if t["pending"] else ""
         if t.get("problem"):
             pending += f"  (PROBLEM: {t['problem']})"
+        if detail.get("problem"):
+            pending += f"  (PROBLEM: {detail['problem']}; its metrics are not shown)"
+        elif detail.get("verified") is None and t["build_hash"]:
+            pending += "  (manifest not verified: no public key)"
         print(f"  {tag:<14} {short(t['build_hash'])}  since {t['since']}  {_metrics(detail.get('metrics', {}))}{commit}{pending}")
         for line in receipts.describe(detail.get("tests") or {}) or ["no test receipts (built before receipts)"]:
             print(f"  {'':<14} tested: {line}")
@@ -106,9 +110,10 @@ def _main(argv: list[str]) -> int:
             print(json.dumps(info, indent=2))
         else:
             _print_show(info)
-        problems = [f"{tag}: {t['problem']}" for tag, t in sorted(info["tags"].items()) if t.get("problem")]
+        problems = [f"tag {tag}: {t['problem']}" for tag, t in sorted(info["tags"].items()) if t.get("problem")]
+        problems += [f"build {h[:12]}: {d['problem']}" for h, d in sorted(info["tagged_builds"].items()) if d.get("problem")]
         for problem in problems:
-            print(f"{PROG}: tag {problem}", file=sys.stderr)
+            print(f"{PROG}: {problem}", file=sys.stderr)
         if problems:
             return 1
     elif args.command == "report":

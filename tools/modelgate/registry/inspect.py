@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modelgate import receipts
-from modelgate.errors import model_not_in_registry
+from modelgate.errors import VerificationError, model_not_in_registry
 
 from . import tags
 from .registry import Registry
@@ -50,16 +50,33 @@ def show(registry: Registry, model: str) -> dict:
             "problem": state.problem,
         }
         if state.build_hash and state.build_hash not in details:
-            doc = registry.read_checked_build(model, state.build_hash) or {}
-            info = doc.get("registry") or {}
-            details[state.build_hash] = {
-                "metrics": doc.get("metrics", {}),
-                "git_commit": info.get("git_commit"),
-                "created_at": info.get("created_at"),
-                "files": {name: spec["size"] for name, spec in doc.get("files", {}).items()},
-                "tests": receipts.summary(doc),
-            }
+            details[state.build_hash] = _build_details(registry, model, state.build_hash)
     return {"model": model, "registry": registry.uri, "tags": shown_tags, "builds": len(builds), "tagged_builds": details}
+
+
+def _build_details(registry: Registry, model: str, build_hash: str) -> dict:
+    """What show prints about a tagged build. With a public key its manifest is verified first,
+    as fetch verifies it; one that does not verify is marked (verified: false, problem) and
+    nothing it says is shown. Without a key: verified is None (its schema only was checked)."""
+    problem = None
+    if registry.verifier is not None:
+        try:
+            doc = registry.read_verified_build(model, build_hash) or {}
+        except VerificationError as e:
+            doc, problem = {}, str(e)
+        verified = problem is None
+    else:
+        doc, verified = registry.read_checked_build(model, build_hash) or {}, None
+    info = doc.get("registry") or {}
+    return {
+        "verified": verified,
+        "problem": problem,
+        "metrics": doc.get("metrics", {}),
+        "git_commit": info.get("git_commit"),
+        "created_at": info.get("created_at"),
+        "files": {name: spec["size"] for name, spec in doc.get("files", {}).items()},
+        "tests": receipts.summary(doc) if doc else {},
+    }
 
 
 def history(registry: Registry, model: str) -> list[dict]:

@@ -9,10 +9,12 @@ touched, so a sweep cannot break a slow promote or fetch running next to it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -102,6 +104,61 @@ def sweep(directory: Path, pattern: re.Pattern) -> int:
         if pattern.fullmatch(entry.name) and is_abandoned(path):
             freed += remove(path)
     return freed
+
+
+def sweep_files(directory: Path, pattern: re.Pattern) -> int:
+    """Removes the abandoned temporary *files* in `directory` whose names match `pattern` (which
+    must capture the writer's pid as its first group); returns the bytes freed. Nothing is
+    followed: `directory` is opened with O_NOFOLLOW (a symbolic link there sweeps nothing), and
+    every entry is looked at, opened and removed relative to that open directory, so that
+    replacing a name with a link or a directory meanwhile makes the entry skipped, not followed.
+    Only regular files are removed; directories, links, FIFOs and the like are left alone."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    freed = 0
+    try:
+        for entry in os.scandir(dir_fd):
+            if pattern.fullmatch(entry.name):
+                freed += _sweep_file(dir_fd, entry.name)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+    return freed
+
+
+def _sweep_file(dir_fd: int, name: str) -> int:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return 0
+    if not stat.S_ISREG(st.st_mode):
+        return 0
+    match = _PID.search(name)
+    if match and _pid_alive(int(match.group(1))) and time.time() - st.st_mtime < STALE_AFTER_S:
+        return 0
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return 0
+    try:
+        held = os.fstat(fd)
+        if not stat.S_ISREG(held.st_mode) or (held.st_dev, held.st_ino) != (st.st_dev, st.st_ino):
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return 0  # its writer still holds it
+            raise
+        os.unlink(name, dir_fd=dir_fd)  # still holding the lock: no writer can take it meanwhile
+        return held.st_size
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 class Held:

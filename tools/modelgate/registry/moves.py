@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from modelgate.errors import UsageError
+from modelgate.errors import ModelgateError, UsageError
 
 from . import gates, signing
-from .registry import EVENT_SCHEMA, Registry
+from .registry import EVENT_SCHEMA, NOTIFY_CONFIG, Registry
 
 
 Warn = Callable[[str], None]
@@ -105,3 +105,15 @@ def _signer(registry: Registry, signing_key: Callable[[], str] | None, warn: War
     if registry.signer is None:
         registry.use_keys(signer=signing.RecordSigner(signing_key()))
     return registry.signer
+
+
+def _notify_endpoints(registry: Registry, notify_urls: tuple[str, ...], warn: Warn) -> list[str]:
+    """--notify URLs plus the registry's config/notify.json. The configuration is only about who
+    hears of a move, never whether it happens: one that cannot be read (malformed, too large, not
+    a regular file, unreachable) is a warning, and its endpoints are not notified (the service
+    polls). So a move that has committed is never reported as a failure because of it."""
+    try:
+        return list(notify_urls) + registry.notify_endpoints()
+    except ModelgateError as e:
+        warn(f"not notifying the endpoints of {NOTIFY_CONFIG}: {e}; the service will poll")
+        return list(notify_urls)

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Callable
 
 from modelgate import notify
-from modelgate.errors import BundleError, GateError, ModelgateError, StorageError, UsageError
+from modelgate.errors import BundleError, GateError, ModelgateError, StorageError, UsageError, VerificationError
 
 from . import bundle as bundles
 from . import gates, records, signing, tags, transfer
-from .moves import PromoteResult, Warn, _event, _now, _signer, _user
+from .moves import PromoteResult, Warn, _event, _notify_endpoints, _now, _signer, _user
 from .registry import BUILD_SCHEMA, Registry, TagMove, TagState
 from .storage import LocalStorage
 
@@ -46,9 +46,21 @@ def select_bundles(directories: list[Path], models: list[str]) -> list[bundles.B
 
 
 def _decide(
-    registry: Registry, b: bundles.Bundle, tag: str, kind: tags.TagKind, state: TagState, force: bool
+    registry: Registry,
+    b: bundles.Bundle,
+    tag: str,
+    kind: tags.TagKind,
+    state: TagState,
+    force: bool,
+    load_verifier: Callable[[], None],
 ) -> _Decision:
-    """Raises GateError when this promotion must not happen (unless forced, where that is allowed)."""
+    """Raises GateError when this promotion must not happen (unless forced, where that is allowed).
+
+    The baseline's metrics decide the gate, so its manifest is verified as fetch verifies one
+    (signature, then schema) before a value of it is used: whoever can write to the registry
+    could otherwise lower the bar (let a regressed build through) or raise it (block every good
+    one). `load_verifier` makes sure the registry has the promoter's public key (a dry run loads
+    it only here, when there is a baseline to verify)."""
     if state.build_hash == b.build_hash:
         return _Decision(True, [], False, False)
     if state.build_hash is not None and not kind.movable:
@@ -58,7 +70,16 @@ def _decide(
         )
     if state.build_hash is None:
         return _Decision(False, [], kind.movable, False)  # a channel's first build has no baseline
-    baseline = registry.read_checked_build(b.model, state.build_hash)
+    load_verifier()
+    try:
+        baseline = registry.read_verified_build(b.model, state.build_hash)
+    except VerificationError as e:
+        if force:
+            return _Decision(False, [], False, True)
+        raise GateError(
+            f"{b.model}: {tag} points at build {state.build_hash[:12]}, whose manifest does not verify, so its metrics "
+            f"cannot be the baseline ({e}); pass --force --reason=TEXT to promote anyway"
+        ) from None
     if baseline is None:
         if force:
             return _Decision(False, [], False, True)
@@ -95,14 +116,18 @@ class _Record:
     doc: dict | None = None  # signed, for `key`
 
 
-def _plan_record(registry: Registry, b: bundles.Bundle) -> _Record:
+def _plan_record(registry: Registry, b: bundles.Bundle, load_verifier: Callable[[], None]) -> _Record:
     """Decides, before anything is written, how this bundle's manifest relates to the registry's.
     A build hash names the bytes of what the build made: a bundle whose weights, ONNX file, golden
     data or bundle files differ from the stored build's is refused; one that differs only in its
     receipts or gate results is another release of the same build, recorded under its own
     identity (bundle.release_id), so that a second runner (whose tests re-ran) or a test added
     later can promote a build the registry already holds."""
-    existing = registry.read_checked_build(b.model, b.build_hash)
+    if registry.read_build(b.model, b.build_hash) is None:
+        return _Record("build", None)
+    # What the registry holds decides what is written next: verified first, as fetch verifies it.
+    load_verifier()
+    existing = registry.read_verified_build(b.model, b.build_hash)
     if existing is None:
         return _Record("build", None)
     release = bundles.release_id(b.manifest)
@@ -117,7 +142,11 @@ def _plan_record(registry: Registry, b: bundles.Bundle) -> _Record:
         )
     stored = registry.read_release(b.model, b.build_hash, release)
     if stored is not None:
-        records.check_build(stored, f"release {release[:12]} of {b.model}/{b.build_hash[:12]}", model=b.model, build_hash=b.build_hash)
+        what = f"release {release[:12]} of {b.model}/{b.build_hash[:12]}"
+        signing.verify(stored, registry.verifier.public_key, registry.verifier.setting)
+        records.check_build(stored, what, model=b.model, build_hash=b.build_hash)
+        if bundles.release_id(stored) != release:
+            raise VerificationError(f"the manifest stored as {what} is another release (tampered with)")
         return _Record(None, release)
     return _Record("release", release)
 
@@ -126,7 +155,7 @@ def _store_build(registry: Registry, b: bundles.Bundle, record: _Record) -> str 
     """Writes the planned manifest (create-only: a concurrent promoter of the same release wrote the
     same one); returns the release the tag's event names."""
     if record.key == "build" and not registry.create_build(b.model, b.build_hash, record.doc):
-        if _plan_record(registry, b).key == "release":  # a concurrent first promote of another release
+        if _plan_record(registry, b, lambda: None).key == "release":  # a concurrent first promote of another release
             raise BundleError(f"{b.model} {b.build_hash[:12]}: another release of this build was stored meanwhile; promote again")
     elif record.key == "release":
         registry.create_release(b.model, b.build_hash, record.release, record.doc)
@@ -159,12 +188,13 @@ def _commit(
     reason: str | None,
     commit: str | None,
     release: str | None = None,
+    load_verifier: Callable[[], None] = lambda: None,
 ) -> tuple[TagMove, _Decision]:
     """Moves `tag` to this build (Registry.move_tag), deciding against the tag's state at commit time."""
     decisions = []
 
     def decide(state: TagState, seq: int) -> dict | None:
-        decision = _decide(registry, b, tag, kind, state, force)
+        decision = _decide(registry, b, tag, kind, state, force, load_verifier)
         decisions.append(decision)
         if decision.unchanged:
             return None
@@ -227,11 +257,16 @@ def promote(
         # The key is loaded before anything is written, so that a missing or unusable key writes
         # nothing; from here the registry verifies every event and pointer it reads with it.
         _signer(registry, signing_key, warn)
+
+    def load_verifier() -> None:
+        if registry.verifier is None:  # a dry run: the baseline is verified with the promoter's key all the same
+            _signer(registry, signing_key, warn)
+
     planned, plans = {}, {}
     for b in selected:
-        plans[b.model] = _plan_record(registry, b)  # refuses other bytes under a stored build hash
+        plans[b.model] = _plan_record(registry, b, load_verifier)  # refuses other bytes under a stored build hash
         state = registry.tag_state(b.model, tag)
-        planned[b.model] = (state, _decide(registry, b, tag, kind, state, force))
+        planned[b.model] = (state, _decide(registry, b, tag, kind, state, force, load_verifier))
 
     if dry_run:
         results = []
@@ -259,14 +294,17 @@ def promote(
             record.doc = doc
     _check_space(registry, selected)
     if isinstance(registry.storage, LocalStorage):
-        registry.storage.sweep_temporaries()
+        try:
+            registry.storage.sweep_temporaries()
+        except StorageError as e:  # .tmp is not a real directory: nothing is swept; a write through it is refused
+            warn(f"not sweeping temporaries: {e}")
 
-    endpoints = list(notify_urls) + registry.notify_endpoints()
+    endpoints = _notify_endpoints(registry, notify_urls, warn)
     results = []
     with copies.staged():  # every copy made and checked before the first blob is linked
         for b in selected:
             try:
-                results.append(_promote_one(registry, b, tag, kind, signed[b.model], force, reason, commit, progress, endpoints, warn))
+                results.append(_promote_one(registry, b, tag, kind, signed[b.model], force, reason, commit, progress, endpoints, warn, load_verifier))
             except ModelgateError as e:
                 if results:  # say what did happen: the models before this one stay promoted
                     done = ", ".join(f"{r.model} {r.build_hash[:12]}" for r in results)
@@ -287,11 +325,14 @@ def _promote_one(
     progress: ProgressFactory | None,
     endpoints: list[str],
     warn: Warn,
+    load_verifier: Callable[[], None],
 ) -> PromoteResult:
     """Blobs, then the manifest, then the tag: a reader can never reach a build that is not complete."""
     uploaded_bytes, uploaded_files = _upload(registry, b, progress)
     release = _store_build(registry, b, signed)
-    move, decision = _commit(registry, b, tag, kind, force=force, reason=reason, commit=commit, release=release)
+    move, decision = _commit(
+        registry, b, tag, kind, force=force, reason=reason, commit=commit, release=release, load_verifier=load_verifier
+    )
     state, event, pending = move.state, move.event, move.pending
     status = "unchanged" if event is None else "committed" if pending else "promoted"
     result = PromoteResult(

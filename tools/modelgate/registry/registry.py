@@ -47,12 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from modelgate.errors import RegistryContentError, StorageError, UsageError, VerificationError
+from modelgate.errors import ModelgateError, RegistryContentError, StorageError, UsageError, VerificationError
 from modelgate.formats import canonical_json
 
 from . import records, tags
 from .records import BUILD_SCHEMA, EVENT_SCHEMA, TAG_SCHEMA  # noqa: F401 - re-exported
-from .storage import Progress, Storage
+from .storage import Progress, Storage, human_size
 
 if TYPE_CHECKING:  # the keys are handed in; this layer only calls sign() and verify() on them
     from .signing import RecordSigner, RecordVerifier
@@ -61,6 +61,16 @@ SEQ_DIGITS = 10
 TAG_STATE_ATTEMPTS = 3
 MOVE_TAG_ATTEMPTS = 200
 NOTIFY_CONFIG = "config/notify.json"
+
+# Everything but blobs is read whole into memory, so each kind of object has a cap, far above what
+# modelgate writes (measured: a signed tag pointer 431 bytes, a history event 565, the manifests of
+# this repository's models 40-55 KiB): a planted 64 GiB object is one line, not a MemoryError.
+# Another release's manifest (releases/<build>/<release>.json) has a manifest's cap.
+# Blobs are streamed, and stopped at the size their signed manifest gives (transfer.TooLarge).
+POINTER_MAX_BYTES = 64 << 10
+EVENT_MAX_BYTES = 64 << 10
+NOTIFY_CONFIG_MAX_BYTES = 64 << 10
+MANIFEST_MAX_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -168,7 +178,7 @@ class Registry:
     def read_build(self, model: str, build_hash: str) -> dict | None:
         """The stored manifest as a JSON object (not yet checked: see records.check_build)."""
         key = self.build_key(tags.check_model_name(model), tags.check_build_hash(build_hash))
-        data = self.storage.read(key)
+        data = self.storage.read(key, MANIFEST_MAX_BYTES)
         if data is None:
             return None
         doc = records.loads(data, f"the manifest {self._where(key)}")
@@ -184,7 +194,7 @@ class Registry:
         """Another release of a build (bundle.release_id): the same files but its receipts,
         stored beside the build's first manifest (builds/<hash>.json). Not yet checked."""
         key = self.release_key(tags.check_model_name(model), tags.check_build_hash(build_hash), tags.check_build_hash(release))
-        data = self.storage.read(key)
+        data = self.storage.read(key, MANIFEST_MAX_BYTES)
         if data is None:
             return None
         doc = records.loads(data, f"the manifest {self._where(key)}")
@@ -193,7 +203,13 @@ class Registry:
         return doc
 
     def create_release(self, model: str, build_hash: str, release: str, doc: dict) -> bool:
-        return self.storage.create(self.release_key(model, build_hash, release), canonical_json(doc))
+        data = canonical_json(doc)
+        if len(data) > MANIFEST_MAX_BYTES:
+            raise UsageError(
+                f"the manifest of {model} {build_hash[:12]} (release {release[:12]}) is {human_size(len(data))}, over the "
+                f"{human_size(MANIFEST_MAX_BYTES)} that registry readers accept: nothing was written"
+            )
+        return self.storage.create(self.release_key(model, build_hash, release), data)
 
     def read_checked_build(self, model: str, build_hash: str) -> dict | None:
         doc = self.read_build(model, build_hash)
@@ -201,8 +217,33 @@ class Registry:
             return None
         return records.check_build(doc, f"the manifest {self._where(self.build_key(model, build_hash))}", model=model, build_hash=build_hash)
 
+    def read_verified_build(self, model: str, build_hash: str) -> dict | None:
+        """The stored manifest, checked as fetch checks it: its signature verified (model-signing)
+        with the public key of this registry's verifier, then its schema and its name. None if
+        it does not exist; VerificationError (one line) if it does not verify, or if there is no
+        key to verify it with."""
+        from . import signing  # model-signing is imported only where a manifest is verified
+
+        what = f"the manifest {self._where(self.build_key(model, build_hash))}"
+        if self.verifier is None:
+            raise VerificationError(f"{what} cannot be verified: no public key")
+        doc = self.read_build(model, build_hash)
+        if doc is None:
+            return None
+        try:
+            signing.verify(doc, self.verifier.public_key, self.verifier.setting)
+        except VerificationError as e:
+            raise VerificationError(f"{what}: {e}") from None
+        return records.check_build(doc, what, model=model, build_hash=build_hash)
+
     def create_build(self, model: str, build_hash: str, doc: dict) -> bool:
-        return self.storage.create(self.build_key(model, build_hash), canonical_json(doc))
+        data = canonical_json(doc)
+        if len(data) > MANIFEST_MAX_BYTES:
+            raise UsageError(
+                f"the manifest of {model} {build_hash[:12]} is {human_size(len(data))}, over the {human_size(MANIFEST_MAX_BYTES)} "
+                "that registry readers accept: nothing was written"
+            )
+        return self.storage.create(self.build_key(model, build_hash), data)
 
     def list_builds(self, model: str) -> list[str]:
         prefix = f"models/{tags.check_model_name(model)}/builds/"
@@ -223,7 +264,7 @@ class Registry:
         """(pointer, storage version, problem): a pointer that fails its checks comes back as None
         with the reason, so that promote can repair it and readers can refuse it."""
         key = self.tag_key(model, tag)
-        found = self.storage.read_versioned(key)
+        found = self.storage.read_versioned(key, POINTER_MAX_BYTES)
         if found is None:
             return None, None, None
         data, version = found
@@ -378,7 +419,7 @@ class Registry:
             if self.append_event(event):
                 try:
                     self.materialize(event, repair=state.problem is not None)
-                except StorageError as e:  # committed: the move stands, the next writer settles the pointer
+                except ModelgateError as e:  # committed: the move stands, the next writer settles the pointer
                     return TagMove(state, event, str(e))
                 return TagMove(state, event, None)
             backoff(attempt)
@@ -401,7 +442,7 @@ class Registry:
         if cached is not None:
             return cached
         key = self.history_key(tags.check_model_name(model), seq)
-        data = self.storage.read(key)
+        data = self.storage.read(key, EVENT_MAX_BYTES)
         if data is None:
             raise RegistryContentError(f"history event {self._where(key)} is missing (deleted?)")
         what = f"the history event {self._where(key)}"
@@ -429,7 +470,13 @@ class Registry:
             raise UsageError("no signing key: writing a history event needs the promoter's key (--signing-key)")
         signed = self.signer.sign(event)
         event["signature"] = signed["signature"]
-        if self.storage.create(self.history_key(event["model"], event["seq"]), canonical_json(signed)):
+        data = canonical_json(signed)
+        if len(data) > EVENT_MAX_BYTES:
+            raise UsageError(
+                f"the history event would be {human_size(len(data))}, over the {human_size(EVENT_MAX_BYTES)} that registry "
+                "readers accept (a shorter --reason?): nothing was written"
+            )
+        if self.storage.create(self.history_key(event["model"], event["seq"]), data):
             self._events[(event["model"], event["seq"])] = signed
             return True
         # A retried request may find its own first attempt already there.
@@ -439,7 +486,7 @@ class Registry:
     # ---- configuration
 
     def notify_endpoints(self) -> list[str]:
-        data = self.storage.read(NOTIFY_CONFIG)
+        data = self.storage.read(NOTIFY_CONFIG, NOTIFY_CONFIG_MAX_BYTES)
         if data is None:
             return []
         doc = records.loads(data, f"{NOTIFY_CONFIG} in {self.uri}")

@@ -9,7 +9,7 @@ from modelgate.errors import GateError, StorageError, UsageError
 
 from . import tags
 from .inspect import _no_tag_message
-from .moves import PromoteResult, Warn, _event, _signer
+from .moves import PromoteResult, Warn, _event, _notify_endpoints, _signer
 from .registry import Registry, TagState
 
 
@@ -50,9 +50,9 @@ def rollback(
         model, event["build_hash"], tag, previous, 0, 0, "committed" if move.pending else "rolled-back",
         seq=event["seq"], reason=reason, pending=move.pending,
     )  # fmt: skip
+    # Committed: from here nothing may fail the command (a notification failure is a warning).
     message = notify.make_event(model, tag, event["build_hash"], previous, registry.uri, seq=event["seq"])
-    endpoints = list(notify_urls) + registry.notify_endpoints()
-    result.notified = notify.send_all(endpoints, message, warn)
+    result.notified = notify.send_all(_notify_endpoints(registry, notify_urls, warn), message, warn)
     return result
 
 

@@ -119,8 +119,9 @@ def sign(build: dict, private_key: str) -> dict:
     return {"format": SIGNATURE_FORMAT, "key_hint": _key_hint(bundle), "bundle": bundle}
 
 
-def verify(build: dict, public_key: str) -> None:
-    """Raises VerificationError unless build["signature"] is a valid signature of this manifest."""
+def verify(build: dict, public_key: str, describe: str | None = None) -> None:
+    """Raises VerificationError unless build["signature"] is a valid signature of this manifest.
+    `describe` names the key in the message (default: the setting it came from)."""
     record = build.get("signature")
     if not isinstance(record, dict) or not record.get("bundle"):
         raise VerificationError("the manifest is not signed")
@@ -129,7 +130,8 @@ def verify(build: dict, public_key: str) -> None:
     _, verifying = _model_signing()
     with _staged(signed_bytes(build)) as (tmp, model_dir):
         key = _key_from_setting(public_key, "public key", tmp)
-        _check_key(key, f"public key {_describe(public_key, ENV_PUBLIC_KEY)}", private=False)
+        described = describe or _describe(public_key, ENV_PUBLIC_KEY)
+        _check_key(key, f"public key {described}", private=False)
         signature = tmp / "manifest.sig"
         signature.write_bytes(canonical_json(record["bundle"]))
         try:
@@ -138,9 +140,7 @@ def verify(build: dict, public_key: str) -> None:
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             if "Hash mismatch" in reason or "Signature mismatch" in reason:
                 reason = "the manifest was changed after it was signed"
-            raise VerificationError(
-                f"the manifest signature does not verify with public key {_describe(public_key, ENV_PUBLIC_KEY)}: {reason}"
-            ) from e
+            raise VerificationError(f"the manifest signature does not verify with public key {described}: {reason}") from e
 
 
 def signature_file_bytes(build: dict) -> bytes:
@@ -287,6 +287,7 @@ class RecordVerifier:
     def __init__(self, public_key: str, describe: str | None = None):
         self._key = _load_key(public_key, private=False)
         self.keyid = _keyid(self._key)
+        self.public_key = public_key  # the setting (a path or PEM text): manifests are verified with it too
         self.setting = describe or _describe(public_key, ENV_PUBLIC_KEY)
 
     def verify(self, record: dict, what: str) -> None:

@@ -9,6 +9,12 @@ The registry needs only a few primitives, and every write is conditional:
 
 Readers never see a partial object: the local backend writes a temporary file and links or renames
 it into place; GCS makes an object visible only once its upload completes.
+
+Whoever can write to a registry can put anything there, so reading is defensive. `read` loads an
+object whole, and never more than `limit` bytes of it (a larger object is refused in one line,
+ObjectRefused, before its bytes are read or downloaded). The local backend opens only regular
+files and follows no symbolic link below the registry's root: a FIFO, a device or a link in place
+of an object is refused the same way instead of blocking the reader or reading something else.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -29,15 +36,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from modelgate.errors import StorageError
+from modelgate.errors import RegistryContentError, StorageError
 
 from . import leftovers, transfer
 from .uri import RegistryURI
 
 CHUNK = 1 << 20
 TEMP_DIR = ".tmp"
-_ANY = re.compile(r".+")
+LOCK_DIR = ".locks"
+# The only names LocalStorage gives its temporaries (leftovers.temp_name): the sweep touches nothing else.
+_TEMP_NAME = re.compile(r"\d+-[0-9a-f]{16}")
+# What `read` loads at most when its caller names no smaller limit (the registry names one per kind
+# of object: modelgate.registry.registry).
+DEFAULT_READ_LIMIT = 4 << 20
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
+
+
+class ObjectRefused(RegistryContentError):
+    """An object that is not read: not a regular file, a link, or larger than its kind may be."""
+
+
+def human_size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _too_large(key: str, uri: str, limit: int, size: int | None) -> ObjectRefused:
+    what = f"is {human_size(size)}, over" if size is not None else "is larger than"
+    return ObjectRefused(f"{key} in {uri} {what} the {human_size(limit)} limit for this kind of object: not read (tampered?)")
 
 
 class Storage(abc.ABC):
@@ -46,12 +75,13 @@ class Storage(abc.ABC):
     uri: str
 
     @abc.abstractmethod
-    def read(self, key: str) -> bytes | None:
-        """The object's bytes, or None if it does not exist."""
+    def read(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes | None:
+        """The object's bytes, or None if it does not exist. ObjectRefused past `limit` bytes."""
 
     @abc.abstractmethod
-    def read_versioned(self, key: str) -> tuple[bytes, object] | None:
-        """The bytes and an opaque version for `swap`, or None if the object does not exist."""
+    def read_versioned(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> tuple[bytes, object] | None:
+        """The bytes and an opaque version for `swap`, or None if the object does not exist.
+        ObjectRefused past `limit` bytes."""
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -119,6 +149,11 @@ class LocalStorage(Storage):
     Temporary files live in <root>/.tmp and locks in <root>/.locks, outside every listed prefix.
     A write that fails (a full disk, an error) removes its temporary file; one killed mid-write
     leaves a file that the next writer's first write sweeps away (modelgate.registry.leftovers).
+    Both must be real directories: one replaced by a symbolic link (or anything else) is refused,
+    never followed, and the sweep removes only regular files named as _temp names them.
+
+    Objects are read only as regular files reached without a symbolic link below the root (the
+    root itself may be one: that is the user's configuration): see _open_object.
     """
 
     def __init__(self, root: Path, uri: str | None = None):
@@ -139,16 +174,75 @@ class LocalStorage(Storage):
         except OSError as e:
             raise StorageError(f"{self.uri}: cannot {what}: {e.strerror or e}") from e
 
-    def read(self, key: str) -> bytes | None:
-        path = self._path(key)
-        with self._errors(f"read {key}"):
-            try:
-                return path.read_bytes()
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                return None
+    def _refuse(self, key: str, what: str) -> ObjectRefused:
+        return ObjectRefused(f"{key} in {self.uri} is {what}, not a regular file: registry objects are regular files, and links are not followed (tampered?)")
 
-    def read_versioned(self, key: str) -> tuple[bytes, object] | None:
-        data = self.read(key)
+    def _open_object(self, key: str) -> int | None:
+        """A file descriptor open for reading on the regular file stored as `key`; None if there
+        is no object there (nothing, or a directory). Each directory below the root is entered
+        with O_NOFOLLOW, the object is looked at (lstat) before it is opened and opened with
+        O_NOFOLLOW | O_NONBLOCK (a FIFO cannot block the open), then checked again (fstat): a
+        symbolic link, FIFO, socket or device is ObjectRefused."""
+        self._path(key)  # the key's grammar
+        parts = key.split("/")
+        try:
+            dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            for i, part in enumerate(parts[:-1]):
+                try:
+                    inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    return None
+                except NotADirectoryError:
+                    st = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+                    if stat.S_ISLNK(st.st_mode):
+                        raise self._refuse(key, f"reached through a symbolic link ({'/'.join(parts[: i + 1])})") from None
+                    return None
+                os.close(dir_fd)
+                dir_fd = inner
+            name = parts[-1]
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if stat.S_ISDIR(st.st_mode):
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                raise self._refuse(key, _file_kind(st.st_mode))
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise self._refuse(key, "a symbolic link") from None
+                raise
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # replaced between the two looks
+                os.close(fd)
+                raise self._refuse(key, _file_kind(st.st_mode))
+            return fd
+        finally:
+            os.close(dir_fd)
+
+    def read(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes | None:
+        with self._errors(f"read {key}"):
+            fd = self._open_object(key)
+            if fd is None:
+                return None
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                size = os.fstat(fd).st_size
+                if size > limit:
+                    raise _too_large(key, self.uri, limit, size)
+                data = f.read(limit + 1)  # the file may have grown since fstat
+                if len(data) > limit:
+                    raise _too_large(key, self.uri, limit, None)
+                return data
+
+    def read_versioned(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> tuple[bytes, object] | None:
+        data = self.read(key, limit)
         # Pointers carry a sequence number, so their bytes never repeat: the digest is a safe version.
         return None if data is None else (data, hashlib.sha256(data).hexdigest())
 
@@ -165,21 +259,49 @@ class LocalStorage(Storage):
             return None
         return st.f_bavail * st.f_frsize
 
+    def _own_dir(self, name: str) -> Path:
+        """<root>/<name>, created if missing, as a real directory: anything else there (a
+        symbolic link above all) is a StorageError, never followed."""
+        path = self.root / name
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            self._check_own_dir(name)
+        return path
+
+    def _check_own_dir(self, name: str) -> bool:
+        """True if <root>/<name> is a real directory, False if it is missing; StorageError otherwise."""
+        try:
+            st = os.lstat(self.root / name)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            target = f" (to {os.readlink(self.root / name)})" if stat.S_ISLNK(st.st_mode) else ""
+            raise StorageError(
+                f"{self.uri}: {name} is {_file_kind(st.st_mode)}{target}, not a directory of the registry: "
+                f"refusing to use it (remove it; modelgate creates it)"
+            )
+        return True
+
     def sweep_temporaries(self) -> int:
-        """Removes temporary files whose writer is gone (killed mid-write); returns the bytes freed."""
-        return leftovers.sweep(self.root / TEMP_DIR, _ANY)
+        """Removes temporary files whose writer is gone (killed mid-write); returns the bytes freed.
+        Only regular files named as _temp names them, inside <root>/.tmp if that is a real
+        directory (StorageError if it is anything else, with nothing removed)."""
+        if not self._check_own_dir(TEMP_DIR):
+            return 0
+        return leftovers.sweep_files(self.root / TEMP_DIR, _TEMP_NAME)
 
     @contextlib.contextmanager
     def _temp(self):
         """A new temporary file, open for writing and flocked; removed unless the caller links or
         renames it into place (then unlinking the name is harmless: see _link_into_place)."""
+        tmp = self._own_dir(TEMP_DIR)
         if not self._swept:
             self._swept = True
             self.sweep_temporaries()
-        tmp = self.root / TEMP_DIR
-        tmp.mkdir(parents=True, exist_ok=True)
         path = tmp / leftovers.temp_name()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # readable: copy_hashed reads it back
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)  # readable: copy_hashed reads it back
         f = os.fdopen(fd, "wb")
         try:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -217,9 +339,9 @@ class LocalStorage(Storage):
 
     @contextlib.contextmanager
     def _lock(self, key: str):
-        locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / (key.replace("/", "%") + ".lock"), "a") as f:
+        locks = self._own_dir(LOCK_DIR)
+        fd = os.open(locks / (key.replace("/", "%") + ".lock"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)  # released by the kernel if the process dies
             try:
                 yield
@@ -277,25 +399,21 @@ class LocalStorage(Storage):
             return self._link_into_place(staged.path, key)
 
     def read_hashed_into(self, key: str, target_fd: int, limit: int, algorithm: str = "sha256") -> tuple[int, str] | None:
-        path = self._path(key)
         with self._errors(f"read {key}"):
-            try:
-                source = open(path, "rb", buffering=0)
-            except (FileNotFoundError, NotADirectoryError):
+            fd = self._open_object(key)
+            if fd is None:
                 return None
-            with source:
+            with os.fdopen(fd, "rb", buffering=0) as source:
                 return transfer.copy_hashed(source.fileno(), target_fd, limit, algorithm=algorithm)
 
     def read_into(
         self, key: str, write: Callable[[bytes], None], size: int | None = None, *, transport_checksum: bool = True
     ) -> bool:
-        path = self._path(key)
         with self._errors(f"read {key}"):
-            try:
-                f = open(path, "rb")
-            except (FileNotFoundError, NotADirectoryError):
+            fd = self._open_object(key)
+            if fd is None:
                 return False
-            with f:
+            with os.fdopen(fd, "rb") as f:
                 while chunk := f.read(CHUNK):
                     write(chunk)
             return True
@@ -326,6 +444,20 @@ class Staged:
     size: int
     digest: str  # of what was written, by `algorithm`
     algorithm: str = "sha256"
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a regular file" if stat.S_ISREG(mode) else "not a file"
 
 
 def _copy(source, target) -> None:
@@ -561,19 +693,35 @@ class GCSStorage(Storage):
                 raise
             raise StorageError(f"{self.uri}: cannot {what}: {message}") from e
 
-    def read(self, key: str) -> bytes | None:
-        found = self.read_versioned(key)
+    def read(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes | None:
+        found = self.read_versioned(key, limit)
         return None if found is None else found[0]
 
-    def read_versioned(self, key: str) -> tuple[bytes, object] | None:
-        from google.api_core.exceptions import NotFound
+    def read_versioned(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> tuple[bytes, object] | None:
+        """The object, asking for its first limit + 1 bytes only (a Range request): the size is
+        checked before anything beyond the limit is downloaded, in the same request (no second
+        round trip per read, no window between a size check and the download)."""
+        from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
 
         with self._errors(f"read {key}"):
             blob = self._blob(key)
             try:
-                data = self._call(lambda t: blob.download_as_bytes(retry=None, timeout=t, raw_download=True))
+                data = self._call(lambda t: blob.download_as_bytes(retry=None, timeout=t, raw_download=True, start=0, end=limit))
             except NotFound:
                 return None
+            except RequestRangeNotSatisfiable:  # an empty object has no byte 0: ask for its size
+                try:
+                    self._call(lambda t: blob.reload(retry=None, timeout=t))
+                except NotFound:
+                    return None
+                if (blob.size or 0) > limit:
+                    raise _too_large(key, self.uri, limit, blob.size) from None
+                generation = blob.generation
+                data = self._call(
+                    lambda t: blob.download_as_bytes(retry=None, timeout=t, raw_download=True, if_generation_match=generation)
+                )
+            if len(data) > limit:
+                raise _too_large(key, self.uri, limit, None)
         return data, blob.generation
 
     def exists(self, key: str) -> bool:

@@ -1,7 +1,7 @@
 """The HTTP service: FastAPI routes over a Deployment.
 
     POST /predict   {"inputs": {...}} -> {"model", "tag", "build_hash", "outputs": {...}}
-    GET  /healthz   200 while a verified build is serving, 503 before the first one
+    GET  /healthz   200 while a verified build is serving (with the latest problem, if any), 503 before the first one
     GET  /version   model, tag, build hash, file digests, since when, and why a rollout was refused;
                     with a canary, its build, weight, analysis windows, rollbacks ("canary")
     GET  /metrics   Prometheus metrics (modelgate.serve.metrics)
@@ -166,7 +166,7 @@ def create_app(
         served = deployment.current
         if served is None:
             return JSONResponse({"status": "starting", "error": deployment.problem}, status_code=503)
-        return {"status": "ok", "build_hash": served.build_hash}
+        return {"status": "ok", "build_hash": served.build_hash, "error": deployment.problem}  # serving, and why not a newer build
 
     @app.get("/version")
     async def version():

@@ -9,7 +9,22 @@ service download and load builds at will.
     no headers, malformed timestamp                        401
     a signature that does not match the body and timestamp 403
     a timestamp further than `tolerance_s` from now        403 (stale)
+    a timestamp before this service started                403 (older than the service)
     a signature already accepted within the window         403 (replayed)
+
+Replays across restarts. The cache of accepted signatures lives in memory, so a restarted service
+could not tell a notification its previous run accepted. Rather than keep that cache on disk, the
+service refuses every notification signed before it started (the guard's construction, before
+the rollout worker's first look at the tag): such a notification can tell it nothing that the
+startup check, which reads the registry afterwards, has not already seen, because promote
+notifies only after its move is committed. So a replay from before a restart is refused without
+any state: nothing to write (an fsync) per notification, nothing to corrupt or to grow, and the
+replay cache of one run only has to cover that run. Timestamps are whole seconds, so "before"
+means in an earlier second than the one the service started in: a notification signed in that
+same second is accepted (a promote right after a deploy is not delayed to the next poll), which
+leaves a replay open only if the service restarted within the second the notification was signed.
+A sender whose clock is behind the service's has its notifications refused for that long after a
+restart; the poll (--poll-interval) picks their moves up.
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ class NotificationGuard:
         self.secret = secret
         self.tolerance_s = tolerance_s
         self._clock = clock
+        self.started = int(clock())  # notifications signed in an earlier second are refused (see the module docstring)
         self._seen: dict[str, float] = {}  # signature -> its timestamp
         self._lock = threading.Lock()
         self.accepted = 0
@@ -71,6 +87,12 @@ class NotificationGuard:
         if abs(now - sent) > self.tolerance_s:
             when = f"{now - sent:.0f} s ago" if sent <= now else f"{sent - now:.0f} s in the future"
             return Verdict(403, f"stale notification: signed {when}; the limit is {self.tolerance_s:.0f} s")
+        if sent < self.started:
+            return Verdict(
+                403,
+                f"notification signed {self.started - sent} s before this service started: refused (a replay across a "
+                "restart cannot be told apart); the service read the registry itself when it started",
+            )
         with self._lock:
             self._forget_expired(now)
             if signature in self._seen:

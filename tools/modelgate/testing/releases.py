@@ -67,7 +67,7 @@ def make_bundle(
     }
     if receipts:
         manifest = passing_receipts(directory, manifest, test_source)
-    if blake3:  # as the release action lists them (modelgate.release_tool)
+    if blake3:  # as the release action lists them (modelgate.receipt_tool)
         manifest["files"] = digests.add_blake3(manifest["files"], {name: directory / name for name in manifest["files"]})
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return directory

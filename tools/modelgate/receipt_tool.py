@@ -1,7 +1,7 @@
 """The ReleaseReceipts action of every model_release: bind the test receipts to the build
 (modelgate.receipts), then list each bundle file's blake3 beside its sha256 (modelgate.digests).
 
-    release_tool.py bind --model M --gate-manifest GATE --out BUNDLE/manifest.json \
+    receipt_tool.py bind --model M --gate-manifest GATE --out BUNDLE/manifest.json \
         [--receipt R ...] [--build-output SHORT_PATH=NAME ...] [--file NAME=PATH ...]
 
 --file names where each bundle file the gate listed lies (weights, ONNX, golden data, bundle
