@@ -3,6 +3,7 @@ by how much, and a failing gate yields no release manifest."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +51,14 @@ def release(tmp_path):
         outputs = spec.forward(load_weights(spec, export_dir / WEIGHTS), inputs)
     golden.write(golden_dir, "toy", inputs, outputs, {"machine": "x86_64"})
     return spec, export_dir, manifest, golden_dir
+
+
+@pytest.fixture(autouse=True)
+def reports(tmp_path, monkeypatch):
+    """Where a failing gate writes its report (modelgate.report), here the test's own directory."""
+    directory = tmp_path / "reports"
+    monkeypatch.setenv("MODELGATE_REPORT_DIR", str(directory))
+    return directory
 
 
 def _gate(spec, export_dir, manifest, golden_dir):
@@ -202,12 +211,23 @@ def test_metric_floors_and_missing_metrics(release, spec, expected):
     assert checks["golden"].passed and not checks["metrics"].passed and checks["metrics"].detail == expected
 
 
-def test_failure_text_lists_every_check_and_marks_the_failing_ones(release):
+def test_failure_text_lists_every_check_and_marks_the_failing_ones(release, reports):
     spec, export_dir, manifest, golden_dir = release
     checks, _ = _gate(_spec(accuracy=0.3), export_dir, manifest, golden_dir)
     lines = gate.failure_text("toy", list(checks.values())).splitlines()
-    assert lines[0] == "release gate failed for toy:"
-    assert [line.split(":")[0].strip() for line in lines[1:]] == ["ok   golden", "ok   onnx", "ok   serving", "FAIL metrics"]
+    page = reports / "toy" / f"gate-{manifest['build_hash'][:12]}.html"
+    assert lines[0] == f"release gate failed for toy (report: {page}):"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["ok   golden", "ok   onnx", "ok   serving", "FAIL metrics", "ok   report"]
+
+
+def test_a_failing_gate_writes_its_report_where_its_error_says(release, reports):
+    """Bazel discards a failed action's outputs: the page goes outside the sandbox, named in the error."""
+    spec, export_dir, manifest, golden_dir = release
+    checks, _ = _gate(_spec(accuracy=0.3), export_dir, manifest, golden_dir)
+    page = Path(checks["report"].data["path"])
+    assert page.parent.parent == reports and page.is_file()
+    html = page.read_text()
+    assert "Release gate FAILED" in html and "accuracy" in html and "<script" not in html
 
 
 def test_the_export_manifest_on_disk_is_what_the_gate_checks(release):

@@ -79,9 +79,15 @@ def _check(spec, data, weights, device: str, dtype: str = "float32"):
         else:
             with torch.autocast(device_type=device, dtype=getattr(torch, dtype)):
                 outputs = spec.forward(model, inputs)
-    reports = golden.compare(data, {k: v.float() for k, v in outputs.items()}, dtype)
+    outputs = {k: v.float() for k, v in outputs.items()}
+    reports = golden.compare(data, outputs, dtype)
+    # The picture of the comparison (modelgate.report): in the test's undeclared outputs, which
+    # Bazel keeps when the test fails and CI uploads; the failure's first line names it.
+    from modelgate.report import gate_report
+
+    _, shown = gate_report.write_golden_test_report(spec, data, outputs, dtype=dtype, device=device)
     if not all(r.passed for r in reports):
-        pytest.fail(golden.failure_text(spec.name, data, reports), pytrace=False)
+        pytest.fail(f"golden test of {spec.name} failed; report: {shown}\n" + golden.failure_text(spec.name, data, reports), pytrace=False)
 
 
 def test_golden_cpu(spec, data, weights):

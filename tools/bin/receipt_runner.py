@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-file", action="append", default=[], help="REL=PATH of a pytest file")
     p.add_argument("--lock-entry", action="append", default=[])
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the tests")
+    p.add_argument("--outputs-dir", help="the tests' undeclared outputs ($TEST_UNDECLARED_OUTPUTS_DIR): a report for a person")
+    p.add_argument("--outputs-display", help="that directory as a person finds it (bazel-bin/...), for the tests' messages")
     p.add_argument("pytest_args", nargs="*")
     args = p.parse_args(argv)
 
@@ -139,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = pair.partition("=")
         env[key] = value
     env.update({"TEST_TMPDIR": str(tmp), "TMPDIR": str(tmp), "HOME": str(tmp), "XML_OUTPUT_FILE": str(xml_path)})
+    if args.outputs_dir:
+        outputs_dir = Path(args.outputs_dir).resolve()
+        shutil.rmtree(outputs_dir, ignore_errors=True)
+        outputs_dir.mkdir(parents=True)
+        env["TEST_UNDECLARED_OUTPUTS_DIR"] = str(outputs_dir)
+        if args.outputs_display:
+            env["MODELGATE_REPORT_DISPLAY_DIR"] = args.outputs_display
     pytest_main = Path(__file__).resolve().with_name("pytest_main.py")
 
     started = time.monotonic()

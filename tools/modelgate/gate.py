@@ -13,7 +13,8 @@ Checks, each reported with its numbers:
            within its tolerances, and the declared text front end giving the same inputs as the
            model's own on sample texts (and refusing the same over-long text)
 On success writes the release manifest (the export manifest plus the gate's verdict); on failure
-writes nothing and says which check failed and by how much.
+writes no manifest, says which check failed and by how much, and writes its report
+(modelgate.report) outside the sandbox, naming it in the error's first line.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def check_onnx(spec: ModelSpec, model, onnx_path: Path) -> Check:
     axes = _dynamic_axes(session, spec)
     onnx_tol = numerics.tolerance("onnx", "float32")
     details, passed, seen = [], True, {axis: set() for axis in axes}
+    runs = []  # per length and output, for the gate's report (modelgate.report)
     for label, inputs in onnx_input_sets(spec, axes):
         for axis, places in axes.items():
             name, index = places[0]
@@ -137,11 +139,13 @@ def check_onnx(spec: ModelSpec, model, onnx_path: Path) -> Check:
             report = golden_lib.compare_output(name, torch.from_numpy(np.asarray(results[name])), reference[name], onnx_tol.atol, onnx_tol.rtol)
             passed &= report.passed
             details.append(f"{label} ({_shape_text(inputs, spec)}): {report.message}")
+            runs.append({"label": label, "shapes": _shape_text(inputs, spec), "output": name, "max_abs": report.max_abs,
+                         "max_rel": report.max_rel, "passed": report.passed, "message": report.message})
     once = sorted(axis for axis, lengths in seen.items() if len(lengths) < 2)
     if once:
         passed = False
         details.append(f"dynamic axes checked at one length only: {', '.join(once)} (give the spec shape_variants that vary them)")
-    return Check("onnx", passed, " | ".join(details))
+    return Check("onnx", passed, " | ".join(details), data={"runs": runs})
 
 
 def check_metrics(spec: ModelSpec, model) -> tuple[Check, dict]:
@@ -328,7 +332,22 @@ def run_gate(
     checks.append(check_serving(spec, export_dir, golden_dir, dict(bundle_files or {})))
     metric_check, metrics = check_metrics(spec, model)
     checks.append(metric_check)
+    if not all(c.passed for c in checks):
+        checks.append(_failure_report(spec, model, export_dir, export_manifest, golden_dir, checks, metrics))
     return checks, metrics
+
+
+def _failure_report(spec, model, export_dir, export_manifest, golden_dir, checks, metrics) -> Check:
+    """A failing gate's report (modelgate.report), written outside the sandbox: Bazel discards a
+    failed action's outputs. Its path goes into the gate's error; a report that cannot be written
+    is said so, and never changes the verdict."""
+    try:
+        from modelgate.report import gate_report
+
+        path = gate_report.failure_report(spec, model, export_dir, export_manifest, golden_dir, checks, metrics)
+    except Exception as e:  # noqa: BLE001 - the report is a picture of the verdict, not part of it
+        return Check("report", True, f"not written: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    return Check("report", True, str(path), data={"path": str(path)})
 
 
 def release_manifest(
@@ -353,7 +372,8 @@ def release_manifest(
 
 
 def failure_text(model: str, checks: list[Check]) -> str:
-    lines = [f"release gate failed for {model}:"]
+    report = next((c.data["path"] for c in checks if c.name == "report" and c.data), None)
+    lines = [f"release gate failed for {model}" + (f" (report: {report})" if report else "") + ":"]
     for c in checks:
         lines.append(f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
     return "\n".join(lines)

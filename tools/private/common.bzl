@@ -13,6 +13,9 @@ SPEC_LIB = "//tools/modelgate:spec"
 EXPORT_LIB = "//tools/modelgate:export"
 # The release gate: run by the gate action with the model's code, never part of a build hash.
 GATE_LIB = "//tools/modelgate:gate"
+# Reports (Jinja2, matplotlib): the gate's, the golden tests', a release's review page. In no build hash.
+REPORT_LIB = "//tools/modelgate/report"
+RELEASE_REPORT_MAIN = "//tools/modelgate/report:release_main.py"
 CHECKS_LIB = "//tools/modelgate:checks"
 RECEIPTS_LIB = "//tools/modelgate:receipts_lib"
 TRAIN_LIB = "//tools/modelgate:train_lib"

@@ -1,13 +1,16 @@
 """Implementation of golden_test: exported weights against golden/<model>/. Use //tools:defs.bzl."""
 
-load("//tools/private:common.bzl", "GOLDEN_TEST_MAIN", "model_name")
+load("//tools/private:common.bzl", "GOLDEN_TEST_MAIN", "REPORT_LIB", "model_name")
 load("//tools/private:model_test.bzl", "model_test")
 load("//tools/private:model_tool.bzl", "weights_file")
 
 def golden_test(*, name, weights, model = None, golden = None, **kwargs):
     """Compares the exported weights against golden/<model>/ (CPU; CUDA and autocast in `_gpu`).
 
-    On failure, reports per output the worst absolute and relative error and their indices.
+    On failure, reports per output the worst absolute and relative error and their indices, and
+    names its report: an HTML page per run (expected against actual, the tolerance band, the error
+    per element, the worst rows) in the test's undeclared outputs (bazel-bin/<pkg>/<name>_cpu.outputs/,
+    copied to bazel-testlogs/<pkg>/<name>_cpu/test.outputs/, which CI uploads).
 
     Args:
       name: base name of the `_cpu` / `_gpu` variants.
@@ -23,7 +26,7 @@ def golden_test(*, name, weights, model = None, golden = None, **kwargs):
     model_test(
         name = name,
         srcs = [GOLDEN_TEST_MAIN],
-        deps = kwargs.pop("deps", []) + [weights],
+        deps = kwargs.pop("deps", []) + [weights, REPORT_LIB],
         data = [":" + weights_target, golden_label],
         env = {
             "MODELGATE_GOLDEN_DIR": "golden/" + model,

@@ -1,6 +1,6 @@
 """Implementation of model_release: the gate and the promotable bundle. Use //tools:defs.bzl."""
 
-load("//tools/private:common.bzl", "EXPORT_ENV", "FORK_WORKER", "RECEIPT_TOOL", "python_tool_args", "run_python_tool")
+load("//tools/private:common.bzl", "EXPORT_ENV", "FORK_WORKER", "GATE_LIB", "RECEIPT_TOOL", "RELEASE_REPORT_MAIN", "REPORT_LIB", "python_tool_args", "run_python_tool")
 load("//tools/private:providers.bzl", "ModelWeightsInfo", "ReceiptInfo", "ReleaseInfo")
 
 def _bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs, bundle_sources):
@@ -35,6 +35,35 @@ def _bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs, bundle_s
         progress_message = "Checking %s's test receipts against its build" % model,
     )
     return manifest, bundled
+
+def _review_page(ctx, info, bundle, manifest, golden_dir, golden):
+    """Declares the ReleaseReport action: the release's review page, `<bundle>/report.html`, once
+    the gate passed and the receipts are bound (a failing gate writes its own page, outside the
+    sandbox: modelgate.gate). Its own action, so that the gate's verdict never waits for a picture
+    and a template change re-draws pages without re-running a gate."""
+    page = ctx.actions.declare_file(bundle + "/report.html")
+    tool = ctx.attr.report_tool[DefaultInfo].files_to_run
+    tool_runfiles = ctx.attr.report_tool[DefaultInfo].default_runfiles
+    args = python_tool_args(ctx, tool, tool_runfiles)
+    args.add("--model", info.model)
+    args.add("--export-dir", info.weights.dirname)
+    args.add("--golden-dir", golden_dir)
+    args.add("--manifest", manifest)
+    args.add("--hparams", json.encode(info.hparams))
+    args.add("--out", page)
+    run_python_tool(
+        ctx,
+        worker = ctx.attr._fork_worker[DefaultInfo].files_to_run,
+        tool = tool,
+        tool_runfiles = tool_runfiles,
+        args = args,
+        inputs = [info.weights, info.onnx, manifest] + golden,
+        outputs = [page],
+        env = EXPORT_ENV,
+        mnemonic = "ReleaseReport",
+        progress_message = "Drawing %s's release review page" % info.model,
+    )
+    return page
 
 def _model_release_impl(ctx):
     info = ctx.attr.weights[ModelWeightsInfo]
@@ -83,7 +112,7 @@ def _model_release_impl(ctx):
         build_outputs = {info.weights.short_path: info.weights.basename, info.onnx.short_path: info.onnx.basename},
         bundle_sources = [info.weights, info.onnx] + golden + extra,
     )
-    files = [manifest] + receipts
+    files = [manifest] + receipts + [_review_page(ctx, info, bundle, manifest, golden_dir, golden)]
 
     # The bundle carries its golden data, so that a deployment can check the model it loaded
     # against the same expectations the gate used, under the names golden/<model>/ gives them.
@@ -105,6 +134,7 @@ _model_release = rule(
         "weights": attr.label(mandatory = True, providers = [ModelWeightsInfo]),
         "_fork_worker": attr.label(default = FORK_WORKER, executable = True, cfg = "exec"),
         "_receipt_tool": attr.label(default = RECEIPT_TOOL, executable = True, cfg = "exec"),
+        "report_tool": attr.label(mandatory = True, executable = True, cfg = "exec", doc = "the model's review page tool (model_release declares it)"),
     },
     provides = [ReleaseInfo],
 )
@@ -119,7 +149,8 @@ def _receipts_of_package():
     ]
 
 def model_release(*, name, weights, visibility = None, tags = [], tests = None, bundle_files = []):
-    """The promotable bundle: `<name>/{manifest.json, weights.safetensors, model.onnx, receipt.*.json}`.
+    """The promotable bundle: `<name>/{manifest.json, weights.safetensors, model.onnx, receipt.*.json}`
+    and its review page `<name>/report.html` (not in the manifest: a picture of the release, not part of it).
 
     Builds only if the exported files pass the gate: golden data reproduced from the saved
     safetensors, ONNX (onnxruntime) matching torch on the golden inputs, and every metric above
@@ -145,9 +176,22 @@ def model_release(*, name, weights, visibility = None, tags = [], tests = None, 
     tests = [t if t.endswith("_receipt") else t + "_receipt" for t in tests]
     if not tests:
         fail("model_release(name = %r): no model_test before it in this package; a release needs its tests' receipts" % name)
+    # The review page's tool: the model's code (the weights target's library), the gate's ONNX check
+    # and the report. Not an input of any build hash (model_weights hashes its own deps only).
+    report_tool = "_%s_report_tool" % name
+    native.py_binary(
+        name = report_tool,
+        srcs = [RELEASE_REPORT_MAIN],
+        main = RELEASE_REPORT_MAIN,
+        deps = [weights, GATE_LIB, REPORT_LIB],
+        python_version = "PY3",
+        visibility = ["//visibility:private"],
+        tags = tags,
+    )
     _model_release(
         name = name,
         weights = weights,
+        report_tool = ":" + report_tool,
         tests = tests,
         bundle_files = bundle_files,
         visibility = visibility or ["//visibility:public"],

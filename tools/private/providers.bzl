@@ -50,6 +50,7 @@ ReceiptInfo = provider(
         "variant": "cpu or gpu",
         "receipt": "File: <name>.receipt.json",
         "log": "File: <name>.log",
+        "outputs": "Tree artifact: <name>.outputs/, what the tests left for a person (a golden test's report); None where nothing ran",
     },
 )
 

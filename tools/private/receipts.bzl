@@ -57,6 +57,7 @@ def _receipt_run_impl(ctx):
     xml = ctx.actions.declare_file(name + ".xml")
     label = "//%s:%s" % (ctx.label.package, name)
     files = [receipt, log, xml]
+    outputs_dir = None
 
     if ctx.attr.not_run_reason:
         # A GPU variant on a build whose torch cannot use a GPU, or a variant the BUILD file
@@ -85,6 +86,11 @@ def _receipt_run_impl(ctx):
             value = ctx.expand_location(value.replace("$(rootpath ", "$(execpath "), ctx.attr.data)
             env_flags.append("--env=%s=%s" % (key, value))
 
+        # What the tests leave for a person ($TEST_UNDECLARED_OUTPUTS_DIR: a golden test's report).
+        # An output of this action, which succeeds when a test fails, so it outlives a failure; the
+        # test target copies it into Bazel's undeclared outputs (test.outputs/), which CI uploads.
+        outputs_dir = ctx.actions.declare_directory(name + ".outputs")
+        files.append(outputs_dir)
         runner = ctx.attr.runner[DefaultInfo].files_to_run
         runner_runfiles = ctx.attr.runner[DefaultInfo].default_runfiles
         args = python_tool_args(ctx, runner, runner_runfiles)
@@ -94,6 +100,8 @@ def _receipt_run_impl(ctx):
         args.add("--log", log)
         args.add("--xml", xml)
         args.add("--timeout", str(ctx.attr.timeout_s))
+        args.add("--outputs-dir", outputs_dir.path)
+        args.add("--outputs-display", "bazel-bin/" + outputs_dir.short_path)
         for rel in sorted(hashed):
             args.add("--input", "%s=%s" % (rel, hashed[rel].path))
         for f in ctx.files.srcs:
@@ -115,7 +123,7 @@ def _receipt_run_impl(ctx):
             tool_runfiles = runner_runfiles,
             args = args,
             inputs = depset(hashed.values() + ctx.files.data + lock_entries),
-            outputs = [receipt, log, xml],
+            outputs = [receipt, log, xml, outputs_dir],
             env = env,
             mnemonic = "ModelTest",
             progress_message = "Testing %s (pytest, writes its receipt)" % label,
@@ -124,7 +132,7 @@ def _receipt_run_impl(ctx):
 
     return [
         DefaultInfo(files = depset(files)),
-        ReceiptInfo(label = label, variant = ctx.attr.variant, receipt = receipt, log = log),
+        ReceiptInfo(label = label, variant = ctx.attr.variant, receipt = receipt, log = log, outputs = outputs_dir),
         OutputGroupInfo(receipt = depset([receipt])),
     ]
 
@@ -158,6 +166,7 @@ def _receipt_test_impl(ctx):
     info = ctx.attr.run[ReceiptInfo]
     receipt, log, label = info.receipt, info.log, info.label
     xml = [f for f in ctx.attr.run[DefaultInfo].files.to_list() if f.basename.endswith(".xml")][0]
+    outputs = [info.outputs] if info.outputs else []
     script = ctx.actions.declare_file(ctx.label.name + ".report.sh")
     ctx.actions.write(
         script,
@@ -166,6 +175,11 @@ def _receipt_test_impl(ctx):
             "# Reports the pytest run of %s that a build action recorded (tools/private/receipts.bzl)." % label,
             "cat '%s'" % log.short_path,
             "if [[ -n \"${XML_OUTPUT_FILE:-}\" && -s '%s' ]]; then cp '%s' \"$XML_OUTPUT_FILE\"; fi" % (xml.short_path, xml.short_path),
+        ] + [
+            # What the run left for a person (a golden test's report) into Bazel's undeclared outputs.
+            "if [[ -n \"${TEST_UNDECLARED_OUTPUTS_DIR:-}\" && -d '%s' ]]; then cp -R '%s'/. \"$TEST_UNDECLARED_OUTPUTS_DIR\"/; fi" % (d.short_path, d.short_path)
+            for d in outputs
+        ] + [
             "grep -q '^ \"status\": \"passed\",\\?$' '%s' && exit 0" % receipt.short_path,
             "echo \"modelgate: $(grep -o '^ \"status\": \"[a-z-]*\"' '%s' | cut -d'\"' -f4): see the receipt bazel-bin/%s\"" % (receipt.short_path, receipt.short_path),
             "exit 1",
@@ -173,7 +187,7 @@ def _receipt_test_impl(ctx):
         ]),
         is_executable = True,
     )
-    return [DefaultInfo(executable = script, runfiles = ctx.runfiles(files = [receipt, log, xml]))]
+    return [DefaultInfo(executable = script, runfiles = ctx.runfiles(files = [receipt, log, xml] + outputs))]
 
 receipt_test = rule(
     implementation = _receipt_test_impl,

@@ -4,6 +4,7 @@
     registry show MODEL [--json]
     registry history MODEL [--json]
     registry rollback MODEL --tag=TAG [--reason=TEXT] [--notify=URL ...] [--signing-key=PEM] [--json]
+    registry report --out=DIR [--model=M ...] [--release=BUNDLE ...] [--tag=TAG]   (modelgate.report)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def build_parser() -> Parser:
         help=f"verify the signatures of history events and tag pointers (default: ${signing.ENV_PUBLIC_KEY}; without one, their schema only)",
     )  # fmt: skip
     p = Parser(prog=PROG, description="Inspect the model registry; roll a channel tag back.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{ls,show,history,rollback}", parser_class=Parser)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{ls,show,history,rollback,report}", parser_class=Parser)
     sub.add_parser("ls", parents=[common], help="models and their tags")
     show = sub.add_parser("show", parents=[common], help="a model's tags and the builds they name")
     show.add_argument("model", metavar="MODEL")
@@ -42,6 +43,11 @@ def build_parser() -> Parser:
     rollback.add_argument("--reason", metavar="TEXT", help="why; recorded in the history")
     rollback.add_argument("--notify", action="append", default=[], metavar="URL")
     rollback.add_argument("--signing-key", metavar="PEM", help=f"EC private key that signs the rollback event (default: ${signing.ENV_SIGNING_KEY})")
+    report = sub.add_parser("report", parents=[common], help="the registry as a static HTML page (and release review pages)")
+    report.add_argument("--out", required=True, metavar="DIR", help="directory for index.html (created)")
+    report.add_argument("--model", action="append", default=None, metavar="M", help="only this model (repeatable)")
+    report.add_argument("--release", action="append", default=[], metavar="BUNDLE", help="a local release bundle: its review page against --tag's build")
+    report.add_argument("--tag", default="stable", help="the champion's tag (default: stable)")
     return p
 
 
@@ -110,6 +116,16 @@ def _main(argv: list[str]) -> int:
             print(f"{PROG}: {problem}", file=sys.stderr)
         if problems:
             return 1
+    elif args.command == "report":
+        from modelgate.report import cli as report_cli
+
+        written = report_cli.write_reports(
+            registry, out=user_path(args.out), models=args.model, releases=[user_path(r) for r in args.release], tag=args.tag
+        )
+        if args.json:
+            print(json.dumps({"registry": str(uri), "pages": [str(p) for p in written]}, indent=2))
+        else:
+            print(f"wrote {len(written)} page(s) for {uri}: {written[0]}")
     elif args.command == "history":
         events = api.history(registry, args.model)
         if args.json:

@@ -6,6 +6,8 @@
                     with a canary, its build, weight, analysis windows, rollbacks ("canary")
     GET  /metrics   Prometheus metrics (modelgate.serve.metrics)
     GET  /schema    the model's inputs and outputs
+    GET  /ui        the registry as a page for this model: tags, history timeline, metrics over time,
+                    receipts and lineage (modelgate.report; 501 where the service was packaged without it)
     POST /notify    a signed promotion event (modelgate.notify): look at the tag now
     /v2/...         the Open Inference Protocol v2 (modelgate.serve.oip): health, model
                     metadata, readiness and inference, as KServe, Triton and MLServer serve it
@@ -32,7 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelgate.errors import InputError
+from modelgate.errors import InputError, ModelgateError
 from modelgate.serve import metrics as metrics_lib
 from modelgate.serve import oip, schema
 from modelgate.serve.canary import Service, headers_of
@@ -175,6 +177,20 @@ def create_app(
     @app.get("/metrics")
     async def get_metrics():
         return Response(service.metrics.render(), media_type=metrics_lib.CONTENT_TYPE)
+
+    @app.get("/ui")
+    async def ui():
+        try:
+            from modelgate.report import registry_page, render
+        except ImportError as e:  # serve_package leaves the report's libraries out (matplotlib, Jinja2)
+            raise HTTPException(501, f"this service was packaged without the registry page ({e.name} is not installed)") from None
+        served = deployment.current
+        where = f"GET /ui of serve {deployment.model_name}:{deployment.tag}" + (f", serving {short(served.build_hash)}" if served else "")
+        try:
+            html = await run_in_threadpool(registry_page.registry_page, deployment.registry, models=[deployment.model_name], generated_by=where)
+        except ModelgateError as e:
+            raise HTTPException(503, f"cannot read {deployment.model_name} from {deployment.registry.uri}: {str(e).splitlines()[0]}") from None
+        return Response(html, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": render.CONTENT_SECURITY_POLICY})
 
     @app.get("/schema")
     async def get_schema():
