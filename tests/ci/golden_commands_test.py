@@ -157,19 +157,30 @@ def test_a_promote_without_a_signing_key_is_refused_before_anything_runs(tmp_pat
 
 # --- helpers --------------------------------------------------------------------------------------
 
-def test_collect_reports_copies_test_logs_and_release_manifests(tmp_path):
+def test_collect_reports_copies_test_logs_report_pages_and_release_manifests(tmp_path):
     logs = tmp_path / "bazel-testlogs/models/a/model_test_cpu"
     logs.mkdir(parents=True)
     (logs / "test.xml").write_text("<xml/>")
     (logs / "test.log").write_text("log")
+    (logs / "test.outputs").mkdir()
+    (logs / "test.outputs/outputs.zip").write_text("a golden report")
     bundle = tmp_path / "bazel-bin/models/a/release"
     bundle.mkdir(parents=True)
     (bundle / "manifest.json").write_text("{}")
+    (bundle / "report.html").write_text("<html/>")
     (bundle / "weights.safetensors").write_text("big")
+    failed = tmp_path / "modelgate-reports/b"
+    failed.mkdir(parents=True)
+    (failed / "gate-0123456789ab.html").write_text("<html/>")
     out = tmp_path / "out"
-    copied = ci.collect_reports(out, ["//models/a:model_test_cpu", "//models/b:missing"], ["//models/a:release"], False, root=tmp_path)
+    copied = ci.collect_reports(
+        out, ["//models/a:model_test_cpu", "//models/b:missing"], ["//models/a:release"], False, root=tmp_path,
+        failed_gates=tmp_path / "modelgate-reports",
+    )  # fmt: skip
     assert sorted(p.relative_to(out).as_posix() for p in copied) == [
-        "releases/models/a/manifest.json", "testlogs/models/a/model_test_cpu/test.log", "testlogs/models/a/model_test_cpu/test.xml",
+        "failed-gates/b/gate-0123456789ab.html", "releases/models/a/manifest.json", "releases/models/a/report.html",
+        "testlogs/models/a/model_test_cpu/test.log", "testlogs/models/a/model_test_cpu/test.outputs/outputs.zip",
+        "testlogs/models/a/model_test_cpu/test.xml",
     ]  # fmt: skip
 
 

@@ -402,15 +402,37 @@ def known_models() -> list[str]:
     return sorted(p.parent.name for p in (ROOT / "models").glob("*/BUILD.bazel"))
 
 
-def collect_reports(out: Path, tests: list[str], releases: list[str], every_test: bool, root: Path = ROOT) -> list[Path]:
-    """Copies the test logs (test.xml, test.log) and the release manifests into `out`."""
+def failed_gate_reports() -> Path:
+    """Where a failing release gate leaves its report page (modelgate.report.gate_report: a failed
+    action's outputs are discarded, so the page goes outside the sandbox)."""
+    return Path(os.environ.get("MODELGATE_REPORT_DIR") or "/tmp/modelgate-reports")
+
+
+def collect_reports(
+    out: Path, tests: list[str], releases: list[str], every_test: bool, root: Path = ROOT, failed_gates: Path | None = None
+) -> list[Path]:
+    """Copies into `out` the test logs (test.xml, test.log) with each test's undeclared outputs (a
+    golden test's report page), the release manifests and review pages, and the report pages of
+    gates that failed."""
     copied = []
     testlogs = root / "bazel-testlogs"
     if every_test and testlogs.exists():
         dirs = sorted({p.parent for p in testlogs.glob("**/test.xml")} | {p.parent for p in testlogs.glob("**/test.log")})
     else:
         dirs = [testlogs / label[2:].replace(":", "/") for label in tests if label != "//..."]
+    failed_gates = failed_gates or failed_gate_reports()
+    for page in sorted(failed_gates.glob("*/*.html")) if failed_gates.is_dir() else []:
+        dst = out / "failed-gates" / page.relative_to(failed_gates)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(page, dst)
+        copied.append(dst)
     for d in dirs:
+        outputs = d / "test.outputs" / "outputs.zip"
+        if outputs.is_file():
+            dst = out / "testlogs" / outputs.relative_to(testlogs)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(outputs, dst)
+            copied.append(dst)
         for name in ("test.xml", "test.log"):
             src = d / name
             if src.is_file():
@@ -421,7 +443,7 @@ def collect_reports(out: Path, tests: list[str], releases: list[str], every_test
     for label in releases:
         package = label[2:].split(":")[0]
         bundle = root / "bazel-bin" / package / "release"
-        for src in sorted(bundle.glob("*.json")) if bundle.is_dir() else []:
+        for src in sorted([*bundle.glob("*.json"), *bundle.glob("*.html")]) if bundle.is_dir() else []:
             dst = out / "releases" / package / src.name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
