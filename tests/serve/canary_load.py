@@ -24,20 +24,18 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path[:0] = [str(REPO), str(REPO / "tools")]
 
-from tests.serve import faults, harness  # noqa: E402
+from tests.serve import faults, harness, swap_load  # noqa: E402
 from tests.serve.bundles import build_hash  # noqa: E402
 
 CLIENTS = 1000
@@ -89,56 +87,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-class Client:
-    """HTTP/1.1 keep-alive POST /predict with a body and a client key per request (a fraction of
-    httpx's CPU per request: the load shares two cores with the service)."""
+class Client(swap_load.Client):
+    """swap_load's keep-alive client, with a body and a client key per request."""
 
     def __init__(self, url: str, connections: int):
-        parsed = urlparse(url)
-        self.host, self.port = parsed.hostname, parsed.port
-        self.pool: asyncio.Queue = asyncio.Queue()
-        for _ in range(connections):
-            self.pool.put_nowait(None)
+        super().__init__(url, b"", connections)
 
     def request(self, body: bytes, key: str) -> bytes:
         return (
             f"POST /predict HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
             f"{KEY_HEADER}: {key}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-
-    async def post(self, raw: bytes) -> tuple[int, bytes, bytes]:
-        connection = await self.pool.get()
-        try:
-            if connection is None or connection[0].at_eof():
-                if connection is not None:
-                    connection[1].close()
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                connection = reader, writer
-            reader, writer = connection
-            writer.write(raw)
-            head = await reader.readuntil(b"\r\n\r\n")
-            lower = head.lower()
-            at = lower.find(b"content-length:")
-            length = int(head[at + 15 : head.index(b"\r\n", at)]) if at >= 0 else 0
-            data = await reader.readexactly(length)
-            if b"connection: close" in lower:
-                writer.close()
-                connection = None
-            return int(head[9:12]), lower, data
-        except BaseException:
-            if connection is not None:
-                connection[1].close()
-            connection = None
-            raise
-        finally:
-            self.pool.put_nowait(connection)
-
-    async def close(self):
-        while not self.pool.empty():
-            connection = self.pool.get_nowait()
-            if connection is not None:
-                connection[1].close()
 
 
 def _header(lower_head: bytes, name: bytes) -> str | None:

@@ -85,7 +85,7 @@ class Client:
     def __init__(self, url: str, body: bytes, connections: int):
         parsed = urlparse(url)
         self.host, self.port = parsed.hostname, parsed.port
-        self.request = (
+        self.raw = (
             f"POST /predict HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
@@ -98,7 +98,9 @@ class Client:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return reader, writer
 
-    async def post(self) -> tuple[int, bytes]:
+    async def post(self, raw: bytes | None = None) -> tuple[int, bytes, bytes]:
+        """(status, the response head in lower case, the body) of one request: `raw`, or the
+        client's own POST /predict."""
         connection = await self.pool.get()
         try:
             if connection is None or connection[0].at_eof():
@@ -106,7 +108,7 @@ class Client:
                     connection[1].close()
                 connection = await self._open()
             reader, writer = connection
-            writer.write(self.request)
+            writer.write(self.raw if raw is None else raw)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
             lower = head.lower()
@@ -116,7 +118,7 @@ class Client:
             if b"connection: close" in lower:
                 writer.close()
                 connection = None
-            return status, data
+            return status, lower, data
         except BaseException:
             if connection is not None:
                 connection[1].close()
@@ -138,7 +140,7 @@ async def one_request(client: Client, scheduled: float, expect_rows: int) -> Sam
         await asyncio.sleep(delay)
     start = time.time()
     try:
-        status, data = await asyncio.wait_for(client.post(), timeout=10.0)
+        status, _, data = await asyncio.wait_for(client.post(), timeout=10.0)
         end = time.time()
         if status != 200:
             return Sample(scheduled, start, end, status, None, data[:200].decode(errors="replace"))

@@ -177,7 +177,9 @@ class Registry:
 
     def read_build(self, model: str, build_hash: str) -> dict | None:
         """The stored manifest as a JSON object (not yet checked: see records.check_build)."""
-        key = self.build_key(tags.check_model_name(model), tags.check_build_hash(build_hash))
+        return self._read_manifest(self.build_key(tags.check_model_name(model), tags.check_build_hash(build_hash)))
+
+    def _read_manifest(self, key: str) -> dict | None:
         data = self.storage.read(key, MANIFEST_MAX_BYTES)
         if data is None:
             return None
@@ -193,14 +195,9 @@ class Registry:
     def read_release(self, model: str, build_hash: str, release: str) -> dict | None:
         """Another release of a build (bundle.release_id): the same files but its receipts,
         stored beside the build's first manifest (builds/<hash>.json). Not yet checked."""
-        key = self.release_key(tags.check_model_name(model), tags.check_build_hash(build_hash), tags.check_build_hash(release))
-        data = self.storage.read(key, MANIFEST_MAX_BYTES)
-        if data is None:
-            return None
-        doc = records.loads(data, f"the manifest {self._where(key)}")
-        if not isinstance(doc, dict):
-            raise VerificationError(f"the manifest {key} in {self.uri} is not a JSON object")
-        return doc
+        return self._read_manifest(
+            self.release_key(tags.check_model_name(model), tags.check_build_hash(build_hash), tags.check_build_hash(release))
+        )
 
     def create_release(self, model: str, build_hash: str, release: str, doc: dict) -> bool:
         data = canonical_json(doc)
