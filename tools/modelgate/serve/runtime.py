@@ -13,6 +13,7 @@ gate ran on this runtime before the build could be released.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
@@ -108,9 +109,9 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, atol: float, rt
     )
 
 
-def warm_up(runner: Runner, directory: Path, rounds: int = WARMUP_ROUNDS) -> dict[str, float]:
+def warm_up(runner: Runner, directory: Path, rounds: int = WARMUP_ROUNDS, timings: list[float] | None = None) -> dict[str, float]:
     """Runs the golden inputs `rounds` times; RolloutError unless the outputs match. Returns the
-    worst absolute error per output."""
+    worst absolute error per output; `timings` gets each round's seconds."""
     inputs, expected = load_golden(directory)
     signature = runner.signature
     names = {t.name for t in signature.inputs}
@@ -119,7 +120,10 @@ def warm_up(runner: Runner, directory: Path, rounds: int = WARMUP_ROUNDS) -> dic
     try:
         signature.check_inputs(inputs)
         for _ in range(max(1, rounds)):
+            start = time.perf_counter()
             outputs = runner.forward(inputs)
+            if timings is not None:
+                timings.append(time.perf_counter() - start)
     except Exception as e:  # noqa: BLE001 - a model that fails on its own golden inputs is refused
         raise RolloutError(f"the model fails on its golden inputs: {type(e).__name__}: {first_line(e)}") from None
     failures, worst = [], {}
