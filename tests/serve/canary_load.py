@@ -9,7 +9,7 @@ a signing key; open-loop load (each request sent at its scheduled time whether o
 ones have answered) of one-row requests with random tokens, each with a client key
 (X-Modelgate-Key, 1,000 clients); after 1 s, promote the faulty build to canary (notifying the
 service). Reports the requests routed to the canary until it was stopped, failed requests, the
-history event the service wrote, and /metrics lines before and after. test_canary.py asserts on
+history event the service wrote, and /metrics lines before and after. canary_test.py asserts on
 the same runs.
 
 --bench: the routing and metrics cost. Two services over one registry, one with a canary

@@ -21,7 +21,7 @@ from modelgate import notify
 from modelgate.serve.deployment import Deployment
 from tests.serve import harness
 from tests.serve.bundles import build_hash
-from tests.serve.test_e2e import ROLLOUT_TIMEOUT_S, assert_answers_like, golden_request
+from tests.serve.e2e_test import ROLLOUT_TIMEOUT_S, assert_answers_like, golden_request
 
 M = harness.MODEL
 

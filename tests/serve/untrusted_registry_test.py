@@ -17,7 +17,7 @@ from pathlib import Path
 from modelgate import notify
 from tests.serve import harness
 from tests.serve.bundles import build_hash
-from tests.serve.test_e2e import ROLLOUT_TIMEOUT_S, assert_answers_like
+from tests.serve.e2e_test import ROLLOUT_TIMEOUT_S, assert_answers_like
 
 M = harness.MODEL
 REPORT_TIMEOUT_S = 10  # a refused read is reported at once; a reader that blocks never reports

@@ -1,6 +1,6 @@
 """The Open Inference Protocol v2 over a real `serve` process: metadata from the build's signature,
 JSON and binary tensors, versions by build hash, and {"error": ...} with a 4xx for a client's
-mistakes. (tests/serve/test_clients.py drives the same endpoints with tritonclient and kserve.)"""
+mistakes. (//tests/serve:package_test drives the same endpoints with tritonclient, tests/e2e/kserve_client_e2e.sh with the kserve SDK.)"""
 
 from __future__ import annotations
 
