@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from modelgate import checkpoint as checkpoints
+from modelgate.runner import run
 
 
 def installed_tree(lock_entry: str) -> Path:
@@ -25,7 +26,7 @@ def installed_tree(lock_entry: str) -> Path:
     return entry.parent.parent / "dists" / entry.stem
 
 
-def main(argv=None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="checkpoint_tool", fromfile_prefix_chars="@", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fetch")
@@ -45,29 +46,30 @@ def main(argv=None) -> int:
     for pair in args.package_file:
         rel, _, where = pair.partition("=")
         package_files[rel] = where
+    pin = checkpoints.read_pin(path, display or path, args.model)
+    if not package_files:
+        # The package's files are read where they are installed: in the build, where a package's
+        # input is its lock entry (only those packages); outside it, on sys.path.
+        names = {json.loads(Path(entry).read_text(encoding="utf-8"))["name"] for entry in args.package_lock_entry}
+        package_files = checkpoints.installed_package_files(
+            pin, packages=names or None, paths=[str(installed_tree(entry)) for entry in args.package_lock_entry] or None
+        )
+    fetched = checkpoints.fetch(pin, package_files=package_files)
     try:
-        pin = checkpoints.read_pin(path, display or path, args.model)
-        if not package_files:
-            # The package's files are read where they are installed: in the build, where a package's
-            # input is its lock entry (only those packages); outside it, on sys.path.
-            names = {json.loads(Path(entry).read_text(encoding="utf-8"))["name"] for entry in args.package_lock_entry}
-            package_files = checkpoints.installed_package_files(
-                pin, packages=names or None, paths=[str(installed_tree(entry)) for entry in args.package_lock_entry] or None
-            )
-        fetched = checkpoints.fetch(pin, package_files=package_files)
         checkpoints.place(fetched, Path(args.out))
-    except checkpoints.CheckpointError as e:
-        print(str(e), file=sys.stderr)
-        return 1
     except OSError as e:
-        print(f"model {args.model}: {display}: cannot place the checkpoint in the build ({e})", file=sys.stderr)
-        return 1
+        raise checkpoints.CheckpointError(f"model {args.model}: {display}: cannot place the checkpoint in the build ({e})") from None
     size = checkpoints.human_size(pin.size)
     if fetched.source == "store":
         print(f"checkpoint {args.model} {pin.sha256[:12]}: {size} from this machine's store, verified in {fetched.seconds:.2f} s")
     else:
         print(f"checkpoint {args.model} {pin.sha256[:12]}: {size} fetched from {fetched.source} in {fetched.seconds:.2f} s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A checkpoint's errors name the model and the pin file themselves: no program prefix.
+    return run(None, _main, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modelgate.errors import ModelgateError
+from modelgate.errors import ModelgateError, UsageError
+from modelgate.runner import run
 
 RELEASE_SET = "//models:releases"
 PROG = "promote"
@@ -84,22 +85,21 @@ def build_releases(workspace: Path, models: list[str], bazel_flags: list[str]) -
     return [bin_dir / label.lstrip("/").split(":")[0] / label.split(":")[1] for label in chosen]
 
 
-def main(argv: list[str]) -> int:
+def _main(argv: list[str]) -> int:
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
-        print(f"{PROG}: run me with: bazel run //tools:promote -- --tag=TAG", file=sys.stderr)
-        return 2
+        raise UsageError("run me with: bazel run //tools:promote -- --tag=TAG")
     models, bazel_flags = split_args(argv)
-    try:
-        bundles = build_releases(Path(workspace), models, bazel_flags)
-    except PromoteSetupError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return e.exit_code
+    bundles = build_releases(Path(workspace), models, bazel_flags)
     from modelgate.cli import promote
 
     rest = [a for a in argv if not a.startswith("--bazel-flag=")]
     return promote.main([f"--release={b}" for b in bundles] + rest)
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run(PROG, _main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -18,29 +18,31 @@ import sys
 from pathlib import Path
 
 from modelgate import digests, receipts
+from modelgate.runner import run
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     p, b = receipts.bind_parser("Bind test receipts to a release build; list blake3s.")
     b.add_argument("--file", action="append", default=[], help="NAME=PATH: a bundle file the manifest lists, where it lies")
     args = p.parse_args(argv)
+    receipts.bind_main(args)
+    out = Path(args.out)
+    manifest = json.loads(out.read_text())
+    paths = {name: out.parent / name for name in manifest["files"]}  # the receipts lie beside it
+    paths.update((name, Path(path)) for name, _, path in (pair.partition("=") for pair in args.file))
     try:
-        receipts.bind_main(args)
-        out = Path(args.out)
-        manifest = json.loads(out.read_text())
-        paths = {name: out.parent / name for name in manifest["files"]}  # the receipts lie beside it
-        paths.update((name, Path(path)) for name, _, path in (pair.partition("=") for pair in args.file))
-        try:
-            manifest["files"] = digests.add_blake3(manifest["files"], paths)
-        except ValueError as e:
-            raise receipts.ReceiptError(f"release {args.model} refused: {e}") from None
-        except OSError as e:
-            raise receipts.ReceiptError(f"release {args.model}: cannot read {e.filename}: {e.strerror}") from None
-        out.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    except receipts.ReceiptError as e:
-        print(str(e), file=sys.stderr)
-        return 1
+        manifest["files"] = digests.add_blake3(manifest["files"], paths)
+    except ValueError as e:
+        raise receipts.ReceiptError(f"release {args.model} refused: {e}") from None
+    except OSError as e:
+        raise receipts.ReceiptError(f"release {args.model}: cannot read {e.filename}: {e.strerror}") from None
+    out.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The receipts' errors name the model and the receipt themselves: no program prefix.
+    return run(None, _main, argv)
 
 
 if __name__ == "__main__":

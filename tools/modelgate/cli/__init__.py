@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from modelgate.errors import ModelgateError
+from modelgate.runner import run  # noqa: F401 - the one runner, re-exported for the commands here
 from modelgate.registry.registry import Registry
 from modelgate.registry.storage import open_storage
 from modelgate.registry.uri import RegistryURI, resolve
@@ -24,25 +24,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
-def run(prog: str, body: Callable[[list[str]], int], argv: list[str] | None) -> int:
-    """Runs a command body; a user's mistake becomes one line on stderr and a non-zero status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return body(argv)
-    except SystemExit as e:  # argparse: --help, or a usage error it has already printed
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except ModelgateError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        print(f"{prog}: {e.strerror or e}{where}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def warner(prog: str) -> Callable[[str], None]:
