@@ -65,6 +65,7 @@ def test_layout_blobs_then_manifest_then_tag(capsys, registry_uri, registry, tmp
     expected = {f"blobs/sha256/{d}" for d in file_digests(bundle).values()} | {
         f"models/tiny_transformer/builds/{h}.json",
         "models/tiny_transformer/history/0000000001.json",
+        "models/tiny_transformer/head.json",
         "models/tiny_transformer/tags/stable.json",
     }
     assert set(registry_keys(registry)) == expected
