@@ -65,6 +65,7 @@ def test_layout_blobs_then_manifest_then_tag(capsys, registry_uri, registry, tmp
     expected = {f"blobs/sha256/{d}" for d in file_digests(bundle).values()} | {
         f"models/tiny_transformer/builds/{h}.json",
         "models/tiny_transformer/history/0000000001.json",
+        "models/tiny_transformer/head.json",
         "models/tiny_transformer/tags/stable.json",
     }
     assert set(registry_keys(registry)) == expected
@@ -345,7 +346,7 @@ def test_ls_show_history(capsys, registry_uri, tmp_path):
 
     rc, out, _ = run(capsys, registry_cli.main, "history", "tiny_transformer", uri)
     assert len(out.splitlines()) == 3
-    events = json.loads(run(capsys, registry_cli.main, "history", "tiny_transformer", uri, "--json")[1])["events"]
+    events = json.loads(run(capsys, registry_cli.main, "history", "tiny_transformer", uri, "--json", "--oldest-first")[1])["events"]
     assert [(e["seq"], e["tag"], e["build_hash"], e["previous"]) for e in events] == [
         (1, "v1.0.0", build_hash(a), None),
         (2, "stable", build_hash(a), None),

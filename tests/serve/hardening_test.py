@@ -72,6 +72,7 @@ def test_a_rolled_back_tag_state_is_refused_and_a_real_rollback_is_served(reques
 
     harness.promote(uri, v1, keys["signer"])
     v1_pointer = registry.storage.read(pointer_key)  # validly signed, seq 1
+    v1_head = registry.storage.read(registry.head_key(M))  # the signed head then: replayed with the pointer
     server = servers(uri, keys["signer_public"])
     server.wait_serving(h1, ROLLOUT_TIMEOUT_S)
     harness.promote(uri, v2, keys["signer"], notify_urls=[server.notify_url])
@@ -84,6 +85,7 @@ def test_a_rolled_back_tag_state_is_refused_and_a_real_rollback_is_served(reques
     event2 = registry.storage.read(event2_key)
     _delete(uri, event2_key)
     _write(uri, pointer_key, v1_pointer)
+    _write(uri, registry.head_key(M), v1_head)
     checks = server.version()["checks"]
     _notify(server, uri, h1)
     version = _wait_refused(server, "rollback refused", checks)
@@ -278,6 +280,7 @@ def test_allow_rollback_is_the_operators_way_past_the_protection(local_registry,
     registry = harness.open_registry(local_registry)
     harness.promote(local_registry, v1, keys["signer"])
     v1_pointer = registry.storage.read(registry.tag_key(M, "stable"))
+    v1_head = registry.storage.read(registry.head_key(M))
     harness.promote(local_registry, v2, keys["signer"])
     state_dir = tmp_path / "state"
 
@@ -296,6 +299,7 @@ def test_allow_rollback_is_the_operators_way_past_the_protection(local_registry,
 
     _delete(local_registry, registry.history_key(M, 2))
     _write(local_registry, registry.tag_key(M, "stable"), v1_pointer)
+    _write(local_registry, registry.head_key(M), v1_head)  # with the head replayed too, only the service's state sees it
     refusing = deployment()
     attempt = refusing.check("startup")
     assert attempt.outcome == "refused" and "rollback refused" in attempt.error and refusing.current is None

@@ -2,7 +2,8 @@
 
     registry ls [--json]
     registry show MODEL [--json]
-    registry history MODEL [--json]
+    registry history MODEL [--limit=N] [--oldest-first] [--json]
+    registry verify MODEL [--json]      (the whole hash chain, for audits)
     registry rollback MODEL --tag=TAG [--reason=TEXT] [--notify=URL ...] [--signing-key=PEM] [--json]
     registry report --out=DIR [--model=M ...] [--release=BUNDLE ...] [--tag=TAG]   (modelgate.report)
 """
@@ -31,12 +32,16 @@ def build_parser() -> Parser:
         help=f"verify the signatures of history events and tag pointers (default: ${signing.ENV_PUBLIC_KEY}; without one, their schema only)",
     )  # fmt: skip
     p = Parser(prog=PROG, description="Inspect the model registry; roll a channel tag back.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{ls,show,history,rollback,report}", parser_class=Parser)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{ls,show,history,verify,rollback,report}", parser_class=Parser)
     sub.add_parser("ls", parents=[common], help="models and their tags")
     show = sub.add_parser("show", parents=[common], help="a model's tags and the builds they name")
     show.add_argument("model", metavar="MODEL")
-    history = sub.add_parser("history", parents=[common], help="a model's promotions, oldest first")
+    history = sub.add_parser("history", parents=[common], help="a model's promotions, newest first")
     history.add_argument("model", metavar="MODEL")
+    history.add_argument("--limit", type=int, default=None, metavar="N", help="only the newest N events (reads N events, not the history)")
+    history.add_argument("--oldest-first", action="store_true", help="print oldest first")
+    verify = sub.add_parser("verify", parents=[common], help="walk and check the whole history (hash chain, signatures, head, tags)")
+    verify.add_argument("model", metavar="MODEL")
     rollback = sub.add_parser("rollback", parents=[common], help="move a channel tag back to its previous build")
     rollback.add_argument("model", metavar="MODEL")
     rollback.add_argument("--tag", required=True)
@@ -127,11 +132,20 @@ def _main(argv: list[str]) -> int:
         else:
             print(f"wrote {len(written)} page(s) for {uri}: {written[0]}")
     elif args.command == "history":
-        events = api.history(registry, args.model)
+        if args.limit is not None and args.limit < 1:
+            raise UsageError("--limit must be at least 1")
+        events = api.history(registry, args.model, args.limit, oldest_first=args.oldest_first)
         if args.json:
             print(json.dumps({"model": args.model, "events": events}, indent=2))
         else:
             _print_history(events)
+    elif args.command == "verify":
+        summary = api.verify(registry, args.model)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            chained = f"hash chain from event {summary['chained_from']}" if summary["chained_from"] else "no hash chain yet"
+            print(f"{args.model}: {summary['events']} event(s) verified, {chained}, head {'matches' if summary['head'] else 'absent'}")
     else:
         warn = warner(PROG)
 

@@ -8,7 +8,7 @@ fetch, inspect); this module is the one place callers import them from.
 from __future__ import annotations
 
 from .fetch import FetchResult, fetch, resolve_build
-from .inspect import history, list_models, show
+from .inspect import history, list_models, show, verify
 from .moves import COMMITTED_MESSAGE, PromoteResult, Warn
 from .promote import ProgressFactory, promote, select_bundles
 from .rollback import rollback
@@ -27,4 +27,5 @@ __all__ = [
     "rollback",
     "select_bundles",
     "show",
+    "verify",
 ]

@@ -38,7 +38,7 @@ def resolve_build(registry: Registry, model: str, build: str) -> str:
         return build
     if len(build) < 8 or not all(c in "0123456789abcdef" for c in build):
         raise UsageError(f"invalid build {build!r}: a build hash (64 hex digits) or a prefix of at least 8")
-    matches = [h for h in registry.list_builds(model) if h.startswith(build)]
+    matches = registry.list_builds(model, build)  # only the builds that start with it
     if len(matches) != 1:
         found = "no build" if not matches else f"{len(matches)} builds"
         raise UsageError(f"{found} of {model} in {registry.uri} start with {build}")

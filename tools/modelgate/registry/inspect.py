@@ -36,11 +36,16 @@ def show(registry: Registry, model: str) -> dict:
     builds = registry.list_builds(model)
     if not builds:
         raise model_not_in_registry(model, registry.uri, registry.list_models())
-    seqs = registry.history_seqs(model)
-    events = registry.events(model, seqs)
+    view = registry.head_view(model)
+    if view is not None:  # the head names every tag that has an event: no history read
+        named = set(view.tags)
+        seqs = None
+    else:  # a registry written before the head: the whole history, as before
+        seqs = registry.history_seqs(model)
+        named = {e["tag"] for e in registry.events(model, seqs)}
     shown_tags = {}
     details = {}
-    for tag in sorted(set(registry.list_tags(model)) | {e["tag"] for e in events}):
+    for tag in sorted(set(registry.list_tags(model)) | named):
         state = registry.tag_state(model, tag, seqs)
         shown_tags[tag] = {
             "build_hash": state.build_hash,
@@ -79,9 +84,20 @@ def _build_details(registry: Registry, model: str, build_hash: str) -> dict:
     }
 
 
-def history(registry: Registry, model: str) -> list[dict]:
+def history(registry: Registry, model: str, limit: int | None = None, *, oldest_first: bool = False) -> list[dict]:
+    """The newest `limit` events (all without one), newest first (or oldest first)."""
     tags.check_model_name(model)
-    events = registry.events(model)
+    events = registry.history_page(model, limit)
+    if oldest_first:
+        events.reverse()
     if not events and model not in registry.list_models():
         raise model_not_in_registry(model, registry.uri, registry.list_models())
     return events
+
+
+def verify(registry: Registry, model: str) -> dict:
+    """The whole chain, for audits (Registry.verify_history)."""
+    tags.check_model_name(model)
+    if model not in registry.list_models():
+        raise model_not_in_registry(model, registry.uri, registry.list_models())
+    return registry.verify_history(model)

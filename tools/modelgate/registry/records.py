@@ -136,6 +136,42 @@ def check_event(doc, what: str, *, model: str, seq: int) -> dict:
     checks = c.field("checks", (list,), optional=True)
     if checks and not all(isinstance(x, dict) for x in checks):
         c.fail("'checks' must be a list of objects")
+    prev = c.field("prev", (str,), optional=True)  # sha256 of event seq-1 (the hash chain); absent in older events
+    if prev is not None and not tags.BUILD_HASH.fullmatch(prev):
+        c.fail(f"'prev' is not a sha256 (64 lowercase hex digits): {prev[:80]!r}")
+    tag_prev = c.field("tag_prev", (int,), optional=True)  # the previous event of the same tag
+    if tag_prev is not None and not 1 <= tag_prev < seq:
+        c.fail(f"'tag_prev' must be an earlier event, got {tag_prev}")
+    c.field("signature", (dict,), optional=True)
+    return doc
+
+
+HEAD_SCHEMA = "modelgate.head/v1"
+
+
+def check_head(doc, what: str, *, model: str) -> dict:
+    """The signed head of a model's history: its newest event (seq, sha256) and, for each tag, the
+    newest event that set it (seq, sha256) and how many events set it."""
+    c = _Checker(doc, what)
+    c.equals("schema", HEAD_SCHEMA)
+    c.model(model)
+    c.seq()
+    c.build_hash("sha256")
+    entries = c.field("tags", (dict,))
+    for tag, entry in entries.items():
+        try:
+            tags.tag_kind(tag)
+        except UsageError:
+            c.fail(f"'tags' names an invalid tag: {tag[:80]!r}")
+        if not isinstance(entry, dict):
+            c.fail(f"'tags.{tag}' must be an object")
+        seq, digest, count = entry.get("seq"), entry.get("sha256"), entry.get("count")
+        if type(seq) is not int or not 1 <= seq <= doc["seq"]:
+            c.fail(f"'tags.{tag}.seq' must be an event of the history")
+        if not isinstance(digest, str) or not tags.BUILD_HASH.fullmatch(digest):
+            c.fail(f"'tags.{tag}.sha256' must be a sha256")
+        if type(count) is not int or count < 1:
+            c.fail(f"'tags.{tag}.count' must be a positive integer")
     c.field("signature", (dict,), optional=True)
     return doc
 

@@ -145,6 +145,10 @@ class Registry:
         return f"models/{model}/tags/{tag}.json"
 
     @staticmethod
+    def head_key(model: str) -> str:
+        return f"models/{model}/head.json"
+
+    @staticmethod
     def history_key(model: str, seq: int) -> str:
         return f"models/{model}/history/{seq:0{SEQ_DIGITS}d}.json"
 
@@ -242,9 +246,10 @@ class Registry:
             )
         return self.storage.create(self.build_key(model, build_hash), data)
 
-    def list_builds(self, model: str) -> list[str]:
+    def list_builds(self, model: str, start: str = "") -> list[str]:
+        """The model's builds (those whose hash starts with `start`: one listing of just those)."""
         prefix = f"models/{tags.check_model_name(model)}/builds/"
-        found = (k[len(prefix) : -len(".json")] for k in self.storage.list(prefix) if k.endswith(".json"))
+        found = (k[len(prefix) : -len(".json")] for k in self.storage.list(prefix + start) if k.endswith(".json"))
         return [h for h in found if tags.BUILD_HASH.fullmatch(h)]
 
     def list_models(self) -> list[str]:
@@ -286,11 +291,13 @@ class Registry:
     def tag_state(self, model: str, tag: str, seqs: list[int] | None = None, *, strict: bool = False) -> TagState:
         """The tag's build according to the signed history, checked against its pointer.
 
-        The history must be gap-free and every event valid (signed, when there is a key); the
-        tag's state is its newest event. The pointer must name that event, or lag it only when it
-        is the model's newest event (a promote died before moving the pointer: pending). strict
-        (fetch, serve): any disagreement is a RegistryContentError. Otherwise (promote) it is
-        reported in TagState.problem and the next materialize repairs the pointer."""
+        With a signed head (every registry promoted to since the hash chain): a bounded number of
+        reads, whatever the history's length (Registry.head_view). Without one (a registry written
+        before it): the whole history, gap-free and every event valid. The tag's state is its
+        newest event. The pointer must name that event, or lag it only when it is the model's
+        newest event (a promote died before moving the pointer: pending). strict (fetch, serve):
+        any disagreement is a RegistryContentError. Otherwise (promote) it is reported in
+        TagState.problem and the next materialize repairs the pointer."""
         tags.check_model_name(model)
         tags.tag_kind(tag)
         for attempt in range(TAG_STATE_ATTEMPTS):
@@ -305,9 +312,49 @@ class Registry:
             raise RegistryContentError(state.problem)
         return state
 
-    def _tag_state(self, model: str, tag: str, seqs: list[int] | None) -> TagState:
-        kind = tags.tag_kind(tag)
+    def _tag_state(self, model: str, tag: str, seqs: list[int] | None, view: "HeadView | None" = None) -> TagState:
         pointer, _, problem = self._read_pointer(model, tag)  # first: the history read after it is as new
+        if view is None:
+            view = self.head_view(model)
+        if view is None:  # a registry written before the signed head: the whole history
+            return self._legacy_tag_state(model, tag, seqs, pointer, problem)
+        kind = tags.tag_kind(tag)
+        key = self.tag_key(model, tag)
+        entry = view.tags.get(tag)
+        if not kind.movable and entry is not None and entry["count"] > 1:
+            raise RegistryContentError(
+                f"version tag {tag} of {model} has {entry['count']} history events in {self.uri} "
+                f"(the newest is seq {entry['seq']}); a version tag is set once: the history was tampered with"
+            )
+        event = self._event_named(model, entry["seq"], entry["sha256"], "the signed head") if entry else None
+        if event is not None:
+            self._check_link(model, event)
+        newest_seq = view.seq
+        if problem is None and pointer is not None:
+            if pointer.seq > newest_seq:
+                raise RegistryContentError(
+                    f"the tag pointer {self._where(key)} names history event {pointer.seq}, but the newest event is "
+                    f"{newest_seq}: history events were deleted"
+                )
+            named = event if event is not None and pointer.seq == event["seq"] else self.read_event(model, pointer.seq)
+            if (named["tag"], named["build_hash"], named.get("previous"), named["time"], named.get("release")) != (
+                tag, pointer.build_hash, pointer.doc.get("previous"), pointer.doc["time"], pointer.doc.get("release"),
+            ):  # fmt: skip
+                problem = f"the tag pointer {self._where(key)} does not match history event {pointer.seq} it names"
+            elif event is not None and pointer.seq < event["seq"] and event["seq"] != newest_seq:
+                problem = (
+                    f"the tag pointer {self._where(key)} names event {pointer.seq} ({pointer.build_hash[:12]}), but "
+                    f"the history's newest event for {tag} is {event['seq']} ({event['build_hash'][:12]}): "
+                    "the pointer was rolled back"
+                )
+        elif problem is None and pointer is None and event is not None and event["seq"] != newest_seq:
+            problem = f"the tag pointer {self._where(key)} is missing, but history event {event['seq']} set {tag}"
+        if event is None:
+            return TagState(None, 0, None, pointer, problem)
+        return TagState(event["build_hash"], event["seq"], event, pointer, problem)
+
+    def _legacy_tag_state(self, model: str, tag: str, seqs: list[int] | None, pointer, problem) -> TagState:
+        kind = tags.tag_kind(tag)
         if seqs is not None and pointer is not None and (not seqs or pointer.seq > seqs[-1]):
             seqs = None  # the caller's listing predates a concurrent promotion: list again
         events = self.events(model, seqs)
@@ -343,6 +390,145 @@ class Registry:
         if event is None:
             return TagState(None, 0, None, pointer, problem)
         return TagState(event["build_hash"], event["seq"], event, pointer, problem)
+
+    # ---- the signed head and the hash chain
+
+    def _read_head(self, model: str) -> tuple[dict | None, object, str | None]:
+        """(head, storage version, problem), like _read_pointer."""
+        key = self.head_key(model)
+        found = self.storage.read_versioned(key, POINTER_MAX_BYTES)
+        if found is None:
+            return None, None, None
+        data, version = found
+        what = f"the history head {self._where(key)}"
+        try:
+            doc = records.check_head(records.loads(data, what), what, model=model)
+            if self.verifier is not None:
+                self.verifier.verify(doc, what)
+        except VerificationError as e:
+            return None, version, str(e)
+        return doc, version, None
+
+    def head_view(self, model: str) -> "HeadView | None":
+        """The model's history as its signed head says, brought forward over the events committed
+        after it (a writer died between creating its event and moving the head): a few reads, not
+        the history. None when there is no head (a registry written before it: read it whole).
+        A head that fails its checks is a RegistryContentError (promote rewrites it from the full
+        history: move_tag)."""
+        head, version, problem = self._read_head(model)
+        if problem:
+            raise RegistryContentError(problem)
+        if head is None:
+            return None
+        return self._forward(model, HeadView.of(head, version))
+
+    def _forward(self, model: str, view: "HeadView") -> "HeadView":
+        """Follows the chain past the head: each event after it must be signed and name the hash
+        of the one before it. Normally one read (the slot after the head is empty)."""
+        while True:
+            key = self.history_key(model, view.seq + 1)
+            data = self.storage.read(key, EVENT_MAX_BYTES)
+            if data is None:
+                return view
+            event = self._check_event_data(model, view.seq + 1, data)
+            if event.get("prev") != view.sha256:
+                raise RegistryContentError(
+                    f"the history event {self._where(key)} does not name the hash of event {view.seq} "
+                    "(the hash chain is broken: an event was rewritten or forged)"
+                )
+            view = view.after(event)
+
+    def _event_named(self, model: str, seq: int, sha256: str, by: str) -> dict:
+        """Event `seq`, which must have the hash that `by` (a signed record) gives it."""
+        key = self.history_key(model, seq)
+        try:
+            event = self.read_event(model, seq)
+        except RegistryContentError as e:
+            if "is missing" in str(e):
+                raise RegistryContentError(f"{e}; {by} of {model} names it: history events were deleted") from None
+            raise
+        if event_hash(event) != sha256:
+            raise RegistryContentError(f"the history event {self._where(key)} is not the one {by} names (edited or replaced)")
+        return event
+
+    def _check_link(self, model: str, event: dict) -> None:
+        """The event before `event` exists and is the one it names (one read: a deleted or edited
+        event next to the tag's is caught by every reader; the whole chain by `registry verify`)."""
+        seq = event["seq"]
+        if seq <= 1:
+            return
+        before = self.read_event(model, seq - 1)  # missing: "is missing (deleted?)"
+        if event.get("prev") is not None and event_hash(before) != event["prev"]:
+            raise RegistryContentError(
+                f"the history event {self._where(self.history_key(model, seq - 1))} is not the one event {seq} "
+                "names (the hash chain is broken: edited or replaced)"
+            )
+
+    def _write_head(self, view: "HeadView", expected: object) -> bool:
+        if self.signer is None:
+            raise UsageError("no signing key: moving a tag needs the promoter's key (--signing-key)")
+        doc = self.signer.sign(view.doc(view.model))
+        return self.storage.swap(self.head_key(view.model), canonical_json(doc), expected)
+
+    def _view_from_history(self, model: str) -> "HeadView | None":
+        """The head as the whole, verified history gives it (a registry without a head, or whose
+        head fails its checks)."""
+        view = None
+        for event in self.events(model):
+            view = HeadView.start(model, event) if view is None else view.after(event, chained=False)
+        return view
+
+    def _writer_view(self, model: str) -> tuple["HeadView | None", object]:
+        """(view, head's storage version) for a writer: the head brought forward; without a head
+        or with one that fails its checks, built from the whole verified history (the upgrade of
+        a registry written before the head, or the repair of a tampered head)."""
+        head, version, problem = self._read_head(model)
+        if head is not None:
+            return self._forward(model, HeadView.of(head, version)), version
+        if problem and self.warn is not None:
+            self.warn(f"{problem}; promote rewrites it from the signed history")
+        return self._view_from_history(model), version
+
+    def verify_history(self, model: str) -> dict:
+        """The audit (`registry verify`): every event read, signed and gap-free; each event that
+        carries a prev hash names the one before it; the head matches the history; every tag's
+        state resolves. Returns a summary; raises RegistryContentError on the first problem."""
+        tags.check_model_name(model)
+        events = self.events(model)
+        chained_from = None
+        view = None
+        for event in events:
+            if event.get("prev") is not None:
+                chained_from = chained_from or event["seq"]
+                if event_hash(view_last := self.read_event(model, event["seq"] - 1)) != event["prev"]:
+                    raise RegistryContentError(
+                        f"the history event {self._where(self.history_key(model, view_last['seq']))} is not the one event "
+                        f"{event['seq']} names (the hash chain is broken)"
+                    )
+            elif chained_from is not None:
+                raise RegistryContentError(
+                    f"the history event {self._where(self.history_key(model, event['seq']))} carries no prev hash after the chain began"
+                )
+            view = HeadView.start(model, event) if view is None else view.after(event, chained=False)
+        head = self.head_view(model)
+        if head is not None and view is not None:
+            if (head.seq, head.sha256) != (view.seq, view.sha256) or head.tags != view.tags:
+                raise RegistryContentError(f"the history head {self._where(self.head_key(model))} does not match the history")
+        tag_names = sorted(set(self.list_tags(model)) | (set(view.tags) if view else set()))
+        for tag in tag_names:
+            self.tag_state(model, tag, strict=True)
+        return {
+            "model": model, "events": len(events), "chained_from": chained_from, "head": head is not None,
+            "tags": {t: (view.tags[t]["seq"] if view and t in view.tags else None) for t in tag_names},
+        }  # fmt: skip
+
+    def history_page(self, model: str, limit: int | None = None) -> list[dict]:
+        """The newest `limit` events, newest first (each read and verified; a head: no listing)."""
+        tags.check_model_name(model)
+        view = self.head_view(model)
+        newest = view.seq if view is not None else (self.history_seqs(model) or [0])[-1]
+        first = 1 if limit is None else max(1, newest - limit + 1)
+        return [self.read_event(model, seq) for seq in range(newest, first - 1, -1)]
 
     def settle(self, model: str, seqs: list[int]) -> None:
         """Materializes the newest event, completing the work of a writer that died after committing it.
@@ -403,18 +589,33 @@ class Registry:
         the move), or None to leave the tag where it is. A pointer that disagrees with the history
         is reported (self.warn) and rewritten from it."""
         for attempt in range(MOVE_TAG_ATTEMPTS):
-            seqs = self.history_seqs(model)
-            self.settle(model, seqs)
-            state = self.tag_state(model, tag, seqs)
+            view, version = self._writer_view(model)
+            if view is not None and (view.stale or version is None):  # settle the head first (or write the first one)
+                if not self._write_head(view, version):
+                    backoff(attempt)
+                    continue
+                view, version = self._writer_view(model)
+            if view is not None:
+                self.materialize(self.read_event(model, view.seq), repair=True)
+            state = self._tag_state(model, tag, None, view) if view is not None else self.tag_state(model, tag)
             if state.problem and self.warn is not None:
                 self.warn(f"{state.problem}; promote rewrites it from the signed history")
-            event = decide(state, (seqs[-1] if seqs else 0) + 1)
+            event = decide(state, (view.seq if view else 0) + 1)
             if event is None:
                 if state.event is not None:
                     self.materialize(state.event, repair=state.problem is not None)
                 return TagMove(state, None, None)
+            if view is not None:
+                event["prev"] = view.sha256
+                if tag in view.tags:
+                    event["tag_prev"] = view.tags[tag]["seq"]
             if self.append_event(event):
                 try:
+                    new = view.after(event) if view is not None else HeadView.start(model, event)
+                    if not self._write_head(new, version):
+                        # Another writer settled it already (it found our event past the head), or
+                        # will: the next writer settles a head behind the history.
+                        pass
                     self.materialize(event, repair=state.problem is not None)
                 except ModelgateError as e:  # committed: the move stands, the next writer settles the pointer
                     return TagMove(state, event, str(e))
@@ -442,7 +643,10 @@ class Registry:
         data = self.storage.read(key, EVENT_MAX_BYTES)
         if data is None:
             raise RegistryContentError(f"history event {self._where(key)} is missing (deleted?)")
-        what = f"the history event {self._where(key)}"
+        return self._check_event_data(model, seq, data)
+
+    def _check_event_data(self, model: str, seq: int, data: bytes) -> dict:
+        what = f"the history event {self._where(self.history_key(model, seq))}"
         event = records.check_event(records.loads(data, what), what, model=model, seq=seq)
         if self.verifier is not None:
             self.verifier.verify(event, what)
@@ -465,6 +669,8 @@ class Registry:
         """Commits an event at event["seq"] unless another writer claimed that slot first."""
         if self.signer is None:
             raise UsageError("no signing key: writing a history event needs the promoter's key (--signing-key)")
+        if "prev" not in event and event["seq"] > 1:  # chained, whoever calls: the hash of the event before
+            event["prev"] = event_hash(self.read_event(event["model"], event["seq"] - 1))
         signed = self.signer.sign(event)
         event["signature"] = signed["signature"]
         data = canonical_json(signed)
@@ -491,6 +697,43 @@ class Registry:
         if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
             raise StorageError(f"{NOTIFY_CONFIG} in {self.uri} is not a JSON object with 'endpoints', a list of URLs")
         return endpoints
+
+
+def event_hash(event: dict) -> str:
+    """The sha256 of an event as stored (canonical JSON, signature included): what the next event's
+    "prev" and the head name."""
+    import hashlib
+
+    return hashlib.sha256(canonical_json(event)).hexdigest()
+
+
+@dataclass(frozen=True)
+class HeadView:
+    """A model's history in brief: its newest event, and each tag's newest event and event count."""
+
+    model: str
+    seq: int
+    sha256: str
+    tags: dict  # tag -> {"seq", "sha256", "count"}
+    stale: bool = False  # events were found past the stored head: it needs settling
+
+    @classmethod
+    def of(cls, head: dict, version: object) -> "HeadView":
+        return cls(head["model"], head["seq"], head["sha256"], {t: dict(e) for t, e in head["tags"].items()})
+
+    @classmethod
+    def start(cls, model: str, event: dict) -> "HeadView":
+        return cls(model, 0, "", {}).after(event, chained=False)
+
+    def after(self, event: dict, *, chained: bool = True) -> "HeadView":
+        digest = event_hash(event)
+        entries = {t: dict(e) for t, e in self.tags.items()}
+        count = entries.get(event["tag"], {}).get("count", 0)
+        entries[event["tag"]] = {"seq": event["seq"], "sha256": digest, "count": count + 1}
+        return HeadView(self.model, event["seq"], digest, entries, stale=chained or self.stale)
+
+    def doc(self, model: str) -> dict:
+        return {"schema": records.HEAD_SCHEMA, "model": model, "seq": self.seq, "sha256": self.sha256, "tags": self.tags}
 
 
 def _is_tag(name: str) -> bool:

@@ -37,7 +37,7 @@ def rollback(
     def decide(state: TagState, seq: int) -> dict:
         if state.build_hash is None:
             raise UsageError(_no_tag_message(registry, model, tag))
-        target = _rollback_target(registry, model, tag, state.build_hash)
+        target = _rollback_target(registry, model, tag, state.build_hash, state.event)
         if target is None:
             raise GateError(f"{model}: nothing to roll {tag} back to: {state.build_hash[:12]} is the first build it named")
         if registry.read_checked_build(model, target) is None:
@@ -56,12 +56,20 @@ def rollback(
     return result
 
 
-def _rollback_target(registry: Registry, model: str, tag: str, current: str) -> str | None:
+def _rollback_target(registry: Registry, model: str, tag: str, current: str, event: dict | None = None) -> str | None:
     """The build before the most recent promotion of `current` to `tag`.
 
     Rollbacks are skipped when looking, so two rollbacks in a row go back two promotions
-    instead of toggling between two builds.
+    instead of toggling between two builds. From the tag's own event, each event's tag_prev (the
+    previous event of the same tag, signed) leads back a few reads; events written before it had
+    that field are found by reading the whole history.
     """
+    while event is not None:
+        if event["tag"] == tag and event["action"] == "promote" and event["build_hash"] == current:
+            return event["previous"]
+        if event.get("tag_prev") is None:
+            break
+        event = registry.read_event(model, event["tag_prev"])
     for event in reversed(registry.events(model)):
         if event["tag"] == tag and event["action"] == "promote" and event["build_hash"] == current:
             return event["previous"]

@@ -419,6 +419,12 @@ class LocalStorage(Storage):
             return True
 
     def list(self, prefix: str) -> list[str]:
+        if prefix and not prefix.endswith("/"):  # a prefix of names, as in GCS: list its directory, keep those
+            parent = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+            return [k for k in self.list(parent) if k.startswith(prefix)] if parent else [k for k in self._walk("") if k.startswith(prefix)]
+        return self._walk(prefix)
+
+    def _walk(self, prefix: str) -> list[str]:
         base = self.root / prefix
         keys = []
         with self._errors(f"list {prefix}"):

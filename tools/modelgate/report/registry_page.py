@@ -41,7 +41,7 @@ def model_view(registry, model: str, *, champion_tag: str = CHAMPION_TAG) -> dic
     from modelgate.registry import api
 
     shown = api.show(registry, model)
-    events = api.history(registry, model)
+    events = api.history(registry, model, oldest_first=True)
     first_promoted: dict[str, int] = {}
     for e in events:
         first_promoted.setdefault(e.get("build_hash"), int(e.get("seq") or 0))
