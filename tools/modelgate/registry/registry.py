@@ -316,6 +316,10 @@ class Registry:
         pointer, _, problem = self._read_pointer(model, tag)  # first: the history read after it is as new
         if view is None:
             view = self.head_view(model)
+        elif pointer is not None and problem is None and pointer.seq > view.seq:
+            # The caller's view was read before this pointer, and writers moved on meanwhile (events
+            # are create-only and a pointer only names one that exists): follow the chain to it.
+            view = self._forward(model, view)
         if view is None:  # a registry written before the signed head: the whole history
             return self._legacy_tag_state(model, tag, seqs, pointer, problem)
         kind = tags.tag_kind(tag)
