@@ -45,6 +45,47 @@ case ":${{PYTHONPATH:-}}:" in
       repo=
       for lock_entry in "${{entry%/site}}"/lock_entries/*.json; do
         if [ -z "$repo" ]; then
+          repo=$(readlink -f "$lock_entry") || break
+          repo=${{repo%/lock_entries/*}}
+          [ -f "$repo/INPUTS_ARE_LOCK_ENTRIES" ] || break
+          entry=
+        fi
+        name=${{lock_entry##*/}}
+        entry="${{entry:+$entry:}}$repo/dists/${{name%.json}}"
+      done
+    fi
+    path="${{path:+$path:}}$entry"
+  done
+  IFS=$old_ifs
+  PYTHONPATH=$path
+  export PYTHONPATH
+  ;;
+esac
+exec {python} -S -s "$@"
+"""
+
+# Under remote execution (MODELGATE_PIP_INPUTS=image, --config=rbe) the inputs on the executor are
+# copies, not links into @pip: where the lock entries lead to no @pip, the wrapper reads the store
+# key (executor/STORE_KEY, an input of every Python action there) and takes dists/<name> from the
+# executor image's store, EXECUTOR_STORE_ROOT/<key>. A separate template, so that the default
+# wrapper's bytes (part of every model's build hash) stay as they are; a build under --config=rbe
+# has this wrapper's bytes in its build hash instead: its toolchain is the executor image.
+_WRAPPER_IMAGE = """\
+#!/bin/sh
+# modelgate Python toolchain: CPython {version} at {python}
+# -S: no site-packages of the interpreter's own; -s: no user site.
+case ":${{PYTHONPATH:-}}:" in
+*/site:*)
+  set -f
+  old_ifs=$IFS
+  IFS=:
+  path=
+  for entry in $PYTHONPATH; do
+    set +f
+    if [ "${{entry##*/}}" = site ]; then
+      repo=
+      for lock_entry in "${{entry%/site}}"/lock_entries/*.json; do
+        if [ -z "$repo" ]; then
           [ -f "$lock_entry" ] || break
           repo=$(readlink -f "$lock_entry") || break
           repo=${{repo%/lock_entries/*}}
@@ -83,7 +124,11 @@ def _python_interpreter_impl(rctx):
     # The wrapper is the toolchain's identity: its bytes (path and version) key every Python action.
     # -S keeps the interpreter's own site-packages (and Debian's dist-packages) out of sys.path;
     # only the packages a target depends on are importable.
-    rctx.file("bin/python3", _WRAPPER.format(version = version, python = python, store_root = EXECUTOR_STORE_ROOT), executable = True)
+    if rctx.os.environ.get("MODELGATE_PIP_INPUTS", "lock") == "image":
+        wrapper = _WRAPPER_IMAGE.format(version = version, python = python, store_root = EXECUTOR_STORE_ROOT)
+    else:
+        wrapper = _WRAPPER.format(version = version, python = python)
+    rctx.file("bin/python3", wrapper, executable = True)
     rctx.file("BUILD.bazel", """\
 package(default_visibility = ["//visibility:public"])
 
@@ -120,7 +165,7 @@ python_interpreter = repository_rule(
         "expected_minor": attr.string(default = "3.11"),
         "python": attr.string(default = _DEFAULT_PYTHON),
     },
-    environ = ["MODELGATE_PYTHON"],
+    environ = ["MODELGATE_PIP_INPUTS", "MODELGATE_PYTHON"],
     local = True,
 )
 
