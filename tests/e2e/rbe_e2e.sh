@@ -8,12 +8,13 @@
 # directory), clones this repository's HEAD twice and:
 #   1. clone A: bazel test --config=rbe //models/...  -- every action executed by the worker
 #      (Bazel's summary: N remote), on this machine only the checkpoint fetch (1 local)
-#   2. clone B, another path: --config=remote-cache against the worker, with the same inputs as
-#      --config=rbe (MODELGATE_PIP_INPUTS=files) -- every test (cached), every process a remote
-#      cache hit
+#   2. clone B, another path: --config=remote-cache against the worker, with the same keys as
+#      --config=rbe (--config=rbe-keys: lock entries as inputs, the executor platform) -- every
+#      test (cached), every process a remote cache hit
 #   3. the executor down: a clear message, a failed build (no silent local fallback)
-# Prints the wall times. About 5-7 minutes on a busy 2-core machine: the worker copies every input
-# of every action (~22k files of the pinned packages per test) and the first upload is ~1 GB.
+# Prints the wall times. The actions' inputs are their lock entries and the store key; the
+# packages' files come from the executor's store (/opt/modelgate/pip-store, here a link to this
+# machine's pip store; tools/dev/rbe_server makes it).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -25,9 +26,9 @@ cleanup() {
 }
 trap cleanup EXIT
 flags=(--noshow_progress --color=no --curses=no)
-# --config=rbe makes every installed file of the pinned packages an input (the workers have no pip
-# store of this machine); a clone that reads its results needs the same inputs, or no key matches.
-inputs=(--repo_env=MODELGATE_PIP_INPUTS=files)
+# A clone that reads --config=rbe's results needs its keys: the same inputs (lock entries and the
+# store key) and the same execution platform (the executor image in exec_properties).
+inputs=(--config=rbe-keys)
 
 echo "== executor: tools/dev/rbe_server start --port=0 --dir=$work/rbe"
 start=$(now)

@@ -64,6 +64,57 @@ esac
 exec {python} -S -s "$@"
 """
 
+# Under remote execution (MODELGATE_PIP_INPUTS=image, --config=rbe) the inputs on the executor are
+# copies, not links into @pip: where the lock entries lead to no @pip, the wrapper reads the store
+# key (executor/STORE_KEY, an input of every Python action there) and takes dists/<name> from the
+# executor image's store, EXECUTOR_STORE_ROOT/<key>. A separate template, so that the default
+# wrapper's bytes (part of every model's build hash) stay as they are; a build under --config=rbe
+# has this wrapper's bytes in its build hash instead: its toolchain is the executor image.
+_WRAPPER_IMAGE = """\
+#!/bin/sh
+# modelgate Python toolchain: CPython {version} at {python}
+# -S: no site-packages of the interpreter's own; -s: no user site.
+case ":${{PYTHONPATH:-}}:" in
+*/site:*)
+  set -f
+  old_ifs=$IFS
+  IFS=:
+  path=
+  for entry in $PYTHONPATH; do
+    set +f
+    if [ "${{entry##*/}}" = site ]; then
+      repo=
+      for lock_entry in "${{entry%/site}}"/lock_entries/*.json; do
+        if [ -z "$repo" ]; then
+          [ -f "$lock_entry" ] || break
+          repo=$(readlink -f "$lock_entry") || break
+          repo=${{repo%/lock_entries/*}}
+          if [ ! -f "$repo/INPUTS_ARE_LOCK_ENTRIES" ]; then
+            # On a remote executor the inputs are copies: the files come from its image's store.
+            [ -f "${{entry%/site}}/executor/STORE_KEY" ] || break
+            read -r key <"${{entry%/site}}/executor/STORE_KEY"
+            repo={store_root}/$key
+            if [ ! -f "$repo/COMPLETE" ]; then
+              echo "modelgate: this executor has no pip store $repo: run the action in the image built from the lock (third_party/python/executor.Dockerfile)" >&2
+              exit 70
+            fi
+          fi
+          entry=
+        fi
+        name=${{lock_entry##*/}}
+        entry="${{entry:+$entry:}}$repo/dists/${{name%.json}}"
+      done
+    fi
+    path="${{path:+$path:}}$entry"
+  done
+  IFS=$old_ifs
+  PYTHONPATH=$path
+  export PYTHONPATH
+  ;;
+esac
+exec {python} -S -s "$@"
+"""
+
 def _python_interpreter_impl(rctx):
     python = _find_python(rctx)
     version = _python_version(rctx, python)
@@ -73,7 +124,11 @@ def _python_interpreter_impl(rctx):
     # The wrapper is the toolchain's identity: its bytes (path and version) key every Python action.
     # -S keeps the interpreter's own site-packages (and Debian's dist-packages) out of sys.path;
     # only the packages a target depends on are importable.
-    rctx.file("bin/python3", _WRAPPER.format(version = version, python = python), executable = True)
+    if rctx.os.environ.get("MODELGATE_PIP_INPUTS", "lock") == "image":
+        wrapper = _WRAPPER_IMAGE.format(version = version, python = python, store_root = EXECUTOR_STORE_ROOT)
+    else:
+        wrapper = _WRAPPER.format(version = version, python = python)
+    rctx.file("bin/python3", wrapper, executable = True)
     rctx.file("BUILD.bazel", """\
 package(default_visibility = ["//visibility:public"])
 
@@ -84,6 +139,9 @@ exports_files(["bin/python3"])
 py_runtime(
     name = "runtime",
     interpreter = "bin/python3",
+    # Where the executor provides the pip packages' files (MODELGATE_PIP_INPUTS=image, --config=rbe):
+    # the store key, which the wrapper reads; empty otherwise.
+    files = ["@pip//executor:interpreter_inputs"],
     python_version = "PY3",
     # The launcher stub that finds runfiles; Debian has no `python` on PATH.
     stub_shebang = "#!/usr/bin/python3",
@@ -107,7 +165,7 @@ python_interpreter = repository_rule(
         "expected_minor": attr.string(default = "3.11"),
         "python": attr.string(default = _DEFAULT_PYTHON),
     },
-    environ = ["MODELGATE_PYTHON"],
+    environ = ["MODELGATE_PIP_INPUTS", "MODELGATE_PYTHON"],
     local = True,
 )
 
@@ -125,7 +183,15 @@ python_interpreter = repository_rule(
 _STORE_FORMAT = "2"
 _STORE_DONE = "COMPLETE"
 
-def _store_entry(rctx, python, flavor):
+def _store_key(rctx, python):
+    # third_party/python/store_key.py, which executor.Dockerfile runs too: the same key in both.
+    flavor = rctx.os.environ.get("MODELGATE_TORCH", "cpu")
+    res = rctx.execute([python, "-S", rctx.path(rctx.attr._store_key), str(rctx.path("requirements_lock.txt")), flavor, _STORE_FORMAT], quiet = True)
+    if res.return_code != 0:
+        fail("modelgate: could not compute the pip store key: " + res.stderr.strip())
+    return res.stdout.strip()
+
+def _store_entry(rctx, key):
     root = rctx.os.environ.get("MODELGATE_PIP_STORE", "")
     if root == "off":
         return None
@@ -134,19 +200,7 @@ def _store_entry(rctx, python, flavor):
         if not home:
             return None
         root = home + "/.cache/modelgate/pip-store"
-    res = rctx.execute([python, "-S", "-c", _KEY_SCRIPT, str(rctx.path("requirements_lock.txt")), flavor, _STORE_FORMAT], quiet = True)
-    if res.return_code != 0:
-        return None
-    return root + "/" + res.stdout.strip()
-
-_KEY_SCRIPT = """
-import hashlib, sys
-lock, flavor, fmt = sys.argv[1:]
-digest = hashlib.sha256()
-for part in (open(lock, "rb").read(), flavor.encode(), fmt.encode(), ("%d.%d.%d" % sys.version_info[:3]).encode()):
-    digest.update(hashlib.sha256(part).digest())
-print(digest.hexdigest())
-"""
+    return root + "/" + key
 
 # Moves the freshly installed site/ into the store (atomically: a temporary directory renamed
 # into place, so a reader sees a complete tree or none; two clones installing at once both
@@ -222,6 +276,54 @@ def _install(rctx, python, lock_path, lock_name):
     if res.return_code != 0:
         fail("modelgate: could not lay out the installed packages one directory each: " + (res.stdout + res.stderr).strip())
 
+# --- the executor image: remote execution without the installed files as inputs ------------------
+#
+# Under remote execution (MODELGATE_PIP_INPUTS=image, set by --config=rbe) an action's inputs stay
+# its lock entries, as locally, plus one file, executor/STORE_KEY (the store key: the lock's
+# digest, the torch flavor, the Python version, the store's format), which the toolchain's
+# interpreter carries into every Python action. The files come from the executor: an image built
+# from the lock (third_party/python/executor.Dockerfile) holds the store at
+# EXECUTOR_STORE_ROOT/<key>, and the wrapper finds dists/<name> there. The execution platform
+# @pip//executor:platform names that image in exec_properties (container-image, tagged
+# <flavor>-<key>), so the image is part of every action's key: an executor built from another lock
+# or flavor can neither serve nor hit the cache of these actions.
+
+EXECUTOR_STORE_ROOT = "/opt/modelgate/pip-store"
+_DEFAULT_EXECUTOR_IMAGE = "docker://modelgate-executor"
+
+def _executor_package(rctx, key, flavor, inputs):
+    image = rctx.os.environ.get("MODELGATE_EXECUTOR_IMAGE", _DEFAULT_EXECUTOR_IMAGE)
+    if not image.startswith("docker://"):
+        fail("modelgate: MODELGATE_EXECUTOR_IMAGE=%s; expected docker://REGISTRY/NAME (the tag is the lock's)" % image)
+    rctx.file("executor/STORE_KEY", key + "\n", executable = False)
+    rctx.file("executor/IMAGE", "%s:%s-%s\n" % (image, flavor, key), executable = False)
+    rctx.file("executor/BUILD.bazel", """\
+# Generated by third_party/python/repositories.bzl. Do not edit.
+package(default_visibility = ["//visibility:public"])
+
+# The executor image built from this lock (third_party/python/executor.Dockerfile); its store is
+# at {root}/{key}.
+IMAGE = "{image}:{flavor}-{key}"
+
+platform(
+    name = "platform",
+    parents = ["@local_config_platform//:host"],
+    exec_properties = {{
+        "container-image": "{image}:{flavor}-{key}",
+        "OSFamily": "Linux",
+    }},
+)
+
+exports_files(["IMAGE", "STORE_KEY"])
+
+# What the toolchain's interpreter adds to every Python action: the store key where the
+# executor provides the installed files (MODELGATE_PIP_INPUTS=image), nothing otherwise.
+filegroup(
+    name = "interpreter_inputs",
+    srcs = {srcs},
+)
+""".format(root = EXECUTOR_STORE_ROOT, key = key, flavor = flavor, image = image, srcs = '["STORE_KEY"]' if inputs == "image" else "[]"), executable = False)
+
 def _pip_repository_impl(rctx):
     python = _find_python(rctx)
     flavor = rctx.os.environ.get("MODELGATE_TORCH", "cpu")
@@ -232,12 +334,13 @@ def _pip_repository_impl(rctx):
     else:
         fail("modelgate: MODELGATE_TORCH=%s; expected cpu or cuda" % flavor)
     inputs = rctx.os.environ.get("MODELGATE_PIP_INPUTS", "lock")
-    if inputs not in ("lock", "files"):
-        fail("modelgate: MODELGATE_PIP_INPUTS=%s; expected lock or files" % inputs)
+    if inputs not in ("lock", "image", "files"):
+        fail("modelgate: MODELGATE_PIP_INPUTS=%s; expected lock, image or files" % inputs)
     lock_path = rctx.path(lock)
     lock_name = "%s/%s" % (lock.package, lock.name) if lock.package else lock.name
     rctx.file("requirements_lock.txt", rctx.read(lock_path), executable = False)
-    store = _store_entry(rctx, python, flavor)
+    key = _store_key(rctx, python)
+    store = _store_entry(rctx, key)
     if store and rctx.path(store + "/" + _STORE_DONE).exists:
         # Installed before on this machine (another clone, an earlier output base): link it.
         rctx.report_progress("linking %s from the machine's store" % lock_name)
@@ -248,13 +351,15 @@ def _pip_repository_impl(rctx):
             _publish(rctx, python, store)
 
     # The lock entry of each package goes beside its py_library (lock_entries/<name>.json).
-    res = rctx.execute([python, rctx.path(rctx.attr._generator), "generate", lock_name, "site", ".", "requirements_lock.txt", inputs], timeout = 600, quiet = True)
+    res = rctx.execute([python, rctx.path(rctx.attr._generator), "generate", lock_name, "site", ".", "requirements_lock.txt", "files" if inputs == "files" else "lock"], timeout = 600, quiet = True)
     if res.return_code != 0:
         fail("\n" + (res.stdout + res.stderr).strip())
 
     # The toolchain's wrapper reads site/ itself where the libraries' inputs are their lock entries.
-    if inputs == "lock":
+    if inputs != "files":
         rctx.file("INPUTS_ARE_LOCK_ENTRIES", "", executable = False)
+
+    _executor_package(rctx, key, flavor, inputs)
 
     # Which torch this repository holds, for rules that decide at analysis time whether a GPU
     # variant can run at all (tools/private/receipts.bzl).
@@ -267,6 +372,7 @@ pip_repository = repository_rule(
         "requirements_lock": attr.label(mandatory = True, allow_single_file = True),
         "requirements_lock_cuda": attr.label(mandatory = True, allow_single_file = True),
         "_generator": attr.label(default = "//third_party/python:pip_generate.py"),
+        "_store_key": attr.label(default = "//third_party/python:store_key.py"),
     },
-    environ = ["HOME", "MODELGATE_PIP_INPUTS", "MODELGATE_PIP_STORE", "MODELGATE_PYTHON", "MODELGATE_TORCH"],
+    environ = ["HOME", "MODELGATE_EXECUTOR_IMAGE", "MODELGATE_PIP_INPUTS", "MODELGATE_PIP_STORE", "MODELGATE_PYTHON", "MODELGATE_TORCH"],
 )
