@@ -10,6 +10,7 @@ Real `serve` processes over real registries (a local directory and fake-gcs-serv
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -18,12 +19,16 @@ from urllib.parse import urlparse
 import pytest
 
 from modelgate import notify
+from modelgate.registry.registry import Registry
 from modelgate.serve.deployment import Deployment
 from tests.serve import harness
 from tests.serve.bundles import build_hash
 from tests.serve.e2e_test import ROLLOUT_TIMEOUT_S, assert_answers_like, golden_request
 
 M = harness.MODEL
+# Events appended (canary moved back and forth) before the replay attacks: none in the suite;
+# MODELGATE_HISTORY_MOVES=9996 runs them against a running service at 10,000 events.
+HISTORY_MOVES = int(os.environ.get("MODELGATE_HISTORY_MOVES", "0"))
 
 
 def _storage(uri: str):
@@ -122,6 +127,14 @@ def test_a_repointed_version_tag_and_a_replayed_pointer_are_refused(request, bac
     stable_v1 = registry.storage.read(registry.tag_key(M, "stable"))
     harness.promote(uri, v2, keys["signer"])
     harness.promote(uri, v2, keys["signer"], tag="canary")  # stable's event is no longer the newest
+    if HISTORY_MOVES:  # a long history after them: the service's reads do not walk it
+        from modelgate.registry.signing import RecordSigner
+        from modelgate.registry.storage import open_storage
+        from modelgate.registry.uri import parse
+        from modelgate.testing import history
+
+        signed = Registry(open_storage(parse(uri)), signer=RecordSigner(str(keys["signer"])))
+        history.grow(signed, M, "canary", (h1, h2), HISTORY_MOVES)
 
     version_server = servers(uri, keys["signer_public"], tag="v1.0.0")
     version_server.wait_serving(h1, ROLLOUT_TIMEOUT_S)
