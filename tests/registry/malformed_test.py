@@ -10,11 +10,9 @@ import json
 
 import pytest
 
-from modelgate.cli import fetch, promote
-from modelgate.cli import registry as registry_cli
 from modelgate.formats import canonical_json
 
-from modelgate.testing.cli import one_line_error, overwrite, promote_ok, run
+from modelgate.testing.cli import every_command, one_line_error, overwrite, promote_ok, run
 from modelgate.testing.releases import make_bundle
 
 M = "tiny_transformer"
@@ -31,17 +29,6 @@ POINTER_CASES = {
     "pointer-build-hash-traversal": "../../../../x",
     "pointer-list": None,
 }
-
-
-def _commands(tmp_path, uri, bundle):
-    return {
-        "promote": (promote.main, ["--tag=stable", f"--release={bundle}"]),
-        "fetch": (fetch.main, [f"--model={M}", "--tag=stable", f"--out={tmp_path / 'out'}"]),
-        "ls": (registry_cli.main, ["ls"]),
-        "show": (registry_cli.main, ["show", M]),
-        "history": (registry_cli.main, ["history", M]),
-        "rollback": (registry_cli.main, ["rollback", M, "--tag=stable"]),
-    }
 
 
 def _setup(capsys, uri, tmp_path):
@@ -63,7 +50,7 @@ def test_a_malformed_history_event(capsys, registry_uri, registry, tmp_path, cas
         data = canonical_json(doc)
     overwrite(registry, key, data)
     results = {}
-    for name, (main, argv) in _commands(tmp_path, registry_uri, c).items():
+    for name, (main, argv) in every_command(tmp_path / "out", c).items():
         if name == "ls":
             continue  # ls reads pointers only
         rc, out, err = run(capsys, main, *argv, f"--registry={registry_uri}")
@@ -89,7 +76,7 @@ def test_a_malformed_tag_pointer(capsys, registry_uri, registry, tmp_path, case)
     if hasattr(registry.storage, "root"):
         # Where the traversal would lead from the registry's root: fetch must not even look there.
         (registry.storage.root.parent / "x.json").write_text("this file is outside the registry")
-    for name, (main, argv) in _commands(tmp_path, registry_uri, c).items():
+    for name, (main, argv) in every_command(tmp_path / "out", c).items():
         if name == "history":
             continue  # history reads events only
         rc, out, err = run(capsys, main, *argv, f"--registry={registry_uri}")

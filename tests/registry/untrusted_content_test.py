@@ -30,7 +30,7 @@ from modelgate.cli import registry as registry_cli
 from modelgate.formats import canonical_json
 from modelgate.registry import registry as registry_module
 
-from modelgate.testing.cli import one_line_error, overwrite, promote_ok, run
+from modelgate.testing.cli import every_command, one_line_error, overwrite, promote_ok, run
 from modelgate.testing.releases import build_hash, make_bundle
 
 M = "tiny_transformer"
@@ -78,17 +78,6 @@ def _timed(capsys, main, *argv):
     start = time.monotonic()
     rc, out, err = run(capsys, main, *argv)
     return rc, out, err, time.monotonic() - start
-
-
-def _commands(tmp_path, uri, bundle):
-    return {
-        "promote": (promote.main, ["--tag=stable", f"--release={bundle}"]),
-        "fetch": (fetch.main, [f"--model={M}", "--tag=stable", f"--out={tmp_path / 'out'}"]),
-        "ls": (registry_cli.main, ["ls"]),
-        "show": (registry_cli.main, ["show", M]),
-        "history": (registry_cli.main, ["history", M]),
-        "rollback": (registry_cli.main, ["rollback", M, "--tag=stable"]),
-    }
 
 
 def _two_builds(capsys, uri, tmp_path):
@@ -263,7 +252,7 @@ def test_a_fifo_in_place_of_an_object_is_refused_at_once(capsys, tmp_path, case)
     else:
         key = f"models/{M}/{where}"
     _replace_with_fifo(root / key)
-    all_commands = _commands(tmp_path, uri, c)
+    all_commands = every_command(tmp_path / "out", c)
     for name in commands:
         main, argv = all_commands[name]
         rc, out, err, seconds = _timed(capsys, main, *argv, f"--registry={uri}")
@@ -325,7 +314,7 @@ def test_objects_over_their_caps_are_refused(capsys, registry_uri, registry, tmp
     pointer = registry.storage.read(pointer_key)
     # Valid JSON, padded with spaces to one byte over the cap.
     _put(registry, pointer_key, pointer + b" " * (registry_module.POINTER_MAX_BYTES + 1 - len(pointer)))
-    for name, (main, argv) in _commands(tmp_path, registry_uri, c).items():
+    for name, (main, argv) in every_command(tmp_path / "out", c).items():
         if name == "history":
             continue
         rc, _, err = run(capsys, main, *argv, f"--registry={registry_uri}")

@@ -334,25 +334,10 @@ class Registry:
         if event is not None:
             self._check_link(model, event)
         newest_seq = view.seq
-        if problem is None and pointer is not None:
-            if pointer.seq > newest_seq:
-                raise RegistryContentError(
-                    f"the tag pointer {self._where(key)} names history event {pointer.seq}, but the newest event is "
-                    f"{newest_seq}: history events were deleted"
-                )
-            named = event if event is not None and pointer.seq == event["seq"] else self.read_event(model, pointer.seq)
-            if (named["tag"], named["build_hash"], named.get("previous"), named["time"], named.get("release")) != (
-                tag, pointer.build_hash, pointer.doc.get("previous"), pointer.doc["time"], pointer.doc.get("release"),
-            ):  # fmt: skip
-                problem = f"the tag pointer {self._where(key)} does not match history event {pointer.seq} it names"
-            elif event is not None and pointer.seq < event["seq"] and event["seq"] != newest_seq:
-                problem = (
-                    f"the tag pointer {self._where(key)} names event {pointer.seq} ({pointer.build_hash[:12]}), but "
-                    f"the history's newest event for {tag} is {event['seq']} ({event['build_hash'][:12]}): "
-                    "the pointer was rolled back"
-                )
-        elif problem is None and pointer is None and event is not None and event["seq"] != newest_seq:
-            problem = f"the tag pointer {self._where(key)} is missing, but history event {event['seq']} set {tag}"
+        problem = self._pointer_problem(
+            key, tag, pointer, problem, event, newest_seq,
+            lambda seq: event if event is not None and seq == event["seq"] else self.read_event(model, seq),
+        )  # fmt: skip
         if event is None:
             return TagState(None, 0, None, pointer, problem)
         return TagState(event["build_hash"], event["seq"], event, pointer, problem)
@@ -371,29 +356,42 @@ class Registry:
                 f"(seq {', '.join(str(e['seq']) for e in mine)}); a version tag is set once: the history was tampered with"
             )
         event = mine[-1] if mine else None
-        if problem is None and pointer is not None:
-            if pointer.seq > newest_seq:
-                raise RegistryContentError(
-                    f"the tag pointer {self._where(key)} names history event {pointer.seq}, but the newest event is "
-                    f"{newest_seq}: history events were deleted"
-                )
-            else:
-                named = events[pointer.seq - 1]
-                if (named["tag"], named["build_hash"], named.get("previous"), named["time"], named.get("release")) != (
-                    tag, pointer.build_hash, pointer.doc.get("previous"), pointer.doc["time"], pointer.doc.get("release"),
-                ):  # fmt: skip
-                    problem = f"the tag pointer {self._where(key)} does not match history event {pointer.seq} it names"
-                elif event is not None and pointer.seq < event["seq"] and event["seq"] != newest_seq:
-                    problem = (
-                        f"the tag pointer {self._where(key)} names event {pointer.seq} ({pointer.build_hash[:12]}), but "
-                        f"the history's newest event for {tag} is {event['seq']} ({event['build_hash'][:12]}): "
-                        "the pointer was rolled back"
-                    )
-        elif problem is None and pointer is None and event is not None and event["seq"] != newest_seq:
-            problem = f"the tag pointer {self._where(key)} is missing, but history event {event['seq']} set {tag}"
+        problem = self._pointer_problem(key, tag, pointer, problem, event, newest_seq, lambda seq: events[seq - 1])
         if event is None:
             return TagState(None, 0, None, pointer, problem)
         return TagState(event["build_hash"], event["seq"], event, pointer, problem)
+
+    def _pointer_problem(
+        self, key: str, tag: str, pointer, problem: str | None, event: dict | None, newest_seq: int, named: Callable[[int], dict]
+    ) -> str | None:
+        """The one rule for a tag pointer against the signed history (both ways of reading it): it
+        must name an event that exists (else RegistryContentError: events were deleted), match that
+        event, and name the tag's newest event, or lag it only when that is the model's newest (a
+        promote killed before moving the pointer). `named(seq)` is history event `seq`. Returns the
+        problem for TagState (promote repairs it, strict readers refuse it), or None."""
+        if problem is not None:
+            return problem
+        if pointer is None:
+            if event is not None and event["seq"] != newest_seq:
+                return f"the tag pointer {self._where(key)} is missing, but history event {event['seq']} set {tag}"
+            return None
+        if pointer.seq > newest_seq:
+            raise RegistryContentError(
+                f"the tag pointer {self._where(key)} names history event {pointer.seq}, but the newest event is "
+                f"{newest_seq}: history events were deleted"
+            )
+        it = named(pointer.seq)
+        if (it["tag"], it["build_hash"], it.get("previous"), it["time"], it.get("release")) != (
+            tag, pointer.build_hash, pointer.doc.get("previous"), pointer.doc["time"], pointer.doc.get("release"),
+        ):  # fmt: skip
+            return f"the tag pointer {self._where(key)} does not match history event {pointer.seq} it names"
+        if event is not None and pointer.seq < event["seq"] and event["seq"] != newest_seq:
+            return (
+                f"the tag pointer {self._where(key)} names event {pointer.seq} ({pointer.build_hash[:12]}), but "
+                f"the history's newest event for {tag} is {event['seq']} ({event['build_hash'][:12]}): "
+                "the pointer was rolled back"
+            )
+        return None
 
     # ---- the signed head and the hash chain
 

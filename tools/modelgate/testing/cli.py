@@ -31,6 +31,22 @@ def promote_ok(capsys, uri, *releases, tag="stable", extra=()):
     return json.loads(out)["results"]
 
 
+def every_command(out_dir, bundle, model: str = "tiny_transformer") -> dict:
+    """{name: (main, argv)} of every command that reads the registry (promote, fetch, ls, show,
+    history, rollback), for tests that check each one meets the same registry content the same way."""
+    from modelgate.cli import fetch
+    from modelgate.cli import registry as registry_cli
+
+    return {
+        "promote": (promote.main, ["--tag=stable", f"--release={bundle}"]),
+        "fetch": (fetch.main, [f"--model={model}", "--tag=stable", f"--out={out_dir}"]),
+        "ls": (registry_cli.main, ["ls"]),
+        "show": (registry_cli.main, ["show", model]),
+        "history": (registry_cli.main, ["history", model]),
+        "rollback": (registry_cli.main, ["rollback", model, "--tag=stable"]),
+    }
+
+
 def overwrite(registry: Registry, key: str, data: bytes) -> None:
     """Tampering behind the registry's back, as an attacker or a broken disk would."""
     storage = registry.storage
