@@ -65,11 +65,14 @@ exec {python} -S -s "$@"
 """
 
 # Under remote execution (MODELGATE_PIP_INPUTS=image, --config=rbe) the inputs on the executor are
-# copies, not links into @pip: where the lock entries lead to no @pip, the wrapper reads the store
-# key (executor/STORE_KEY, an input of every Python action there) and takes dists/<name> from the
-# executor image's store, EXECUTOR_STORE_ROOT/<key>. A separate template, so that the default
-# wrapper's bytes (part of every model's build hash) stay as they are; a build under --config=rbe
-# has this wrapper's bytes in its build hash instead: its toolchain is the executor image.
+# copies, not links into @pip: where the lock entries lead to no @pip, the wrapper finds each
+# package's files in the executor image's store by the digest of its lock entry,
+# EXECUTOR_STORE_ROOT/<store key>/entries/<sha256 of lock_entries/<name>.json> (pip_generate.py
+# index), in whichever installed lock of the image has that entry. So an action's key names only
+# its own packages' entries: an edit of another package's entry, or an image that holds more locks,
+# changes nothing of it. A separate template, so that the default wrapper's bytes (part of every
+# model's build hash) stay as they are; a build under --config=rbe has this wrapper's bytes in its
+# build hash instead: its toolchain is the executor image.
 _WRAPPER_IMAGE = """\
 #!/bin/sh
 # modelgate Python toolchain: CPython {version} at {python}
@@ -89,20 +92,27 @@ case ":${{PYTHONPATH:-}}:" in
           [ -f "$lock_entry" ] || break
           repo=$(readlink -f "$lock_entry") || break
           repo=${{repo%/lock_entries/*}}
-          if [ ! -f "$repo/INPUTS_ARE_LOCK_ENTRIES" ]; then
-            # On a remote executor the inputs are copies: the files come from its image's store.
-            [ -f "${{entry%/site}}/executor/STORE_KEY" ] || break
-            read -r key <"${{entry%/site}}/executor/STORE_KEY"
-            repo={store_root}/$key
-            if [ ! -f "$repo/COMPLETE" ]; then
-              echo "modelgate: this executor has no pip store $repo: run the action in the image built from the lock (third_party/python/executor.Dockerfile)" >&2
-              exit 70
-            fi
-          fi
+          # On a remote executor the inputs are copies: the files come from its image's store.
+          [ -f "$repo/INPUTS_ARE_LOCK_ENTRIES" ] || repo=executor
           entry=
         fi
         name=${{lock_entry##*/}}
-        entry="${{entry:+$entry:}}$repo/dists/${{name%.json}}"
+        name=${{name%.json}}
+        if [ "$repo" = executor ]; then
+          digest=$(sha256sum <"$lock_entry")
+          digest=${{digest%% *}}
+          dir=
+          for found in {store_root}/*/entries/$digest; do
+            [ -d "$found" ] && dir=$found && break
+          done
+          if [ -z "$dir" ]; then
+            echo "modelgate: this executor's image has no $name of this lock (lock entry sha256 $digest under {store_root}/*/entries): build the image from the lock (third_party/python/executor.Dockerfile)" >&2
+            exit 70
+          fi
+          entry="${{entry:+$entry:}}$dir"
+        else
+          entry="${{entry:+$entry:}}$repo/dists/$name"
+        fi
       done
     fi
     path="${{path:+$path:}}$entry"
@@ -139,9 +149,6 @@ exports_files(["bin/python3"])
 py_runtime(
     name = "runtime",
     interpreter = "bin/python3",
-    # Where the executor provides the pip packages' files (MODELGATE_PIP_INPUTS=image, --config=rbe):
-    # the store key, which the wrapper reads; empty otherwise.
-    files = ["@pip//executor:interpreter_inputs"],
     python_version = "PY3",
     # The launcher stub that finds runfiles; Debian has no `python` on PATH.
     stub_shebang = "#!/usr/bin/python3",
@@ -236,6 +243,15 @@ def _publish(rctx, python, store):
         return
     _link(rctx, store)
 
+# The store's index by lock entry (pip_generate.py index): where a remote executor whose image is
+# this store finds a package's files (_WRAPPER_IMAGE). Written once per store.
+def _index(rctx, python, store, lock_name):
+    if rctx.path(store + "/entries").exists:
+        return
+    res = rctx.execute([python, "-S", rctx.path(rctx.attr._generator), "index", store, lock_name, str(rctx.path("requirements_lock.txt"))], timeout = 600, quiet = True)
+    if res.return_code != 0:
+        print("modelgate: could not index the machine's store %s by lock entry: %s" % (store, (res.stdout + res.stderr).strip()))
+
 def _link(rctx, store):
     rctx.symlink(store + "/site", "site")
     rctx.symlink(store + "/dists", "dists")
@@ -279,50 +295,48 @@ def _install(rctx, python, lock_path, lock_name):
 # --- the executor image: remote execution without the installed files as inputs ------------------
 #
 # Under remote execution (MODELGATE_PIP_INPUTS=image, set by --config=rbe) an action's inputs stay
-# its lock entries, as locally, plus one file, executor/STORE_KEY (the store key: the lock's
-# digest, the torch flavor, the Python version, the store's format), which the toolchain's
-# interpreter carries into every Python action. The files come from the executor: an image built
-# from the lock (third_party/python/executor.Dockerfile) holds the store at
-# EXECUTOR_STORE_ROOT/<key>, and the wrapper finds dists/<name> there. The execution platform
-# @pip//executor:platform names that image in exec_properties (container-image, tagged
-# <flavor>-<key>), so the image is part of every action's key: an executor built from another lock
-# or flavor can neither serve nor hit the cache of these actions.
+# its lock entries, as locally. The files come from the executor: an image built from the lock
+# (third_party/python/executor.Dockerfile) holds the store at EXECUTOR_STORE_ROOT/<key>, indexed by
+# lock entry (entries/<sha256>), and the wrapper finds each package there by its entry's digest.
+# @pip//executor:platform names that image in exec_properties (container-image), which is part of
+# every action's key: its tag is what every action shares and no lock entry says, the torch flavor
+# (and so the executor's drivers), the interpreter's version and the store's format. The lock
+# itself is not in the tag: an action's key already holds the entries of its own packages, so a
+# lock edit re-runs exactly the actions whose packages' entries changed, and an image built from
+# another lock can serve an action only with the very files its entries name (or refuses it,
+# exit 70), never a cache hit of other bytes.
 
 EXECUTOR_STORE_ROOT = "/opt/modelgate/pip-store"
 _DEFAULT_EXECUTOR_IMAGE = "docker://modelgate-executor"
 
-def _executor_package(rctx, key, flavor, inputs):
+def executor_tag(flavor, version):
+    return "%s-python%s-store%s" % (flavor, version, _STORE_FORMAT)
+
+def _executor_package(rctx, key, flavor, version):
     image = rctx.os.environ.get("MODELGATE_EXECUTOR_IMAGE", _DEFAULT_EXECUTOR_IMAGE)
     if not image.startswith("docker://"):
-        fail("modelgate: MODELGATE_EXECUTOR_IMAGE=%s; expected docker://REGISTRY/NAME (the tag is the lock's)" % image)
-    rctx.file("executor/STORE_KEY", key + "\n", executable = False)
-    rctx.file("executor/IMAGE", "%s:%s-%s\n" % (image, flavor, key), executable = False)
+        fail("modelgate: MODELGATE_EXECUTOR_IMAGE=%s; expected docker://REGISTRY/NAME (the tag is the flavor's and the interpreter's)" % image)
+    tag = executor_tag(flavor, version)
+    rctx.file("executor/IMAGE", "%s:%s\n" % (image, tag), executable = False)
     rctx.file("executor/BUILD.bazel", """\
 # Generated by third_party/python/repositories.bzl. Do not edit.
 package(default_visibility = ["//visibility:public"])
 
-# The executor image built from this lock (third_party/python/executor.Dockerfile); its store is
-# at {root}/{key}.
-IMAGE = "{image}:{flavor}-{key}"
+# The executor image built from the lock (third_party/python/executor.Dockerfile); this lock's
+# store is at {root}/{key} there, indexed by lock entry (entries/<sha256>).
+IMAGE = "{image}:{tag}"
 
 platform(
     name = "platform",
     parents = ["@local_config_platform//:host"],
     exec_properties = {{
-        "container-image": "{image}:{flavor}-{key}",
+        "container-image": "{image}:{tag}",
         "OSFamily": "Linux",
     }},
 )
 
-exports_files(["IMAGE", "STORE_KEY"])
-
-# What the toolchain's interpreter adds to every Python action: the store key where the
-# executor provides the installed files (MODELGATE_PIP_INPUTS=image), nothing otherwise.
-filegroup(
-    name = "interpreter_inputs",
-    srcs = {srcs},
-)
-""".format(root = EXECUTOR_STORE_ROOT, key = key, flavor = flavor, image = image, srcs = '["STORE_KEY"]' if inputs == "image" else "[]"), executable = False)
+exports_files(["IMAGE"])
+""".format(root = EXECUTOR_STORE_ROOT, key = key, tag = tag, image = image), executable = False)
 
 def _pip_repository_impl(rctx):
     python = _find_python(rctx)
@@ -349,6 +363,8 @@ def _pip_repository_impl(rctx):
         _install(rctx, python, lock_path, lock_name)
         if store:
             _publish(rctx, python, store)
+    if store and rctx.path(store + "/" + _STORE_DONE).exists:
+        _index(rctx, python, store, lock_name)
 
     # The lock entry of each package goes beside its py_library (lock_entries/<name>.json).
     res = rctx.execute([python, rctx.path(rctx.attr._generator), "generate", lock_name, "site", ".", "requirements_lock.txt", "files" if inputs == "files" else "lock"], timeout = 600, quiet = True)
@@ -359,7 +375,7 @@ def _pip_repository_impl(rctx):
     if inputs != "files":
         rctx.file("INPUTS_ARE_LOCK_ENTRIES", "", executable = False)
 
-    _executor_package(rctx, key, flavor, inputs)
+    _executor_package(rctx, key, flavor, _python_version(rctx, python))
 
     # Which torch this repository holds, for rules that decide at analysis time whether a GPU
     # variant can run at all (tools/private/receipts.bzl).
