@@ -26,9 +26,22 @@ from tests.serve.bundles import build_hash
 from tests.serve.e2e_test import ROLLOUT_TIMEOUT_S, assert_answers_like, golden_request
 
 M = harness.MODEL
-# Events appended (canary moved back and forth) before the replay attacks: none in the suite;
-# MODELGATE_HISTORY_MOVES=9996 runs them against a running service at 10,000 events.
-HISTORY_MOVES = int(os.environ.get("MODELGATE_HISTORY_MOVES", "0"))
+# Events appended (canary moved back and forth) before the attacks: a few in the suite;
+# MODELGATE_HISTORY_MOVES=9996 runs every attack against a running service at 10,000 events.
+HISTORY_MOVES = int(os.environ.get("MODELGATE_HISTORY_MOVES", "4"))
+
+
+def _grow(uri: str, keys, builds: tuple[str, str], count: int) -> int:
+    """canary moved `count` times between two builds (signed, chained events): a long history."""
+    from modelgate.registry.signing import RecordSigner
+    from modelgate.registry.storage import open_storage
+    from modelgate.registry.uri import parse
+    from modelgate.testing import history
+
+    if not count:
+        return harness.open_registry(uri).head_view(M).seq
+    signed = Registry(open_storage(parse(uri)), signer=RecordSigner(str(keys["signer"])))
+    return history.grow(signed, M, "canary", builds, count)
 
 
 def _storage(uri: str):
@@ -73,16 +86,16 @@ def test_a_rolled_back_tag_state_is_refused_and_a_real_rollback_is_served(reques
     v1, v2 = releases["v1"], releases["v2"]
     h1, h2 = build_hash(v1), build_hash(v2)
     registry = harness.open_registry(uri)
-    pointer_key, event2_key = registry.tag_key(M, "stable"), registry.history_key(M, 2)
-
     harness.promote(uri, v1, keys["signer"])
+    k = _grow(uri, keys, (h1, h1), HISTORY_MOVES)  # events 2..k: canary, a long history
+    pointer_key, event2_key = registry.tag_key(M, "stable"), registry.history_key(M, k + 1)
     v1_pointer = registry.storage.read(pointer_key)  # validly signed, seq 1
     v1_head = registry.storage.read(registry.head_key(M))  # the signed head then: replayed with the pointer
     server = servers(uri, keys["signer_public"])
     server.wait_serving(h1, ROLLOUT_TIMEOUT_S)
     harness.promote(uri, v2, keys["signer"], notify_urls=[server.notify_url])
     server.wait_serving(h2, ROLLOUT_TIMEOUT_S)
-    assert server.version()["tag_state"]["seq"] == 2
+    assert server.version()["tag_state"]["seq"] == k + 1
     v2_pointer = registry.storage.read(pointer_key)
 
     # The attack: the newest event deleted and the old pointer replayed. Every byte is validly
@@ -110,9 +123,9 @@ def test_a_rolled_back_tag_state_is_refused_and_a_real_rollback_is_served(reques
     registry.storage.create(event2_key, event2)
     _write(uri, pointer_key, v2_pointer)
     result = harness.rollback(uri, keys["signer"], notify_urls=[restarted.notify_url])
-    assert (result.status, result.seq, result.build_hash) == ("rolled-back", 3, h1)
+    assert (result.status, result.seq, result.build_hash) == ("rolled-back", k + 2, h1)
     version = restarted.wait_serving(h1, ROLLOUT_TIMEOUT_S)
-    assert version["tag_state"]["seq"] == 3 and version["error"] is None
+    assert version["tag_state"]["seq"] == k + 2 and version["error"] is None
     assert_answers_like(restarted, v1)
 
 
@@ -127,14 +140,7 @@ def test_a_repointed_version_tag_and_a_replayed_pointer_are_refused(request, bac
     stable_v1 = registry.storage.read(registry.tag_key(M, "stable"))
     harness.promote(uri, v2, keys["signer"])
     harness.promote(uri, v2, keys["signer"], tag="canary")  # stable's event is no longer the newest
-    if HISTORY_MOVES:  # a long history after them: the service's reads do not walk it
-        from modelgate.registry.signing import RecordSigner
-        from modelgate.registry.storage import open_storage
-        from modelgate.registry.uri import parse
-        from modelgate.testing import history
-
-        signed = Registry(open_storage(parse(uri)), signer=RecordSigner(str(keys["signer"])))
-        history.grow(signed, M, "canary", (h1, h2), HISTORY_MOVES)
+    _grow(uri, keys, (h1, h2), HISTORY_MOVES)  # a long history after them: the service's reads do not walk it
 
     version_server = servers(uri, keys["signer_public"], tag="v1.0.0")
     version_server.wait_serving(h1, ROLLOUT_TIMEOUT_S)
@@ -156,6 +162,72 @@ def test_a_repointed_version_tag_and_a_replayed_pointer_are_refused(request, bac
     version = _wait_refused(stable_server, "the pointer was rolled back", checks)
     assert version["build_hash"] == h2
     assert_answers_like(stable_server, v2)
+
+
+@pytest.mark.parametrize("backend", ["local", "gcs"])
+def test_edited_forged_and_deleted_events_are_refused_by_a_running_service(request, backend, releases, keys, servers):
+    """Each attack on the signed history, behind modelgate's back, then a signed notification: the
+    service refuses it and goes on serving what it served; the registry repaired, it serves again.
+    The events far from stable's (the middle of the history) are the audit's (`registry verify`,
+    tests/registry/bounded_test.py): a reader checks the chain only next to what it reads."""
+    from modelgate.formats import canonical_json
+    from modelgate.registry.signing import RecordSigner
+    import json
+
+    uri = request.getfixturevalue(f"{backend}_registry")
+    v1, v2 = releases["v1"], releases["v2"]
+    h1, h2 = build_hash(v1), build_hash(v2)
+    registry = harness.open_registry(uri)
+    harness.promote(uri, v1, keys["signer"])
+    k = _grow(uri, keys, (h1, h1), HISTORY_MOVES)
+    server = servers(uri, keys["signer_public"])
+    server.wait_serving(h1, ROLLOUT_TIMEOUT_S)
+    harness.promote(uri, v2, keys["signer"], notify_urls=[server.notify_url])  # event k + 1, the newest
+    server.wait_serving(h2, ROLLOUT_TIMEOUT_S)
+    assert server.version()["tag_state"]["seq"] == k + 1
+
+    def refused(words: str) -> None:
+        checks = server.version()["checks"]
+        _notify(server, uri, h1)
+        version = _wait_refused(server, words, checks)
+        print(f"\n{backend}, {k + 1} events: refused: {version['error']}")
+        assert version["build_hash"] == h2
+        assert_answers_like(server, v2)
+
+    newest_key, before_key, head_key = registry.history_key(M, k + 1), registry.history_key(M, k), registry.head_key(M)
+    newest, before, head = (registry.storage.read(key) for key in (newest_key, before_key, head_key))
+
+    # stable's own event edited to name v1 (its signature no longer verifies, its hash is not the head's).
+    doc = json.loads(newest)
+    doc["build_hash"] = h1
+    _write(uri, newest_key, canonical_json(doc))
+    refused(f"{k + 1:010d}.json")
+    _write(uri, newest_key, newest)
+    # ... and re-signed by someone else's key.
+    _write(uri, newest_key, canonical_json(RecordSigner(str(keys["stranger"])).sign({key: value for key, value in doc.items() if key != "signature"})))
+    refused(f"{k + 1:010d}.json")
+    _write(uri, newest_key, newest)
+    # A forged head: unsigned, then signed by a stranger.
+    forged = json.loads(head)
+    forged.pop("signature")
+    _write(uri, head_key, canonical_json(forged))
+    refused("is not signed")
+    _write(uri, head_key, canonical_json(RecordSigner(str(keys["stranger"])).sign(forged)))
+    refused("signature does not verify")
+    _write(uri, head_key, head)
+    # The newest event (stable's, which the head names) deleted.
+    _delete(uri, newest_key)
+    refused("history events were deleted")
+    assert registry.storage.create(newest_key, newest)
+    # The event just before it deleted (the one link every reader checks).
+    _delete(uri, before_key)
+    refused("is missing (deleted?)")
+    assert registry.storage.create(before_key, before)
+
+    # Repaired: a legitimate rollback is served.
+    result = harness.rollback(uri, keys["signer"], notify_urls=[server.notify_url])
+    assert (result.status, result.seq, result.build_hash) == ("rolled-back", k + 2, h1)
+    assert server.wait_serving(h1, ROLLOUT_TIMEOUT_S)["error"] is None
 
 
 def test_a_silent_gcs_endpoint_is_reported_within_the_bound(monkeypatch, keys, servers, tmp_path):
