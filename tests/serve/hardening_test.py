@@ -74,10 +74,14 @@ def _notify(server: harness.Server, uri: str, build: str, seq: int | None = None
 
 
 def _wait_refused(server: harness.Server, words: str, checks_before: int) -> dict:
-    return harness.wait_for(
-        lambda: (v := server.version())["checks"] > checks_before and words in (v["error"] or "") and v,
-        ROLLOUT_TIMEOUT_S, f"the service to refuse ({words})",
-    )  # fmt: skip
+    seen = []
+    def refused():
+        seen[:] = [v := server.version()]
+        return v["checks"] > checks_before and words in (v["error"] or "") and v
+    try:
+        return harness.wait_for(refused, ROLLOUT_TIMEOUT_S, f"the service to refuse ({words})")
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; /version said {seen}") from None
 
 
 @pytest.mark.parametrize("backend", ["local", "gcs"])
@@ -166,13 +170,17 @@ def test_a_repointed_version_tag_and_a_replayed_pointer_are_refused(request, bac
 
 @pytest.mark.parametrize("backend", ["local", "gcs"])
 def test_edited_forged_and_deleted_events_are_refused_by_a_running_service(request, backend, releases, keys, servers):
-    """Each attack on the signed history, behind modelgate's back, then a signed notification: the
-    service refuses it and goes on serving what it served; the registry repaired, it serves again.
-    The events far from stable's (the middle of the history) are the audit's (`registry verify`,
-    tests/registry/bounded_test.py): a reader checks the chain only next to what it reads."""
+    """Each attack on the signed history behind modelgate's back, on a state the service has not
+    accepted yet (a promote it was not told of), then a signed notification: the service refuses it
+    and goes on serving what it served; a new replica's first check refuses it too; the registry
+    repaired, the promote and then a `registry rollback` are served. (Events the service already
+    accepted are kept in memory, as they are create-only: editing one later changes nothing it
+    serves. Events far from the tag's, the middle of the history, are the audit's, `registry
+    verify`, tests/registry/bounded_test.py: a reader checks the chain next to what it reads.)"""
+    import json
+
     from modelgate.formats import canonical_json
     from modelgate.registry.signing import RecordSigner
-    import json
 
     uri = request.getfixturevalue(f"{backend}_registry")
     v1, v2 = releases["v1"], releases["v2"]
@@ -182,30 +190,31 @@ def test_edited_forged_and_deleted_events_are_refused_by_a_running_service(reque
     k = _grow(uri, keys, (h1, h1), HISTORY_MOVES)
     server = servers(uri, keys["signer_public"])
     server.wait_serving(h1, ROLLOUT_TIMEOUT_S)
-    harness.promote(uri, v2, keys["signer"], notify_urls=[server.notify_url])  # event k + 1, the newest
+    harness.promote(uri, v2, keys["signer"], notify_urls=[server.notify_url])  # event k + 1
     server.wait_serving(h2, ROLLOUT_TIMEOUT_S)
     assert server.version()["tag_state"]["seq"] == k + 1
+    harness.promote(uri, v1, keys["signer"])  # event k + 2, the newest: the service was not told
 
     def refused(words: str) -> None:
         checks = server.version()["checks"]
         _notify(server, uri, h1)
         version = _wait_refused(server, words, checks)
-        print(f"\n{backend}, {k + 1} events: refused: {version['error']}")
-        assert version["build_hash"] == h2
+        print(f"\n{backend}, {k + 2} events: refused: {version['error']}")
+        assert version["build_hash"] == h2 and version["tag_state"]["seq"] == k + 1
         assert_answers_like(server, v2)
 
-    newest_key, before_key, head_key = registry.history_key(M, k + 1), registry.history_key(M, k), registry.head_key(M)
+    newest_key, before_key, head_key = registry.history_key(M, k + 2), registry.history_key(M, k + 1), registry.head_key(M)
     newest, before, head = (registry.storage.read(key) for key in (newest_key, before_key, head_key))
 
-    # stable's own event edited to name v1 (its signature no longer verifies, its hash is not the head's).
+    # The new event edited (its signature no longer verifies, its hash is not the head's) ...
     doc = json.loads(newest)
-    doc["build_hash"] = h1
+    doc["time"] = "2030-01-01T00:00:00.000Z"
     _write(uri, newest_key, canonical_json(doc))
-    refused(f"{k + 1:010d}.json")
-    _write(uri, newest_key, newest)
+    refused(f"{k + 2:010d}.json")
     # ... and re-signed by someone else's key.
-    _write(uri, newest_key, canonical_json(RecordSigner(str(keys["stranger"])).sign({key: value for key, value in doc.items() if key != "signature"})))
-    refused(f"{k + 1:010d}.json")
+    doc.pop("signature")
+    _write(uri, newest_key, canonical_json(RecordSigner(str(keys["stranger"])).sign(doc)))
+    refused(f"{k + 2:010d}.json")
     _write(uri, newest_key, newest)
     # A forged head: unsigned, then signed by a stranger.
     forged = json.loads(head)
@@ -215,19 +224,24 @@ def test_edited_forged_and_deleted_events_are_refused_by_a_running_service(reque
     _write(uri, head_key, canonical_json(RecordSigner(str(keys["stranger"])).sign(forged)))
     refused("signature does not verify")
     _write(uri, head_key, head)
-    # The newest event (stable's, which the head names) deleted.
+    # The newest event deleted (the head and the pointer name it).
     _delete(uri, newest_key)
     refused("history events were deleted")
     assert registry.storage.create(newest_key, newest)
-    # The event just before it deleted (the one link every reader checks).
+    # The event before it deleted: a new replica's first check reads that link and refuses.
     _delete(uri, before_key)
-    refused("is missing (deleted?)")
+    replica = servers(uri, keys["signer_public"])
+    version = harness.wait_for(lambda: (v := replica.version())["checks"] >= 1 and v, ROLLOUT_TIMEOUT_S, "the replica's first check")
+    assert version["build_hash"] is None and "is missing (deleted?)" in version["error"], version
+    print(f"\n{backend}, {k + 2} events: a new replica refused: {version['error']}")
     assert registry.storage.create(before_key, before)
 
-    # Repaired: a legitimate rollback is served.
+    # Repaired: the promote is served, then a legitimate rollback.
+    _notify(server, uri, h1)
+    assert server.wait_serving(h1, ROLLOUT_TIMEOUT_S)["tag_state"]["seq"] == k + 2
     result = harness.rollback(uri, keys["signer"], notify_urls=[server.notify_url])
-    assert (result.status, result.seq, result.build_hash) == ("rolled-back", k + 2, h1)
-    assert server.wait_serving(h1, ROLLOUT_TIMEOUT_S)["error"] is None
+    assert (result.status, result.seq, result.build_hash) == ("rolled-back", k + 3, h2)
+    assert server.wait_serving(h2, ROLLOUT_TIMEOUT_S)["error"] is None
 
 
 def test_a_silent_gcs_endpoint_is_reported_within_the_bound(monkeypatch, keys, servers, tmp_path):
