@@ -47,8 +47,8 @@ def _run_script():
 
 
 def _image_wrapper(store_root):
-    # The wrapper of --config=rbe (repositories.bzl _WRAPPER_IMAGE) as the repository rule writes it.
-    template = re.search(r'^_WRAPPER_IMAGE = """\\\n(.*?)^"""$', RULES, re.M | re.S).group(1)
+    # The toolchain's wrapper (repositories.bzl _WRAPPER) as the repository rule writes it.
+    template = re.search(r'^_WRAPPER = """\\\n(.*?)^"""$', RULES, re.M | re.S).group(1)
     version = "%d.%d.%d" % sys.version_info[:3]
     return template.format(version=version, python=INTERPRETER, store_root=store_root)
 

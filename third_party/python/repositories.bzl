@@ -24,56 +24,17 @@ def _python_version(rctx, python):
 # The toolchain's interpreter. Where a target's runfiles hold only the lock entries of its pip
 # packages (MODELGATE_PIP_INPUTS=lock, the default; see pip_repository), the launcher's PYTHONPATH
 # entry <runfiles>/pip/site holds none of their files: the wrapper replaces it with one directory
-# per package of the target's closure, @pip's dists/<name> (each distribution's installed files on
-# their own), named by the lock entries in the runfiles and found through their links into @pip
-# (which marks the mode with INPUTS_ARE_LOCK_ENTRIES). A package the target does not depend on is
-# not importable, as with every file an input. Nothing in the wrapper depends on the machine beyond
-# the interpreter it names, so its bytes key every Python action the same way in every clone.
+# per package of the target's closure, found by the lock entries in the runfiles:
+#   - on this machine, through their links into @pip (which marks the mode with
+#     INPUTS_ARE_LOCK_ENTRIES): @pip's dists/<name>, each distribution's installed files on their own;
+#   - on a remote executor (--config=rbe), where the inputs are copies, not links: by the digest of
+#     each lock entry in the executor image's store, EXECUTOR_STORE_ROOT/<store key>/entries/
+#     <sha256 of lock_entries/<name>.json> (pip_generate.py index), in whichever installed lock of
+#     the image has that entry, or exit 70 naming the package.
+# A package the target does not depend on is not importable, as with every file an input. One
+# wrapper for both, so that an action has the same key run here or remotely (and a model the same
+# build hash): nothing in it depends on the machine beyond the interpreter it names.
 _WRAPPER = """\
-#!/bin/sh
-# modelgate Python toolchain: CPython {version} at {python}
-# -S: no site-packages of the interpreter's own; -s: no user site.
-case ":${{PYTHONPATH:-}}:" in
-*/site:*)
-  set -f
-  old_ifs=$IFS
-  IFS=:
-  path=
-  for entry in $PYTHONPATH; do
-    set +f
-    if [ "${{entry##*/}}" = site ]; then
-      repo=
-      for lock_entry in "${{entry%/site}}"/lock_entries/*.json; do
-        if [ -z "$repo" ]; then
-          repo=$(readlink -f "$lock_entry") || break
-          repo=${{repo%/lock_entries/*}}
-          [ -f "$repo/INPUTS_ARE_LOCK_ENTRIES" ] || break
-          entry=
-        fi
-        name=${{lock_entry##*/}}
-        entry="${{entry:+$entry:}}$repo/dists/${{name%.json}}"
-      done
-    fi
-    path="${{path:+$path:}}$entry"
-  done
-  IFS=$old_ifs
-  PYTHONPATH=$path
-  export PYTHONPATH
-  ;;
-esac
-exec {python} -S -s "$@"
-"""
-
-# Under remote execution (MODELGATE_PIP_INPUTS=image, --config=rbe) the inputs on the executor are
-# copies, not links into @pip: where the lock entries lead to no @pip, the wrapper finds each
-# package's files in the executor image's store by the digest of its lock entry,
-# EXECUTOR_STORE_ROOT/<store key>/entries/<sha256 of lock_entries/<name>.json> (pip_generate.py
-# index), in whichever installed lock of the image has that entry. So an action's key names only
-# its own packages' entries: an edit of another package's entry, or an image that holds more locks,
-# changes nothing of it. A separate template, so that the default wrapper's bytes (part of every
-# model's build hash) stay as they are; a build under --config=rbe has this wrapper's bytes in its
-# build hash instead: its toolchain is the executor image.
-_WRAPPER_IMAGE = """\
 #!/bin/sh
 # modelgate Python toolchain: CPython {version} at {python}
 # -S: no site-packages of the interpreter's own; -s: no user site.
@@ -92,6 +53,8 @@ case ":${{PYTHONPATH:-}}:" in
           [ -f "$lock_entry" ] || break
           repo=$(readlink -f "$lock_entry") || break
           repo=${{repo%/lock_entries/*}}
+          # MODELGATE_PIP_INPUTS=files: the site directory's files are the inputs; keep it.
+          [ -f "$repo/INPUTS_ARE_FILES" ] && break
           # On a remote executor the inputs are copies: the files come from its image's store.
           [ -f "$repo/INPUTS_ARE_LOCK_ENTRIES" ] || repo=executor
           entry=
@@ -134,10 +97,7 @@ def _python_interpreter_impl(rctx):
     # The wrapper is the toolchain's identity: its bytes (path and version) key every Python action.
     # -S keeps the interpreter's own site-packages (and Debian's dist-packages) out of sys.path;
     # only the packages a target depends on are importable.
-    if rctx.os.environ.get("MODELGATE_PIP_INPUTS", "lock") == "image":
-        wrapper = _WRAPPER_IMAGE.format(version = version, python = python, store_root = EXECUTOR_STORE_ROOT)
-    else:
-        wrapper = _WRAPPER.format(version = version, python = python)
+    wrapper = _WRAPPER.format(version = version, python = python, store_root = EXECUTOR_STORE_ROOT)
     rctx.file("bin/python3", wrapper, executable = True)
     rctx.file("BUILD.bazel", """\
 package(default_visibility = ["//visibility:public"])
@@ -172,7 +132,7 @@ python_interpreter = repository_rule(
         "expected_minor": attr.string(default = "3.11"),
         "python": attr.string(default = _DEFAULT_PYTHON),
     },
-    environ = ["MODELGATE_PIP_INPUTS", "MODELGATE_PYTHON"],
+    environ = ["MODELGATE_PYTHON"],
     local = True,
 )
 
@@ -244,7 +204,7 @@ def _publish(rctx, python, store):
     _link(rctx, store)
 
 # The store's index by lock entry (pip_generate.py index): where a remote executor whose image is
-# this store finds a package's files (_WRAPPER_IMAGE). Written once per store.
+# this store finds a package's files (_WRAPPER). Written once per store.
 def _index(rctx, python, store, lock_name):
     if rctx.path(store + "/entries").exists:
         return
@@ -294,8 +254,7 @@ def _install(rctx, python, lock_path, lock_name):
 
 # --- the executor image: remote execution without the installed files as inputs ------------------
 #
-# Under remote execution (MODELGATE_PIP_INPUTS=image, set by --config=rbe) an action's inputs stay
-# its lock entries, as locally. The files come from the executor: an image built from the lock
+# Under remote execution (--config=rbe) an action's inputs are its lock entries, as locally. The files come from the executor: an image built from the lock
 # (third_party/python/executor.Dockerfile) holds the store at EXECUTOR_STORE_ROOT/<key>, indexed by
 # lock entry (entries/<sha256>), and the wrapper finds each package there by its entry's digest.
 # @pip//executor:platform names that image in exec_properties (container-image), which is part of
@@ -348,8 +307,10 @@ def _pip_repository_impl(rctx):
     else:
         fail("modelgate: MODELGATE_TORCH=%s; expected cpu or cuda" % flavor)
     inputs = rctx.os.environ.get("MODELGATE_PIP_INPUTS", "lock")
-    if inputs not in ("lock", "image", "files"):
-        fail("modelgate: MODELGATE_PIP_INPUTS=%s; expected lock, image or files" % inputs)
+    if inputs == "image":
+        inputs = "lock"  # what --config=rbe set before local and remote actions had one wrapper
+    if inputs not in ("lock", "files"):
+        fail("modelgate: MODELGATE_PIP_INPUTS=%s; expected lock or files" % inputs)
     lock_path = rctx.path(lock)
     lock_name = "%s/%s" % (lock.package, lock.name) if lock.package else lock.name
     rctx.file("requirements_lock.txt", rctx.read(lock_path), executable = False)
@@ -372,8 +333,7 @@ def _pip_repository_impl(rctx):
         fail("\n" + (res.stdout + res.stderr).strip())
 
     # The toolchain's wrapper reads site/ itself where the libraries' inputs are their lock entries.
-    if inputs != "files":
-        rctx.file("INPUTS_ARE_LOCK_ENTRIES", "", executable = False)
+    rctx.file("INPUTS_ARE_FILES" if inputs == "files" else "INPUTS_ARE_LOCK_ENTRIES", "", executable = False)
 
     _executor_package(rctx, key, flavor, _python_version(rctx, python))
 
