@@ -10,6 +10,7 @@ import os
 import pytest
 
 from modelgate.cli import fetch as fetch_cli
+from modelgate.cli import promote
 from modelgate.cli import registry as registry_cli
 from modelgate.errors import RegistryContentError
 from modelgate.formats import canonical_json
@@ -131,9 +132,26 @@ def test_attacks_are_refused_at_length(capsys, registry_uri, registry, tmp_path,
     assert registry.storage.create(newest_key, saved)
     # The event just before the tag's deleted: caught by every reader (the chain's one link read).
     before = registry.history_key(M, newest + 1)
+    before_saved = registry.storage.read(before)
     _delete(registry, before)
     rc, line = fetch()
     assert rc == 1 and "is missing (deleted?)" in line
+    assert registry.storage.create(before, before_saved)
+    # A version tag set twice, at length: promote refuses to move it; a second event for it (written
+    # with the key) is refused by every reader.
+    promote_ok(capsys, registry_uri, a, tag="v1.0.0")
+    rc, _, err = run(capsys, promote.main, "--tag=v1.0.0", f"--release={b}", f"--registry={registry_uri}", "--force", "--reason=x")
+    assert rc == 1 and "never move" in one_line_error(err)
+    first = registry.tag_state(M, "v1.0.0", strict=True).event
+    seq = registry.head_view(M).seq + 1
+    head_view = signed.head_view(M)
+    second = dict(first, seq=seq, id="x" * 32, build_hash=build_hash(b), prev=head_view.sha256, tag_prev=first["seq"])
+    second.pop("signature", None)
+    assert signed.append_event(second)
+    assert signed._write_head(head_view.after(signed.read_event(M, seq)), signed._read_head(M)[1])
+    signed.materialize(signed.read_event(M, seq))
+    rc, line = fetch("v1.0.0")
+    assert rc == 1 and "version tag v1.0.0 of tiny_transformer has 2 history events" in line
     # A middle event far from every tag's event: a fresh fetch does not read it; the audit does.
     _delete(registry, registry.history_key(M, 100))
     rc, out, err = run(capsys, registry_cli.main, "verify", M, f"--registry={registry_uri}")
