@@ -6,8 +6,10 @@
 # An action's inputs under --config=rbe are the lock entries of its own packages, and the executor
 # finds each package's files by its entry's digest (third_party/python/repositories.bzl), so:
 #   1. clone A: bazel test --config=rbe //models/... on a fresh worker (every action remote)
-#   2. the lock edited in a package no model uses (prometheus-client 0.26.0 -> 0.25.0): the same
-#      command re-runs nothing (every test (cached), no remote execution)
+#   2. the lock edited in a package nothing under //models/... uses (tritonclient 2.69.0 -> 2.68.0,
+#      the serving package's test client): the same command re-runs nothing (every test (cached), no remote
+#      execution). (prometheus-client would re-run //models/minilm:text_release_test, which runs
+#      the serving stack: it depends on it.)
 #   3. the lock edited in numpy (2.4.6 -> 2.4.5), which every model uses: every model's actions
 #      re-run remotely, and the tests pass
 # Each edited lock is installed into this machine's pip store first (the repository rule; it is
@@ -34,7 +36,7 @@ flags=(--noshow_progress --color=no --curses=no)
 python=/usr/bin/python3.11
 
 # Processes the worker executed ("N remote"), not its cache hits ("N remote cache hit").
-executed() { processes "$1" | grep -oE '[0-9]+ remote(,|$)' | grep -oE '^[0-9]+' || echo 0; }
+executed() { processes "$1" | grep -oE '[0-9]+ remote([,.]|$)' | grep -oE '^[0-9]+' || echo 0; }
 hits() { processes "$1" | grep -oE '[0-9]+ remote cache hit' | grep -oE '^[0-9]+' || echo 0; }
 
 # Replaces NAME's entry in the lock by NAME==VERSION with the hash of the wheel pip downloads.
@@ -82,8 +84,8 @@ cold_remote=$(executed "$work/cold.log")
 [[ $rc -eq 0 && $tests -gt 0 && $(count_tests "$work/cold.log" PASSED) -eq $tests ]] && ok "$tests tests passed, $cold_remote actions executed remotely" ||
   bad "clone A failed"
 
-echo "== 2. the lock edited in a package no model uses: prometheus-client 0.26.0 -> 0.25.0"
-edit_lock prometheus-client 0.25.0 "$work/a/third_party/requirements_lock.txt" || exit 1
+echo "== 2. the lock edited in a package nothing under //models/... uses: tritonclient 2.69.0 -> 2.68.0"
+edit_lock tritonclient 2.68.0 "$work/a/third_party/requirements_lock.txt" || exit 1
 git -C "$work/a" diff --stat | sed 's/^/   /'
 run_models "$work/unused.log"
 [[ $rc -eq 0 && $(count_tests "$work/unused.log" '\(cached\) PASSED') -eq $tests && $(executed "$work/unused.log") -eq 0 ]] &&
