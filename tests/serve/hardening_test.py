@@ -50,21 +50,11 @@ def _storage(uri: str):
 
 def _write(uri: str, key: str, data: bytes) -> None:
     """Rewrites an object behind modelgate's back (someone with write access but not the key)."""
-    storage = _storage(uri)
-    if uri.startswith("file://"):
-        path = storage.root / key
-        path.chmod(0o644)
-        path.write_bytes(data)
-    else:
-        storage._blob(key).upload_from_string(data)
+    _storage(uri).overwrite(key, data)
 
 
 def _delete(uri: str, key: str) -> None:
-    storage = _storage(uri)
-    if uri.startswith("file://"):
-        (storage.root / key).unlink()
-    else:
-        storage._blob(key).delete()
+    _storage(uri).delete(key)
 
 
 def _notify(server: harness.Server, uri: str, build: str, seq: int | None = None) -> None:

@@ -187,7 +187,7 @@ class ReportProse:
         )
         if mine and default and mine < default:
             text += (
-                f"Modelgate uploads in {mine >> 20} MiB chunks (`UPLOAD_CHUNK` in `tools/modelgate/registry/storage.py`, "
+                f"Modelgate uploads in {mine >> 20} MiB chunks (`UPLOAD_CHUNK` in `tools/modelgate/registry/storage/gcs.py`, "
                 f"{-(-size // mine)} requests per blob) where `upload_from_filename` uses the client's default "
                 f"{default >> 20} MiB ({-(-size // default)}), and fake-gcs-server's cost per chunk grows with the bytes "
                 "already received: raise `UPLOAD_CHUNK` to the client default. "

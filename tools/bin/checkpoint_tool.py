@@ -3,8 +3,8 @@
   checkpoint_tool fetch --model M --pin PATH=WORKSPACE_PATH --out PATH [--package-file SITE_PATH=PATH ...]
 
 makes the checkpoint that models/<M>/checkpoint.json pins available to the build as a hard link
-into this machine's store (modelgate.checkpoint), fetching it from a source only if the store
-does not have it. Errors are one line naming the model and the pin file, exit status 1.
+into this machine's store (modelgate.sources), fetching it from a source only if the store does
+not have it. Errors are one line naming the model and the pin file, exit status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from modelgate import checkpoint as checkpoints
+from modelgate import sources
+from modelgate.registry.storage import human_size, installed
 from modelgate.runner import run
 
 
@@ -51,15 +53,15 @@ def _main(argv: list[str]) -> int:
         # The package's files are read where they are installed: in the build, where a package's
         # input is its lock entry (only those packages); outside it, on sys.path.
         names = {json.loads(Path(entry).read_text(encoding="utf-8"))["name"] for entry in args.package_lock_entry}
-        package_files = checkpoints.installed_package_files(
-            pin, packages=names or None, paths=[str(installed_tree(entry)) for entry in args.package_lock_entry] or None
+        package_files = installed.package_files(
+            pin.sources, packages=names or None, paths=[str(installed_tree(entry)) for entry in args.package_lock_entry] or None
         )
-    fetched = checkpoints.fetch(pin, package_files=package_files)
+    fetched = sources.fetch(pin, package_files=package_files)
     try:
-        checkpoints.place(fetched, Path(args.out))
+        sources.place(fetched, Path(args.out))
     except OSError as e:
         raise checkpoints.CheckpointError(f"model {args.model}: {display}: cannot place the checkpoint in the build ({e})") from None
-    size = checkpoints.human_size(pin.size)
+    size = human_size(pin.size)
     if fetched.source == "store":
         print(f"checkpoint {args.model} {pin.sha256[:12]}: {size} from this machine's store, verified in {fetched.seconds:.2f} s")
     else:

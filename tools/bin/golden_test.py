@@ -57,10 +57,14 @@ def weights(spec, tmp_path_factory):
     command = [sys.executable, str(tool), "export", "--model", spec.name, "--out-dir", str(out)]
     pin_file = Path("models") / spec.name / checkpoints.PIN_FILE
     if pin_file.is_file():
-        # A pinned checkpoint: fetched as the build fetches it (the machine's store first).
+        # A pinned checkpoint: fetched as the build fetches it (the machine's store first). Only
+        # outside Bazel, whose golden test is given the exported weights and no fetching code.
+        from modelgate import sources
+        from modelgate.registry.storage import installed
+
         try:
             pin = checkpoints.read_pin(pin_file, str(pin_file), spec.name)
-            fetched = checkpoints.fetch(pin, package_files=checkpoints.installed_package_files(pin))
+            fetched = sources.fetch(pin, package_files=installed.package_files(pin.sources))
         except checkpoints.CheckpointError as e:
             pytest.fail(str(e), pytrace=False)
         command += ["--checkpoint", str(fetched.path), "--checkpoint-pin", f"{pin_file}={pin_file}"]

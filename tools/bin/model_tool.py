@@ -6,7 +6,9 @@
   gate           validate the exported files; write the release manifest only if they pass
   golden-update  regenerate golden/<model>/ from the exported weights (bazel run :golden_update)
 
-Errors are one clear paragraph on stderr and exit status 1; never a traceback for bad input.
+Errors go through the one runner (modelgate.runner): one line on stderr, `<command> <model>: ...`
+(a checkpoint's error names the model and the pin file itself), and a non-zero exit status; never
+a traceback for bad input.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from modelgate.errors import ModelgateError, UsageError
+from modelgate.runner import run
 
 
 def _spec(model: str, hparams: str):
@@ -56,8 +61,7 @@ def cmd_train(args) -> int:
 
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
-        print(f"run me with: bazel run //models/{args.model}:train", file=sys.stderr)
-        return 2
+        raise UsageError(f"run me with: bazel run //models/{args.model}:train")
     return train_and_pin.run(_spec(args.model, args.hparams), Path(workspace), args)
 
 
@@ -86,8 +90,7 @@ def cmd_golden_update(args) -> int:
 
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
-        print(f"run me with: bazel run //models/{args.model}:golden_update", file=sys.stderr)
-        return 2
+        raise UsageError(f"run me with: bazel run //models/{args.model}:golden_update")
     spec = _spec(args.model, args.hparams)
     portable.deterministic()
     export_manifest = json.loads(Path(args.export_manifest).read_text())
@@ -121,7 +124,7 @@ def cmd_golden_update(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="model_tool", fromfile_prefix_chars="@", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("export")
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("train", help="train outside the build, upload the checkpoint, rewrite the pin (bazel run :train)")
     p.add_argument("--model", required=True)
     p.add_argument("--hparams", default="{}")
-    p.add_argument("--registry", help="where the checkpoint goes: gs://BUCKET[/PREFIX] or file:///ABS/PATH (default: as promote)")
+    p.add_argument("--registry", help="the registry the checkpoint goes to, as promote's --registry (default: as promote)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU where there is one)")
     p.add_argument(
         "--portable",
@@ -173,16 +176,20 @@ def main(argv=None) -> int:
         # Before anything imports torch: MKL and ATen read these when they load.
         portable.prepare_environment()
     from modelgate.checkpoint import CheckpointError
-    from modelgate.errors import ModelgateError
 
     try:
         return args.run(args)
-    except CheckpointError as e:
-        print(str(e), file=sys.stderr)  # it names the model and the pin file itself
-        return 1
-    except (ModelgateError, LookupError, ValueError) as e:
-        print(f"{args.command} {args.model}: {e}", file=sys.stderr)
-        return 1
+    except CheckpointError:
+        raise  # it names the model and the pin file itself
+    except ModelgateError as e:
+        e.args = (f"{args.command} {args.model}: {e}",)
+        raise
+    except (LookupError, ValueError) as e:  # load_spec, with_config: no such model or hyperparameter
+        raise ModelgateError(f"{args.command} {args.model}: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(None, _main, argv)  # each error names the command and the model itself
 
 
 if __name__ == "__main__":

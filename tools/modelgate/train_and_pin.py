@@ -27,6 +27,8 @@ from pathlib import Path
 from modelgate import checkpoint as checkpoints
 from modelgate import portable
 from modelgate.formats import file_digest
+from modelgate.registry.storage import human_size
+from modelgate.sources import check_sources
 
 
 def _device(name: str):
@@ -79,21 +81,15 @@ def metric_changes(spec, before: dict, after: dict) -> list[str]:
     return lines
 
 
-def _source_for(uri, sha256: str) -> str:
-    key = f"blobs/sha256/{sha256}"
-    if uri.scheme == "gs":
-        return f"gs://{uri.bucket}/{uri.prefix + '/' if uri.prefix else ''}{key}"
-    return (Path(uri.path) / key).as_uri()
-
-
-def _upload(uri, path: Path, sha256: str, size: int) -> bool:
+def _upload(uri, path: Path, sha256: str, size: int) -> tuple[bool, str]:
+    """Puts the checkpoint in the registry as a blob: (whether bytes were uploaded, the source URI
+    that reads it back)."""
     from modelgate.registry.storage import open_storage
 
     storage = open_storage(uri)
     key = f"blobs/sha256/{sha256}"
-    if storage.exists(key):
-        return False
-    return storage.put_file(key, path, size)
+    uploaded = not storage.exists(key) and storage.put_file(key, path, size)
+    return uploaded, storage.source_uri(key)
 
 
 def run(spec, workspace: Path, args) -> int:
@@ -145,10 +141,9 @@ def run(spec, workspace: Path, args) -> int:
         if previous and previous.sha256 == sha256:
             print(f"the checkpoint is the one pinned already ({sha256[:12]})")
         if args.dry_run:
-            print(f"dry run: checkpoint {sha256[:12]} ({checkpoints.human_size(size)}) not uploaded; {display} unchanged")
+            print(f"dry run: checkpoint {sha256[:12]} ({human_size(size)}) not uploaded; {display} unchanged")
             return 0
-        uploaded = _upload(target, path, sha256, size)
-    source = _source_for(target, sha256)
+        uploaded, source = _upload(target, path, sha256, size)
     commit = _git(workspace, "rev-parse", "HEAD")
     dirty = bool(_git(workspace, "status", "--porcelain", "--untracked-files=no"))
     provenance = {
@@ -175,8 +170,9 @@ def run(spec, workspace: Path, args) -> int:
         path=display,
     )
     checkpoints.parse_pin(json.dumps(pin.to_json()), display, spec.name)  # what we write, we can read
+    check_sources(pin)  # and fetch
     checkpoints.write_pin(pin_path, pin)
-    print(f"checkpoint {sha256[:12]} ({checkpoints.human_size(size)}) {'uploaded to' if uploaded else 'already in'} {target}")
+    print(f"checkpoint {sha256[:12]} ({human_size(size)}) {'uploaded to' if uploaded else 'already in'} {target}")
     print(f"{display}: pinned {sha256[:12]}" + (f" (was {previous.sha256[:12]})" if previous else " (new pin: the build now exports it instead of training)"))
     print(f"next: bazel run //models/{spec.name}:golden_update && bazel test //models/{spec.name}/... && git add {display} golden/{spec.name}")
     return 0

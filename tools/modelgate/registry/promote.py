@@ -14,7 +14,6 @@ from . import bundle as bundles
 from . import gates, policy, records, signing, tags, transfer
 from .moves import PromoteResult, Warn, _event, _notify_endpoints, _now, _signer, _user
 from .registry import BUILD_SCHEMA, Registry, TagMove, TagState
-from .storage import LocalStorage
 
 
 # progress(description, total_bytes) -> an object with update(n) and close(), e.g. a tqdm bar.
@@ -236,11 +235,10 @@ def promote(
             doc["signature"] = signing.sign(doc, key)
             record.doc = doc
     _check_space(registry, selected)
-    if isinstance(registry.storage, LocalStorage):
-        try:
-            registry.storage.sweep_temporaries()
-        except StorageError as e:  # .tmp is not a real directory: nothing is swept; a write through it is refused
-            warn(f"not sweeping temporaries: {e}")
+    try:
+        registry.storage.sweep_temporaries()
+    except StorageError as e:  # .tmp is not a real directory: nothing is swept; a write through it is refused
+        warn(f"not sweeping temporaries: {e}")
 
     endpoints = _notify_endpoints(registry, notify_urls, warn)
     results = []

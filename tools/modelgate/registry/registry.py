@@ -116,9 +116,8 @@ class Registry:
         self.verifier = verifier or (signer.verifier() if signer else None)
         self._events: dict[tuple[str, int], dict] = {}  # checked events: create-only, so cacheable
         self.warn: Callable[[str], None] | None = None  # told when materialize repairs a broken pointer
-        # sha256 -> a copy already made in the storage's temporaries and checked against the release
-        # manifest's digest of it (LocalStorage.staged_copy, via transfer.BlobCopies); put_blob
-        # links it into place.
+        # sha256 -> a copy already checked against the release manifest's digest of it
+        # (Storage.staged_copy, via transfer.BlobCopies); put_blob stores it (put_staged).
         self.staged: dict[str, object] = {}
 
     def use_keys(self, *, signer: RecordSigner | None = None, verifier: RecordVerifier | None = None) -> None:

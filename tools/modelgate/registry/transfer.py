@@ -300,20 +300,20 @@ class HashingWriter:
 class BlobCopies:
     """Which files of a promote are checked while they are copied, and those copies.
 
-    A local registry (a storage with `staged_copy`) gets each missing blob by one pass that
-    copies, hashes and fsyncs it into the registry's temporaries; every such copy, of every
-    bundle, is made and compared with the release manifest (its blake3 where it lists one, else
-    its sha256) before the first blob is linked into place, so a file that does not match still
-    leaves the registry as it was. Every other file (a blob the registry holds already, any file
-    for GCS or a dry run, a second bundle's file of the same sha256 whose blake3 differs) is
-    hashed by bundle.verify_files before anything is written, as before.
+    Each missing blob is checked by its storage's `staged_copy` (Storage: a local registry copies,
+    hashes and fsyncs it into its temporaries in one pass; GCS hashes the file where it is and
+    uploads it from there); every such copy, of every bundle, is made and compared with the release
+    manifest (its blake3 where it lists one, else its sha256) before the first blob is stored, so
+    a file that does not match still leaves the registry as it was. Every other file (a blob the
+    registry holds already, any file of a dry run, a second bundle's file of the same sha256 whose
+    blake3 differs) is hashed by bundle.verify_files before anything is written, as before.
     """
 
     def __init__(self, registry, selected: list, *, dry_run: bool):
         self.registry = registry
         self.files: dict[str, object] = {}  # sha256 -> the first ReleaseFile with it
         self._skip: dict[object, set[str]] = {}  # bundle directory -> names checked while copied
-        if dry_run or not hasattr(registry.storage, "staged_copy"):
+        if dry_run:
             return
         for b in selected:
             for f in b.files:

@@ -49,14 +49,7 @@ def every_command(out_dir, bundle, model: str = "tiny_transformer") -> dict:
 
 def overwrite(registry: Registry, key: str, data: bytes) -> None:
     """Tampering behind the registry's back, as an attacker or a broken disk would."""
-    storage = registry.storage
-    if hasattr(storage, "root"):
-        path = storage.root / key
-        path.chmod(0o644)
-        path.write_bytes(data)
-    else:
-        storage._blob(key).upload_from_string(data)
-
+    registry.storage.overwrite(key, data)
 
 def fork(body) -> int:
     pid = os.fork()
