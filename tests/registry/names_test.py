@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelgate import notify
-from modelgate.registry import gates, tags, uri
+from modelgate.registry import budgets, tags, uri
 from modelgate.errors import UsageError
 
 
@@ -95,12 +95,12 @@ def test_registry_resolution_order(monkeypatch, tmp_path):
 
 def test_gates_compare_in_both_directions():
     g = {"acc": {"max_regression": 0.02, "higher_is_better": True}, "loss": {"max_regression": 0.05, "higher_is_better": False}}
-    checks = {c.metric: c for c in gates.compare({"acc": 0.90, "loss": 0.10}, {"acc": 0.95, "loss": 0.20}, g)}
+    checks = {c.metric: c for c in budgets.compare({"acc": 0.90, "loss": 0.10}, {"acc": 0.95, "loss": 0.20}, g)}
     assert not checks["acc"].passed and checks["acc"].regression == pytest.approx(0.05)
     assert checks["loss"].passed and checks["loss"].regression == pytest.approx(-0.10)
     # Exactly at the budget passes, despite float rounding.
-    assert gates.compare({"acc": 0.93}, {"acc": 0.95}, {"acc": g["acc"]})[0].passed
-    missing = gates.compare({"acc": 0.9}, {}, g)
+    assert budgets.compare({"acc": 0.93}, {"acc": 0.95}, {"acc": g["acc"]})[0].passed
+    missing = budgets.compare({"acc": 0.9}, {}, g)
     assert all(c.passed and c.regression is None for c in missing)
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 from modelgate.errors import ModelgateError, UsageError
 
-from . import gates, signing
+from . import budgets, signing
 from .registry import EVENT_SCHEMA, NOTIFY_CONFIG, Registry
 
 
@@ -70,7 +70,7 @@ def _event(
     reason: str | None,
     *,
     forced: bool = False,
-    checks: list[gates.MetricCheck] = (),
+    checks: list[budgets.MetricCheck] = (),
     release: str | None = None,
 ) -> dict:
     """A history event claiming slot `seq`, the one after the newest the writer has seen. `release`

@@ -24,14 +24,14 @@ from modelgate import receipts
 from modelgate.errors import GateError, VerificationError
 
 from . import bundle as bundles
-from . import gates, tags
+from . import budgets, tags
 from .registry import Registry, TagState
 
 
 @dataclass
 class Decision:
     unchanged: bool  # the tag names this build already: nothing to move
-    checks: list[gates.MetricCheck]
+    checks: list[budgets.MetricCheck]
     first: bool  # a channel's first build: no baseline
     forced: bool  # moved past a failing check by --force --reason
 
@@ -92,8 +92,8 @@ def _baseline_verifies(m: _Move) -> Decision | None:
 
 def _metrics_within_budget(m: _Move) -> Decision | None:
     b = m.b
-    checks = gates.compare(b.manifest.get("metrics", {}), m.baseline.get("metrics", {}), b.manifest.get("metric_gates", {}))
-    failed = gates.failures(checks)
+    checks = budgets.compare(b.manifest.get("metrics", {}), m.baseline.get("metrics", {}), b.manifest.get("metric_gates", {}))
+    failed = budgets.failures(checks)
     if failed and not m.force:
         raise GateError(
             f"refusing to promote {b.model} {b.build_hash[:12]} to {m.tag}: "

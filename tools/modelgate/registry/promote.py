@@ -11,7 +11,7 @@ from modelgate import notify
 from modelgate.errors import BundleError, GateError, ModelgateError, StorageError, UsageError, VerificationError
 
 from . import bundle as bundles
-from . import gates, policy, records, signing, tags, transfer
+from . import budgets, policy, records, signing, tags, transfer
 from .moves import PromoteResult, Warn, _event, _notify_endpoints, _now, _signer, _user
 from .registry import BUILD_SCHEMA, Registry, TagMove, TagState
 

@@ -111,7 +111,7 @@ def compare_arrays(name: str, actual, expected, atol: float, rtol: float, *, dty
 
 def metric_rows(metrics: dict, gates: dict, champion: dict | None = None) -> list[dict]:
     """Each gated metric (then the others) against its floor and, where a champion is known, against
-    the champion's value with the regression budget (the check promote makes, modelgate.registry.gates)."""
+    the champion's value with the regression budget (the check promote makes, modelgate.registry.budgets)."""
     rows = []
     names = sorted(gates) + sorted(k for k in metrics if k not in gates)
     for name in names:

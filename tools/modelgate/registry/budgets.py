@@ -1,4 +1,5 @@
-"""Comparing a candidate's metrics with those of the build a channel tag points at now."""
+"""Metric budgets: comparing a candidate's metrics with those of the build a channel tag points at now
+(the floors and regression budgets each model's spec sets; one of promote's checks, registry/policy.py)."""
 
 from __future__ import annotations
 
