@@ -336,7 +336,7 @@ def test_ls_show_history(capsys, registry_uri, tmp_path):
     assert models[1]["tags"]["stable"]["build_hash"] == build_hash(b)
 
     rc, out, _ = run(capsys, registry_cli.main, "show", "tiny_transformer", uri)
-    assert rc == 0 and "2 build(s)" in out and "accuracy=0.96" in out
+    assert rc == 0 and "2 tag(s), 2 tagged build(s)" in out and "accuracy=0.96" in out
     info = json.loads(run(capsys, registry_cli.main, "show", "tiny_transformer", uri, "--json")[1])
     assert info["tags"]["stable"]["build_hash"] == build_hash(b) and not info["tags"]["stable"]["pending"]
     assert info["tagged_builds"][build_hash(a)]["metrics"]["accuracy"] == 0.95

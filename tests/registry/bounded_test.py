@@ -216,3 +216,21 @@ def test_history_pages_newest_first(capsys, registry_uri, tmp_path, keys, long_h
     events = api.history(registry, M, 5)
     assert [e["seq"] for e in events] == list(range(EVENTS, EVENTS - 5, -1))
     assert len(storage.calls) <= 8 and not any(name == "list" for name, _ in storage.calls), storage.calls
+
+
+def test_show_and_fetch_by_build_list_no_build_they_do_not_need(capsys, registry_uri, tmp_path, keys, long_history):
+    # Builds grow like history (a team's CI makes one a merge): show lists none of them, and
+    # fetch --build PREFIX lists only those that start with the prefix.
+    a, b, _, _ = long_history
+    for seed in range(3, 8):
+        promote_ok(capsys, registry_uri, make_bundle(tmp_path / "b", seed=seed), tag="canary")
+    storage = Counting(open_storage(parse(registry_uri)))
+    registry = Registry(storage, verifier=RecordVerifier(str(keys["signer_public"])))
+    info = api.show(registry, M)
+    assert set(info["tags"]) == {"stable", "canary"}
+    assert not [key for name, key in storage.calls if name == "list" and "/builds/" in key], storage.calls
+    assert len(storage.calls) <= 20, storage.calls
+    storage.calls.clear()
+    api.fetch(registry, M, out=tmp_path / "by-build", public_key=str(keys["signer_public"]), build=build_hash(a)[:12])
+    listed = [key for name, key in storage.calls if name == "list"]
+    assert listed == [f"models/{M}/builds/{build_hash(a)[:12]}"], listed

@@ -69,7 +69,7 @@ def _print_ls(uri, models: list[dict]) -> None:
 
 
 def _print_show(info: dict) -> None:
-    print(f"{info['model']} in {info['registry']}: {info['builds']} build(s)")
+    print(f"{info['model']} in {info['registry']}: {len(info['tags'])} tag(s), {len(info['tagged_builds'])} tagged build(s)")
     for tag, t in sorted(info["tags"].items()):
         detail = info["tagged_builds"].get(t["build_hash"], {})
         commit = f"  commit {detail['git_commit'][:12]}" if detail.get("git_commit") else ""

@@ -33,14 +33,13 @@ def list_models(registry: Registry) -> list[dict]:
 def show(registry: Registry, model: str) -> dict:
     """A model's tags as the history says (a pointer that disagrees with it is shown as a problem)."""
     tags.check_model_name(model)
-    builds = registry.list_builds(model)
-    if not builds:
-        raise model_not_in_registry(model, registry.uri, registry.list_models())
     view = registry.head_view(model)
-    if view is not None:  # the head names every tag that has an event: no history read
+    if view is not None:  # the head names every tag that has an event: no history read, no build listed
         named = set(view.tags)
         seqs = None
-    else:  # a registry written before the head: the whole history, as before
+    else:  # a registry written before the head (or a model never promoted): the whole history, as before
+        if not registry.list_builds(model):
+            raise model_not_in_registry(model, registry.uri, registry.list_models())
         seqs = registry.history_seqs(model)
         named = {e["tag"] for e in registry.events(model, seqs)}
     shown_tags = {}
@@ -56,7 +55,9 @@ def show(registry: Registry, model: str) -> dict:
         }
         if state.build_hash and state.build_hash not in details:
             details[state.build_hash] = _build_details(registry, model, state.build_hash)
-    return {"model": model, "registry": registry.uri, "tags": shown_tags, "builds": len(builds), "tagged_builds": details}
+    # Not every build of the model: a team's CI makes one a merge, and listing them would make show
+    # grow with the registry's age (`registry ls`, the report and `fetch --build` list them).
+    return {"model": model, "registry": registry.uri, "tags": shown_tags, "tagged_builds": details}
 
 
 def _build_details(registry: Registry, model: str, build_hash: str) -> dict:
