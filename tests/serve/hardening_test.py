@@ -363,32 +363,35 @@ def deploy_factory(local_registry, keys):
         d.stop()
 
 
-def test_allow_rollback_is_the_operators_way_past_the_protection(local_registry, releases, keys, tmp_path):
+@pytest.mark.parametrize("backend", ["local", "gcs"])
+def test_allow_rollback_is_the_operators_way_past_the_protection(request, backend, releases, keys, tmp_path):
+    uri = request.getfixturevalue(f"{backend}_registry")
     v1, v2 = releases["v1"], releases["v2"]
     h1, h2 = build_hash(v1), build_hash(v2)
-    registry = harness.open_registry(local_registry)
-    harness.promote(local_registry, v1, keys["signer"])
+    registry = harness.open_registry(uri)
+    harness.promote(uri, v1, keys["signer"])
+    k = _grow(uri, keys, (h1, h1), HISTORY_MOVES)  # events 2..k: canary, a long history
     v1_pointer = registry.storage.read(registry.tag_key(M, "stable"))
     v1_head = registry.storage.read(registry.head_key(M))
-    harness.promote(local_registry, v2, keys["signer"])
+    harness.promote(uri, v2, keys["signer"])  # event k + 1
     state_dir = tmp_path / "state"
 
     def deployment(**kwargs) -> Deployment:
-        d = Deployment(M, "stable", harness.open_registry(local_registry), str(keys["signer_public"]), state_dir, **kwargs)
+        d = Deployment(M, "stable", harness.open_registry(uri), str(keys["signer_public"]), state_dir, **kwargs)
         d.claim()
         return d
 
     first = deployment()
-    assert first.check("startup").outcome == "serving" and first.accepted["seq"] == 2
-    # A notification announcing an event the registry does not show: reported as a stale view.
-    first.request_check("notify", announced_seq=7)
+    assert first.check("startup").outcome == "serving" and first.accepted["seq"] == k + 1
+    # A notification announcing an event the registry does not show: reported as a stale (frozen) view.
+    first.request_check("notify", announced_seq=k + 7)
     first.check("notify")
-    assert "announced history event 7" in first.problem and "stale or frozen" in first.problem
+    assert f"announced history event {k + 7}" in first.problem and "stale or frozen" in first.problem
     first.stop()
 
-    _delete(local_registry, registry.history_key(M, 2))
-    _write(local_registry, registry.tag_key(M, "stable"), v1_pointer)
-    _write(local_registry, registry.head_key(M), v1_head)  # with the head replayed too, only the service's state sees it
+    _delete(uri, registry.history_key(M, k + 1))
+    _write(uri, registry.tag_key(M, "stable"), v1_pointer)
+    _write(uri, registry.head_key(M), v1_head)  # with the head replayed too, only the service's state sees it
     refusing = deployment()
     attempt = refusing.check("startup")
     assert attempt.outcome == "refused" and "rollback refused" in attempt.error and refusing.current is None
