@@ -31,6 +31,9 @@ checks that each of them lies in its own sys.path, realpath for realpath: an act
 packages do not include this worker's torch (another lock, another flavor) gets a fresh
 interpreter instead (exec of the binary, as without a worker), so no action can import a module
 it does not depend on, and none runs with another copy of a package than its own.
+
+`fork` and `wait` (a child that starts and ends as a fresh process would, its status as
+subprocess reports one) are also how tools/bin/receipt_runner.py runs pytest in a fork of itself.
 """
 
 from __future__ import annotations

@@ -7,6 +7,12 @@ then fails by the receipt's status, and the release refuses). The action itself 
 only where the outcome is not a function of its inputs, so that no cache keeps it: a run past the
 target's timeout or killed by a signal, a GPU variant where no CUDA device is visible (a cached
 "failed" receipt would then stand for a GPU machine's run), or a broken command line.
+
+pytest runs in a fork of this process (tools/bin/fork_worker.py's fork and wait: no second
+interpreter start, and in the fork worker no second import of torch). The receipt lists the
+sha256 of every file the tests read (modelgate.receipts.input_digests): hashed here, but for a
+file an export record given with --record lists (a golden test's weights), whose digest the
+export computed in this build already.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def input_digests(pairs: list[tuple[str, str]], records: list[tuple[str, str]] =
     out = {}
     for rel, path in sorted(dict(pairs).items()):
         entry = recorded.get(rel)
-        if entry is not None and entry.get("size", os.stat(path).st_size) == os.stat(path).st_size:
+        if entry is not None and entry.get("size") in (None, os.stat(path).st_size):
             out[rel] = entry["sha256"]
         else:  # not listed, or not the file the record describes: hash what is there
             out[rel] = sha256_file(path)

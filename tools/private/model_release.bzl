@@ -1,4 +1,9 @@
-"""Implementation of model_release: the gate and the promotable bundle. Use //tools:defs.bzl."""
+"""Implementation of model_release: the gate, the release manifest and the promotable bundle. Use
+//tools:defs.bzl.
+
+Three actions per release: ReleaseGate (the gate's verdict, `<name>.gate.json`), ReleaseManifest
+(`<name>/manifest.json`, written once by modelgate.manifest from the export's record, the verdict
+and the test receipts) and ReleaseReport (the review page)."""
 
 load("//tools/private:common.bzl", "EXPORT_ENV", "FORK_WORKER", "GATE_LIB", "MANIFEST_TOOL", "RELEASE_REPORT_MAIN", "REPORT_LIB", "python_tool_args", "run_python_tool")
 load("//tools/private:providers.bzl", "ModelWeightsInfo", "ReceiptInfo", "ReleaseInfo")
