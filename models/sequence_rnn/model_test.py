@@ -129,13 +129,7 @@ def test_gradients_are_finite_and_reach_every_parameter():
 
 
 def test_same_seed_same_output():
-    series, lengths = _batch()
-
-    def forward(seed):
-        with torch.no_grad():
-            return _model(seed)(series, lengths)
-
-    checks.assert_seeded(forward, seeds=(7, 8))
+    checks.assert_seeded_model(_model, _batch(), seeds=(7, 8))
 
 
 def test_training_is_deterministic():

@@ -128,6 +128,28 @@ def test_mask_invariance_blames_a_model_that_changes_between_calls():
         checks.assert_mask_invariance(drifting, {"values": values, "mask": mask}, mask, name="pooled")
 
 
+def test_mask_is_used_passes_for_a_model_that_reads_its_mask_and_fails_for_one_that_does_not():
+    tokens = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    mask = tokens != 0
+    embed = nn.Embedding(10, 3)
+    reads_mask = lambda tokens, mask: (embed(tokens) * mask.unsqueeze(-1)).sum(1)
+    checks.assert_mask_invariance(reads_mask, {"tokens": tokens, "mask": mask}, mask, perturb=checks.real_tokens(1, 10))
+    checks.assert_mask_is_used(reads_mask, {"tokens": tokens, "mask": mask}, mask, perturb=checks.real_tokens(1, 10))
+    # A model that never looks past the first token: invariant with or without its mask, so the
+    # invariance check above could never fail for it.
+    first_only = lambda tokens, mask: embed(tokens[:, :1]).sum(1)
+    with _raises("pooled did not change when the padded positions of input 'tokens' were perturbed with 'mask' saying they are real"):
+        checks.assert_mask_is_used(first_only, {"tokens": tokens, "mask": mask}, mask, perturb=checks.real_tokens(1, 10), name="pooled")
+
+
+def test_real_tokens_replaces_padding_with_ids_in_range_only():
+    tokens = torch.zeros(4, 50, dtype=torch.long)
+    masked = torch.zeros(4, 50, dtype=torch.bool)
+    masked[:, 25:] = True
+    changed = checks.real_tokens(1, 5)(tokens, masked, torch.Generator().manual_seed(0))
+    assert bool((changed[:, :25] == 0).all()) and bool(((changed[:, 25:] >= 1) & (changed[:, 25:] < 5)).all())
+
+
 def test_mask_invariance_refuses_a_mask_with_nothing_masked():
     values = torch.randn(2, 3)
     with pytest.raises(ValueError, match="no masked-out positions"):
@@ -248,6 +270,17 @@ def test_seeded_catches_a_model_that_ignores_its_seed():
         checks.assert_seeded(ignores_seed)
     with _raises("differs between run 1 and run 2"):
         checks.assert_seeded(lambda seed: torch.randn(3, generator=torch.Generator().manual_seed(torch.seed())))
+
+
+def test_seeded_model_builds_from_each_seed_and_runs_without_gradients():
+    def build(seed):
+        torch.manual_seed(seed)
+        return nn.Linear(4, 3)
+
+    inputs = (torch.ones(2, 4),)
+    checks.assert_seeded_model(build, inputs)
+    with _raises("seeds 7 and 8 give bitwise-identical results"):
+        checks.assert_seeded_model(lambda seed: build(0), inputs)
 
 
 class _Spec:

@@ -1,8 +1,9 @@
 """Test receipts: recorded by the pytest action, bound to a build by the release, checked by promote.
 
-What a user sees: the release's one-line refusals (failing test, other build, missing receipt),
-promote's refusals (hand-edited, other build, missing, --require=gpu) with the registry left
-unchanged, and `registry show` listing the receipts of the build a tag names.
+What a user sees: the release's one-line refusals (failing test, other build, missing receipt;
+the release action's command line itself: tests/manifest), promote's refusals (hand-edited,
+other build, missing, --require=gpu) with the registry left unchanged, and `registry show`
+listing the receipts of the build a tag names.
 """
 
 import hashlib
@@ -10,12 +11,11 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from modelgate import manifest as manifests
 from modelgate import receipts
 from modelgate.cli import promote, registry as registry_cli
 from modelgate.testing.releases import make_bundle
@@ -67,7 +67,7 @@ def receipt(target="model_test_cpu", status="passed", variant="cpu", failures=()
     }
 
 
-# ---- the release side (the ReleaseReceipts action)
+# ---- the release side (binding: the ReleaseManifest action, tests/manifest)
 
 
 def test_a_passing_receipt_of_this_builds_files_is_bound_to_its_build_hash():
@@ -128,79 +128,30 @@ def test_a_gpu_variant_that_did_not_run_is_listed_but_a_cpu_one_is_refused():
         receipts.bind(MODEL, BUILD, [cpu], {})
 
 
-def _tool(tmp_path, *receipt_docs, raw=None):
-    gate = tmp_path / "release.gate.json"
-    gate.write_text(json.dumps(dict(BUILD, schema="modelgate/release@1")))
-    (tmp_path / "release").mkdir(exist_ok=True)
-    paths = []
-    for i, doc in enumerate(receipt_docs):
-        path = tmp_path / f"r{i}.receipt.json"
-        path.write_text(raw if raw is not None else json.dumps(doc))
-        paths.append(path)
-    argv = [sys.executable, str(ROOT / "tools/modelgate/receipts.py"), "bind", "--model", MODEL, "--gate-manifest", str(gate),
-            "--out", str(tmp_path / "release/manifest.json"), *[f"--receipt={p}" for p in paths]]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-
-
-def test_the_release_action_writes_the_manifest_and_refuses_in_one_line(tmp_path):
-    ok = _tool(tmp_path, receipt())
-    assert ok.returncode == 0, ok.stderr
-    manifest = json.loads((tmp_path / "release/manifest.json").read_text())
-    assert "receipt.model_test_cpu.json" in manifest["files"] and manifest["tests"]["receipts"]["model_test_cpu"]["status"] == "passed"
-    failed = _tool(tmp_path, receipt(status="failed", failures=["m::test_x"]))
-    assert failed.returncode == 1 and "Traceback" not in failed.stderr
-    assert failed.stderr.strip().splitlines() == [
-        f"release {MODEL} refused: receipt //models/{MODEL}:model_test_cpu: failed (7 passed, 1 failed, 1 skipped): m::test_x; "
-        f"see: bazel test //models/{MODEL}:model_test_cpu"
-    ]
-    garbled = _tool(tmp_path, None, raw="{not json")
-    assert garbled.returncode == 1 and "Traceback" not in garbled.stderr
-    assert f"release {MODEL}: receipt r0.receipt.json is not readable JSON" in garbled.stderr
-
-
-def _receipt_tool(tmp_path, weights: bytes, listed: bytes, *extra):
-    """The release action's tool (receipts bound, then each file's blake3 listed) on a gate
-    manifest that lists `listed` as the weights, with `weights` as the file."""
-    gate = tmp_path / "release.gate.json"
-    files = {"weights.safetensors": {"sha256": hashlib.sha256(listed).hexdigest(), "size": len(listed)}}
-    gate.write_text(json.dumps(dict(BUILD, schema="modelgate/release@1", files=files)))
-    (tmp_path / "release").mkdir(exist_ok=True)
-    (tmp_path / "weights.bin").write_bytes(weights)
-    (tmp_path / "r.receipt.json").write_text(json.dumps(receipt()))
-    argv = [sys.executable, str(ROOT / "tools/modelgate/receipt_tool.py"), "bind", "--model", MODEL, "--gate-manifest", str(gate),
-            "--out", str(tmp_path / "release/manifest.json"), f"--receipt={tmp_path / 'r.receipt.json'}",
-            f"--file=weights.safetensors={tmp_path / 'weights.bin'}", *extra]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-
-
-def test_the_release_manifest_lists_each_files_blake3_beside_its_sha256(tmp_path):
-    from blake3 import blake3
-
-    ok = _receipt_tool(tmp_path, b"weights v1", b"weights v1")
-    assert ok.returncode == 0, ok.stderr
-    manifest = json.loads((tmp_path / "release/manifest.json").read_text())
-    assert manifest["files"]["weights.safetensors"] == {
-        "sha256": hashlib.sha256(b"weights v1").hexdigest(), "blake3": blake3(b"weights v1").hexdigest(), "size": 10,
-    }  # fmt: skip
-    bound = (tmp_path / "release/receipt.model_test_cpu.json").read_bytes()
-    assert manifest["files"]["receipt.model_test_cpu.json"]["blake3"] == blake3(bound).hexdigest()
-
-
-def test_the_release_refuses_a_file_that_is_not_the_one_the_gate_listed(tmp_path):
-    changed = _receipt_tool(tmp_path, b"weights v2", b"weights v1")
-    assert changed.returncode == 1 and "Traceback" not in changed.stderr
-    assert changed.stderr.strip().splitlines() == [
-        f"release {MODEL} refused: weights.safetensors does not match the manifest (size 10 vs 10, sha256 "
-        f"{hashlib.sha256(b'weights v2').hexdigest()[:12]} vs {hashlib.sha256(b'weights v1').hexdigest()[:12]})"
-    ]
-    missing = _receipt_tool(tmp_path, b"weights v1", b"weights v1", f"--file=weights.safetensors={tmp_path / 'nowhere'}")
-    assert missing.returncode == 1 and "Traceback" not in missing.stderr
-    assert missing.stderr.strip().splitlines() == [f"release {MODEL}: cannot read {tmp_path / 'nowhere'}: No such file or directory"]
-
-
 # ---- recording (the ModelTest action)
+
+
+def test_a_file_an_export_record_lists_takes_its_sha256_from_it_and_is_not_hashed_again(tmp_path, monkeypatch):
+    # A golden test reads the exported weights: the receipt takes their sha256 from the export's
+    # record (the same build's export hashed those very bytes) instead of hashing them again.
+    weights, test_file, record = tmp_path / "weights.safetensors", tmp_path / "t.py", tmp_path / "export.json"
+    weights.write_bytes(b"weights v1")
+    test_file.write_text("def test_x(): pass\n")
+    record.write_text(json.dumps({"files": {"weights.safetensors": {"sha256": sha("weights v1"), "size": 10}},
+                                  "inputs": {"models/m/model.py": sha("model v1")}}))  # fmt: skip
+    hashed = []
+    real = receipts.sha256_file
+    monkeypatch.setattr(receipts, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    pairs = [("models/m/weights/weights.safetensors", str(weights)), ("models/m/t.py", str(test_file))]
+    digests = receipts.input_digests(pairs, [("models/m/weights/export.json", str(record))])
+    assert digests == {"models/m/weights/weights.safetensors": sha("weights v1"), "models/m/t.py": real(test_file)}
+    assert hashed == ["t.py"]
+    # Bytes of another size than the record's are not the file it describes: hashed, so that the
+    # release refuses the receipt for what it really tested.
+    weights.write_bytes(b"other weights")
+    assert receipts.input_digests(pairs[:1], [("models/m/weights/export.json", str(record))]) == {
+        "models/m/weights/weights.safetensors": sha("other weights")
+    }
 
 
 def _runner():
@@ -371,8 +322,7 @@ def _with_gpu_receipt(bundle: Path, status: str) -> Path:
                    "reason": "this build's torch is the CPU build"}  # fmt: skip
     for doc in docs:
         doc["inputs"] = dict(build["inputs"])
-    section, bundled = receipts.bind(MODEL, build, docs, {})
-    (bundle / "manifest.json").write_text(json.dumps(receipts.attach(bundle, build, section, bundled)))
+    (bundle / "manifest.json").write_text(json.dumps(manifests.add_receipts(bundle, build, docs, {})))
     return bundle
 
 

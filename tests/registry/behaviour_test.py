@@ -470,7 +470,6 @@ def test_a_build_promoted_again_with_other_receipts_is_another_release_of_it(cap
 
 
 def test_a_bundle_with_other_weights_under_a_stored_build_hash_is_refused(capsys, registry_uri, registry, tmp_path):
-    import hashlib
     import shutil
 
     from modelgate import digests
@@ -481,8 +480,8 @@ def test_a_bundle_with_other_weights_under_a_stored_build_hash_is_refused(capsys
     shutil.copytree(first, other)
     (other / "weights.safetensors").write_bytes(b"other weights")
     manifest = json.loads((other / "manifest.json").read_text())
-    manifest["files"]["weights.safetensors"] = {"sha256": hashlib.sha256(b"other weights").hexdigest(), "size": 13}
-    manifest["files"] = digests.add_blake3(manifest["files"], {n: other / n for n in manifest["files"]})
+    size, sha256, b3 = digests.file_digests(other / "weights.safetensors")
+    manifest["files"]["weights.safetensors"] = {"sha256": sha256, "blake3": b3, "size": size}
     (other / "manifest.json").write_text(json.dumps(manifest))
     before = registry_keys(registry)
     rc, _, err = run(capsys, promote.main, "--tag=stable", f"--release={other}", f"--registry={registry_uri}")

@@ -2,7 +2,8 @@
 
 `make_release(spec, hparams, root)` trains and exports the model (modelgate.export.run_export),
 writes golden data from the exported weights' own outputs, runs the release gate and assembles
-the bundle directory that promote uploads:
+the bundle directory that promote uploads, its manifest written as the release action writes it
+(modelgate.manifest):
     manifest.json  weights.safetensors  model.onnx
     inputs.safetensors  expected.safetensors  golden.json     (golden data, under its own names)
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from modelgate import gate, golden
+from modelgate import manifest as manifests
 from modelgate.export import run_export
 from modelgate.formats import GOLDEN_EXPECTED, GOLDEN_FILES, RELEASE_MANIFEST, WEIGHTS
 from modelgate.loading import load_weights
@@ -47,16 +49,17 @@ def make_release(spec: ModelSpec, hparams: dict, root: Path) -> Path:
     checks, metrics = gate.run_gate(spec, export_dir, export_manifest, golden_dir)
     if not all(c.passed for c in checks):
         raise RuntimeError(gate.failure_text(spec.name, checks))
-    manifest = gate.release_manifest(export_manifest, checks, metrics, golden_dir)
     bundle.mkdir(parents=True)
     for name in export_manifest["files"]:
         shutil.copy(export_dir / name, bundle / name)
     for name in GOLDEN_FILES:
         shutil.copy(golden_dir / name, bundle / name)
+    files = [manifests.BundleFile(name, bundle / name) for name in [*export_manifest["files"], *GOLDEN_FILES]]
+    manifest = manifests.compose(export_manifest, gate.verdict(export_manifest, checks, metrics), files)
     # A passing CPU test receipt bound to the build, as the release rule ships one: the promote
     # command refuses a release without its receipts (tests/serve/swap_load.py promotes with it).
     manifest = passing_receipts(bundle, manifest)
-    (bundle / RELEASE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (bundle / RELEASE_MANIFEST).write_text(manifests.dumps(manifest))
     return bundle
 
 

@@ -31,6 +31,9 @@ checks that each of them lies in its own sys.path, realpath for realpath: an act
 packages do not include this worker's torch (another lock, another flavor) gets a fresh
 interpreter instead (exec of the binary, as without a worker), so no action can import a module
 it does not depend on, and none runs with another copy of a package than its own.
+
+`fork` and `wait` (a child that starts and ends as a fresh process would, its status as
+subprocess reports one) are also how tools/bin/receipt_runner.py runs pytest in a fork of itself.
 """
 
 from __future__ import annotations
@@ -38,9 +41,12 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import select
 import shutil
+import signal
 import sys
 import tempfile
+from typing import Callable
 
 # Preloaded once per worker: what every action that uses the worker imports first. numpy before
 # torch, as in the actions: torch records at import whether numpy can be imported.
@@ -226,29 +232,32 @@ def serve_one(request: dict) -> dict:
     where = tempfile.mkdtemp(prefix="fork_worker.")
     try:
         with tempfile.TemporaryFile() as log:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:  # the child: the action
-                _child(action, where, log.fileno())
-            _, status = os.waitpid(pid, 0)
+            code = wait(fork(lambda: run_in_this_process(action.lay_out(where), action.args), log.fileno()))
             log.seek(0)
             output = log.read().decode("utf-8", errors="replace")
     finally:
         shutil.rmtree(where, ignore_errors=True)
-    if os.WIFSIGNALED(status):
-        output += f"\nfork_worker: the action was killed by signal {os.WTERMSIG(status)}\n"
-        exit_code = 128 + os.WTERMSIG(status)
-    else:
-        exit_code = os.WEXITSTATUS(status)
-    return {**response, "exitCode": exit_code, "output": output}
+    if code < 0:
+        output += f"\nfork_worker: the action was killed by signal {-code}\n"
+    return {**response, "exitCode": _shell_status(code), "output": output}
 
 
-def _child(action: Action, where: str, log_fd: int) -> None:
-    """The forked child: becomes the action, and exits with its status."""
+# ------------------------------------------------------------------------------------------------
+# A child that runs as a fresh process would: also how tools/bin/receipt_runner.py runs pytest.
+
+
+def fork(body: Callable[[], int], log_fd: int) -> int:
+    """Forks a child that runs `body` with a fresh process's streams (stdin from /dev/null,
+    stdout and stderr to `log_fd`) and tempfile's directory found again from its environment, then
+    exits with what body returns (1, with the traceback in the log, where it raises), never
+    returning to the caller's code. Returns the child's pid (see `wait`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid != 0:
+        return pid
     code = 1  # an uncaught exception: what a fresh interpreter exits with
     try:
-        # A fresh action's streams: nothing to read, stdout and stderr to its output.
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -256,9 +265,9 @@ def _child(action: Action, where: str, log_fd: int) -> None:
         os.dup2(log_fd, 2)
         sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115
         sys.stdout = sys.__stdout__
-        tempfile.tempdir = None  # found again from the action's environment
-        code = run_in_this_process(action.lay_out(where), action.args)
-    except BaseException:  # noqa: BLE001 - reported as the action's output
+        tempfile.tempdir = None
+        code = body()
+    except BaseException:  # noqa: BLE001 - reported in the child's log
         import traceback
 
         traceback.print_exc()
@@ -268,6 +277,27 @@ def _child(action: Action, where: str, log_fd: int) -> None:
             sys.stderr.flush()
         finally:
             os._exit(code & 0xFF if isinstance(code, int) else 1)
+
+
+def wait(pid: int, timeout: float | None = None) -> int | None:
+    """The child's exit status, as subprocess reports one (minus the signal that killed it); None
+    where it ran past `timeout` seconds (it is then killed and reaped)."""
+    if timeout is not None:
+        pidfd = os.pidfd_open(pid)
+        try:
+            if not select.select([pidfd], [], [], timeout)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None
+        finally:
+            os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _shell_status(code: int) -> int:
+    """An exit status as a shell reports it: 128 + the signal for a killed process."""
+    return 128 - code if code < 0 else code
 
 
 def one_shot(arguments: list[str]) -> int:
@@ -289,10 +319,10 @@ def one_shot(arguments: list[str]) -> int:
                 os.execv(binary, [binary, *action.args])
             finally:
                 os._exit(127)
-        _, status = os.waitpid(pid, 0)
+        code = wait(pid)
     finally:
         shutil.rmtree(where, ignore_errors=True)
-    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    return _shell_status(code)
 
 
 def requests(fd: int):

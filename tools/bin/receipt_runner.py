@@ -7,17 +7,22 @@ then fails by the receipt's status, and the release refuses). The action itself 
 only where the outcome is not a function of its inputs, so that no cache keeps it: a run past the
 target's timeout or killed by a signal, a GPU variant where no CUDA device is visible (a cached
 "failed" receipt would then stand for a GPU machine's run), or a broken command line.
+
+pytest runs in a fork of this process (tools/bin/fork_worker.py's fork and wait: no second
+interpreter start, and in the fork worker no second import of torch). The receipt lists the
+sha256 of every file the tests read (modelgate.receipts.input_digests): hashed here, but for a
+file an export record given with --record lists (a golden test's weights), whose digest the
+export computed in this build already.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import runpy
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -62,47 +67,30 @@ def run_pytest(pytest_main: Path, pytest_args: list[str], env: dict[str, str], l
         except subprocess.TimeoutExpired:
             return None
         return proc.returncode
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            os.environ.clear()
-            os.environ.update(env)
-            import tempfile
+    forked = _fork_worker()
+    return forked.wait(forked.fork(lambda: _pytest_here(pytest_main, pytest_args, env), log.fileno()), timeout)
 
-            tempfile.tempdir = None  # TMPDIR is the test's
-            sys.argv = [str(pytest_main), *pytest_args]
-            try:
-                runpy.run_path(str(pytest_main), run_name="__main__")
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:  # noqa: BLE001 - the log shows it; the exit status says it failed
-            import traceback
 
-            traceback.print_exc()
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code & 0xFF)
-    pidfd = os.pidfd_open(pid)
+def _pytest_here(pytest_main: Path, pytest_args: list[str], env: dict[str, str]) -> int:
+    """In the forked child: pytest_main.py as __main__ with the tests' environment; its exit status."""
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = [str(pytest_main), *pytest_args]
     try:
-        if not select.select([pidfd], [], [], timeout)[0]:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return None
-    finally:
-        os.close(pidfd)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        runpy.run_path(str(pytest_main), run_name="__main__")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def _fork_worker():
+    """tools/bin/fork_worker.py, beside this file (not importable by name: no package), whose
+    fork and wait start and end a child as the worker starts and ends an action."""
+    path = Path(__file__).resolve().with_name("fork_worker.py")
+    spec = importlib.util.spec_from_file_location("fork_worker", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", required=True)
     p.add_argument("--xml", required=True)
     p.add_argument("--timeout", type=float, required=True)
-    p.add_argument("--input", action="append", default=[], help="REL=PATH of a file the tests read (hashed)")
+    p.add_argument("--input", action="append", default=[], help="REL=PATH of a file the tests read (hashed, or see --record)")
+    p.add_argument("--record", action="append", default=[], help="REL=PATH of an export.json: the files it lists take its sha256s")
     p.add_argument("--test-file", action="append", default=[], help="REL=PATH of a pytest file")
     p.add_argument("--lock-entry", action="append", default=[])
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the tests")
@@ -169,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
-    inputs = {}
-    for pair in args.input:
-        rel, _, path = pair.partition("=")
-        inputs[rel] = receipts.sha256_file(path)
+    inputs = receipts.input_digests([pair.partition("=")[::2] for pair in args.input], [pair.partition("=")[::2] for pair in args.record])
     test_files = {pair.partition("=")[0]: inputs.get(pair.partition("=")[0]) or receipts.sha256_file(pair.partition("=")[2]) for pair in args.test_file}
     packages = {}
     for path in args.lock_entry:

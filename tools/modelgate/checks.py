@@ -11,7 +11,10 @@ on without a debugger. They work in any test runner; in pytest they read like pl
 
 What is here:
 - shapes and values: `assert_shape`, `assert_finite`;
-- model logic: `assert_mask_invariance`, `assert_gradients_finite`, `assert_deterministic`;
+- model logic: `assert_mask_invariance` (with `real_tokens`, a perturbation for token ids) and
+  `assert_mask_is_used` (its other side: the check can fail), `assert_gradients_finite`,
+  `assert_deterministic`, `assert_seeded` and `assert_seeded_model` (the seed decides the
+  initialization), `assert_training_deterministic`;
 - numerics: `default_tolerance`, `assert_close`, `dtype_sweep` (autocast vs an fp32 reference),
   `assert_cpu_cuda_parity` (TF32 off on both cuBLAS and cuDNN);
 - `cuda_test`: marks a test `gpu` and skips it where no CUDA device is visible.
@@ -43,7 +46,10 @@ __all__ = [
     "assert_finite",
     "assert_gradients_finite",
     "assert_mask_invariance",
+    "assert_mask_is_used",
+    "assert_seeded_model",
     "assert_shape",
+    "real_tokens",
     "cuda_test",
     "default_tolerance",
     "dtype_sweep",
@@ -326,6 +332,44 @@ def assert_mask_invariance(
                 )
 
 
+def real_tokens(low: int, high: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]:
+    """A `perturb` for assert_mask_invariance on token ids: padded positions get random ids in
+    [low, high), real tokens rather than the pad id, so that a leak cannot hide behind an
+    embedding that zeroes the pad id."""
+
+    def perturb(value: torch.Tensor, masked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.where(masked, torch.randint(low, high, value.shape, generator=generator), value)
+
+    return perturb
+
+
+def assert_mask_is_used(
+    fn: Callable,
+    inputs: Mapping[str, Any],
+    mask: torch.Tensor,
+    *,
+    mask_input: str = "mask",
+    perturb: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    atol: float = 1e-4,
+    name: str = "output",
+) -> None:
+    """The other side of assert_mask_invariance: with the input `mask_input` saying every position
+    is real, perturbing the positions `mask` marks as padding does move the output. So the model
+    reads its mask (without it padding would leak in), and the invariance check can fail."""
+    unmasked = {**inputs, mask_input: torch.ones_like(inputs[mask_input])}
+    target = next(k for k, v in inputs.items() if k != mask_input and isinstance(v, torch.Tensor) and _covers(mask, v))
+    try:
+        assert_mask_invariance(fn, unmasked, mask, target=target, perturb=perturb, atol=atol, name=name)
+    except AssertionError as e:
+        if "changed when masked-out positions" in str(e):
+            return
+        raise
+    raise AssertionError(
+        f"{name} did not change when the padded positions of input {target!r} were perturbed with {mask_input!r} "
+        "saying they are real: the mask is not what keeps padding out, so a passing assert_mask_invariance proves nothing"
+    )
+
+
 def assert_gradients_finite(model: torch.nn.Module, loss: torch.Tensor) -> None:
     """loss.backward() gives every trainable parameter of `model` a gradient, and all are finite.
 
@@ -461,6 +505,18 @@ def assert_seeded(forward: Callable[[int], Any], seeds: tuple[int, int] = (7, 8)
         raise AssertionError(
             f"{name}: seeds {a} and {b} give bitwise-identical results: the seed does not reach the model's initialization"
         )
+
+
+def assert_seeded_model(build: Callable[[int], Any], inputs: Any, seeds: tuple[int, int] = (7, 8), *, name: str = "output") -> None:
+    """assert_seeded for the model `build(seed)` returns, run on `inputs` without gradients
+    (fn(**inputs) for a dict, fn(*inputs) for a tuple): the same output for the same seed, another
+    for another seed."""
+
+    def forward(seed: int) -> Any:
+        with torch.no_grad():
+            return _call(build(seed), inputs)
+
+    assert_seeded(forward, seeds, name=name)
 
 
 def assert_training_deterministic(spec: Any, steps: int = 3) -> None:

@@ -5,13 +5,14 @@
 sha256 is the content address: the registry stores a file as blobs/sha256/<hex>, receipts and
 build inputs name files by it, and it never changes meaning. blake3 (32 bytes) is the digest
 promote and fetch check every byte against, because it is about 3.5x faster than sha256 on one
-thread here, which makes the check nearly free beside the copy. Both are computed in one read
-pass by the release action (`add_blake3`), and both are in the signed build manifest, so a
-tampered blake3 fails the signature like a tampered sha256. A manifest without blake3 (a bundle
-or registry from before it) is verified by its sha256, as before.
+thread here, which makes the check nearly free beside the copy. The export records each file's
+sha256; the release action adds its blake3 (modelgate.manifest: one pass, and both digests in
+one pass for a file no record lists); both are in the signed build manifest, so a tampered
+blake3 fails the signature like a tampered sha256. A manifest without blake3 (a bundle or
+registry from before it) is verified by its sha256, as before.
 
 Not in any build hash: the export pipeline's own digest code (formats.py) is unchanged, and this
-module is imported by the release action's receipt tool and by the registry only.
+module is imported by the release action (modelgate.manifest) and by the registry only.
 """
 
 from __future__ import annotations
@@ -69,20 +70,3 @@ def file_digests(path: str | Path) -> tuple[int, str, str]:
     sha256, b3 = new("sha256"), new("blake3")
     size = _hash_file(path, [sha256, b3])
     return size, sha256.hexdigest(), b3.hexdigest()
-
-
-def add_blake3(files: dict[str, dict], paths: dict[str, Path]) -> dict[str, dict]:
-    """`files` (a manifest's) with each entry's blake3 added, hashed from `paths[name]` in the
-    same pass that checks its sha256 and size; ValueError naming the file when they differ (the
-    file is not the one the manifest describes) or when a listed file has no path."""
-    out = {}
-    for name, spec in sorted(files.items()):
-        if name not in paths:
-            raise ValueError(f"{name} is listed in the manifest but was not given")
-        size, sha256, b3 = file_digests(paths[name])
-        if size != spec["size"] or sha256 != spec["sha256"]:
-            raise ValueError(
-                f"{name} does not match the manifest (size {size} vs {spec['size']}, sha256 {sha256[:12]} vs {spec['sha256'][:12]})"
-            )
-        out[name] = dict(spec, blake3=b3)
-    return out

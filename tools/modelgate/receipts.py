@@ -3,7 +3,7 @@
 A *receipt* is what one model_test variant's pytest run recorded (tools/bin/receipt_runner.py, a
 cached Bazel action; tools/private/receipts.bzl says why): the target, the test files and every
 file the tests read with their sha256, the lock entries of their pip closure, the passed /
-skipped / failed counts, each test's outcome and duration, and a status:
+skipped / failed counts, each test's outcome, and a status:
 
     passed    every selected test passed (skips allowed)
     failed    a test failed or errored, or pytest could not run them
@@ -12,26 +12,28 @@ skipped / failed counts, each test's outcome and duration, and a status:
               no cache keeps a machine's slowness as the inputs' result)
     not-run   a GPU variant on a build whose torch cannot use a GPU (nothing ran)
 
-`bind` (the release rule's `ReleaseReceipts` action) accepts a receipt for a build only if it
-passed (or is a GPU variant that did not run) and every file it shares with the build, an input
-of the build hash or an exported file, has the build's digest; it then writes the bundle's
-manifest.json (the gate's, plus `tests`) and one `receipt.<target>.json` per receipt, stamped
-with the build hash and listed among the bundle's files. The build hash itself never covers test
-code: a test-only edit changes the receipts, not the weights.
+What is here, in the order a receipt meets it:
+  - recording (the ModelTest action): `input_digests`, `parse_junit`, `make_receipt`, `one_line`;
+  - binding (the release action, modelgate.manifest.add_receipts): `check_receipt`, then `bind`
+    accepts a receipt for a build only if it passed (or is a GPU variant that did not run) and
+    every file it shares with the build, an input of the build hash or an exported file, has the
+    build's digest; each bound receipt is stamped with the build hash and shipped in the bundle
+    as `receipt.<target>.json` (`bundle_bytes`). The build hash never covers test code: a
+    test-only edit changes the receipts, not the weights;
+  - promote's side, `check_bundle`: the receipts in a bundle are the ones the manifest lists,
+    byte for byte, for this build, and passed; `--require=gpu` also wants a GPU receipt that ran;
+  - what `registry show` and the service's /version list: `summary`, `describe`.
 
-`check_bundle` is promote's side: the receipts in a bundle are the ones the manifest lists, byte
-for byte, for this build, and passed; `--require=gpu` also wants a GPU receipt that ran.
-
-Standard library only: the release action, promote, `registry show` and the service import it.
+Standard library only: the test runner, the release action, promote, `registry show` and the
+service import it.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
+import os
 import platform
-import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -54,6 +56,32 @@ def sha256_file(path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def input_digests(pairs: list[tuple[str, str]], records: list[tuple[str, str]] = ()) -> dict[str, str]:
+    """{workspace path: sha256} of the files the tests read, given as (workspace path, path).
+
+    A file that one of the export `records` (export.json, as (workspace path, path)) lists, one of
+    its files or an input of its build hash, takes the sha256 recorded there where its size agrees:
+    the export computed it over the very bytes this action was given (Bazel hands each action the
+    outputs of the one before), so hashing the weights again here would check nothing. Every other
+    file is hashed."""
+    recorded: dict[str, dict] = {}
+    for rel, path in records:
+        doc = json.loads(Path(path).read_bytes())
+        directory = rel.rpartition("/")[0]
+        for name, entry in doc["files"].items():
+            recorded[f"{directory}/{name}" if directory else name] = entry
+        for other, digest in doc["inputs"].items():
+            recorded.setdefault(other, {"sha256": digest})
+    out = {}
+    for rel, path in sorted(dict(pairs).items()):
+        entry = recorded.get(rel)
+        if entry is not None and entry.get("size") in (None, os.stat(path).st_size):
+            out[rel] = entry["sha256"]
+        else:  # not listed, or not the file the record describes: hash what is there
+            out[rel] = sha256_file(path)
+    return out
 
 
 def bundle_file_name(target: str) -> str:
@@ -137,22 +165,21 @@ def one_line(doc: dict, duration_s: float | None = None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# binding (the ReleaseReceipts action)
+# binding (the release action: modelgate.manifest)
 
 
-def _read_receipt(path: Path, model: str) -> dict:
-    where = f"release {model}: receipt {path.name}"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ReceiptError(f"{where} is missing") from None
-    except (OSError, ValueError) as e:
-        raise ReceiptError(f"{where} is not readable JSON: {e}") from None
+def check_receipt(doc, where: str) -> dict:
+    """`doc`, or ReceiptError (`<where>: ...`) unless it is a receipt with a target, a variant and a status."""
     if not isinstance(doc, dict) or doc.get("schema") != RECEIPT_SCHEMA:
         raise ReceiptError(f"{where}: not a {RECEIPT_SCHEMA} receipt")
     if doc.get("status") not in STATUSES or doc.get("variant") not in VARIANTS or not isinstance(doc.get("target"), str):
         raise ReceiptError(f"{where}: needs a target, a variant ({'/'.join(VARIANTS)}) and a status ({'/'.join(STATUSES)})")
     return doc
+
+
+def bundle_bytes(doc: dict) -> bytes:
+    """A bound receipt as the bundle ships it (receipt.<target>.json)."""
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
 def _binding_problem(doc: dict, build: dict, build_outputs: dict[str, str], model: str) -> str | None:
@@ -199,7 +226,7 @@ def bind(model: str, build: dict, docs: list[dict], build_outputs: dict[str, str
                 problems.append(f"receipt {name} ({target}) is not a receipt of this build: {why}")
                 continue
         bound = dict(doc, model=model, build_hash=build_hash if status == "passed" else None)
-        data = (json.dumps(bound, indent=1, sort_keys=True) + "\n").encode()
+        data = bundle_bytes(bound)
         file_name = bundle_file_name(target)
         bundled[file_name] = bound
         entries[name] = _entry(bound, file_name, hashlib.sha256(data).hexdigest(), len(data))
@@ -223,33 +250,6 @@ def _entry(doc: dict, file_name: str, digest: str, size: int) -> dict:
     else:
         entry.update(counts=doc.get("counts"), test_files=doc.get("test_files"))
     return entry
-
-
-def attach(directory: Path, build: dict, section: dict, bundled: dict[str, dict]) -> dict:
-    """Writes the bound receipts into the bundle directory; returns the manifest listing them."""
-    manifest = dict(build)
-    manifest["files"] = dict(manifest["files"])
-    for file_name, doc in bundled.items():
-        data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
-        (Path(directory) / file_name).write_bytes(data)
-        manifest["files"][file_name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    manifest["tests"] = section
-    return manifest
-
-
-def bind_main(args) -> int:
-    build = json.loads(Path(args.gate_manifest).read_text())
-    docs = [_read_receipt(Path(p), args.model) for p in args.receipt]
-    outputs = dict(pair.split("=", 1) for pair in args.build_output)
-    section, bundled = bind(args.model, build, docs, outputs)
-    out = Path(args.out)
-    manifest = attach(out.parent, build, section, bundled)
-    out.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    ran = [e for e in section["receipts"].values() if e["status"] == "passed"]
-    absent = [n for n, e in sorted(section["receipts"].items()) if e["status"] == "not-run"]
-    note = f"; not run: {', '.join(absent)}" if absent else ""
-    print(f"release {args.model}: {len(ran)} receipt(s) passed for build {build['build_hash'][:12]}{note}")
-    return 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,31 +366,3 @@ def describe(items: dict) -> list[str]:
             f"{name}: {r.get('status')} {r.get('passed')} passed, {r.get('failed')} failed, {r.get('skipped')} skipped; {files}"
         )
     return lines
-
-
-def bind_parser(description: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The receipt tool's command line, `bind --model M --gate-manifest G --out O [--receipt R ...]
-    [--build-output SHORT_PATH=FILE ...]`: (the parser, its `bind` subparser, for more options)."""
-    p = argparse.ArgumentParser(prog="receipt_tool", description=description)
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bind")
-    b.add_argument("--model", required=True)
-    b.add_argument("--gate-manifest", required=True)
-    b.add_argument("--out", required=True)
-    b.add_argument("--receipt", action="append", default=[])
-    b.add_argument("--build-output", action="append", default=[], help="SHORT_PATH=FILE: an exported file as the tests read it")
-    return p, b
-
-
-def main(argv: list[str] | None = None) -> int:
-    p, _ = bind_parser("Bind test receipts to a release build.")
-    args = p.parse_args(argv)
-    try:
-        return bind_main(args)
-    except ReceiptError as e:
-        print(str(e), file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 A user's mistake (any ModelgateError) is one line on stderr and the error's exit code, an OSError
 is one line naming the file, Ctrl-C is 130, argparse's own exits pass through; never a traceback.
-Standard library only: build actions' mains (checkpoint_tool, receipt_tool) import it too.
+Standard library only: build actions' mains (checkpoint_tool, the release action's manifest) import it too.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ GOLDEN_TEST_MAIN = "//tools/bin:golden_test.py"
 PYTEST_MAIN = "//tools/bin:pytest_main.py"
 RECEIPT_RUNNER_MAIN = "//tools/bin:receipt_runner.py"
 CHECKPOINT_TOOL = "//tools/bin:checkpoint_tool"
-RECEIPT_TOOL = "//tools/modelgate:receipt_tool"
+# The release action: writes a bundle's manifest.json, once (modelgate.manifest).
+MANIFEST_TOOL = "//tools/modelgate:manifest"
 SPEC_LIB = "//tools/modelgate:spec"
 EXPORT_LIB = "//tools/modelgate:export"
 # The release gate: run by the gate action with the model's code, never part of a build hash.
@@ -25,6 +26,8 @@ RUNNER_LIB = "//tools/modelgate:errors"
 PYTEST_INI = "//:pytest.ini"
 INTERPRETER = "@python_interpreter//:bin/python3"
 FORK_WORKER = "//tools/bin:fork_worker"
+# Its fork and wait, which the receipt runner runs pytest with.
+FORK_WORKER_MAIN = "//tools/bin:fork_worker.py"
 
 # The environment of every Python action: one thread, fixed hashing, no bytecode, no cwd on
 # sys.path. The pytest actions' is .bazelrc's `test --test_env=...`, kept in step with it.

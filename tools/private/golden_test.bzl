@@ -23,11 +23,16 @@ def golden_test(*, name, weights, model = None, golden = None, **kwargs):
     golden_label = golden or "//golden:%s" % model
     weights_target = "_%s_weights" % name
     weights_file(name = weights_target, weights = weights, output = "weights", tags = kwargs.get("tags", []))
+    # The export's record: the receipt takes the sha256 of the weights (and of the other files the
+    # export hashed) from it instead of hashing them again (modelgate.receipts.input_digests).
+    export_record = "_%s_export_manifest" % name
+    weights_file(name = export_record, weights = weights, output = "export_manifest", tags = kwargs.get("tags", []))
     model_test(
         name = name,
         srcs = [GOLDEN_TEST_MAIN],
         deps = kwargs.pop("deps", []) + [weights, REPORT_LIB],
         data = [":" + weights_target, golden_label],
+        records = [":" + export_record],
         env = {
             "MODELGATE_GOLDEN_DIR": "golden/" + model,
             "MODELGATE_MODEL": model,

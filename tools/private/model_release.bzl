@@ -1,12 +1,19 @@
-"""Implementation of model_release: the gate and the promotable bundle. Use //tools:defs.bzl."""
+"""Implementation of model_release: the gate, the release manifest and the promotable bundle. Use
+//tools:defs.bzl.
 
-load("//tools/private:common.bzl", "EXPORT_ENV", "FORK_WORKER", "GATE_LIB", "RECEIPT_TOOL", "RELEASE_REPORT_MAIN", "REPORT_LIB", "python_tool_args", "run_python_tool")
+Three actions per release: ReleaseGate (the gate's verdict, `<name>.gate.json`), ReleaseManifest
+(`<name>/manifest.json`, written once by modelgate.manifest from the export's record, the verdict
+and the test receipts) and ReleaseReport (the review page)."""
+
+load("//tools/private:common.bzl", "EXPORT_ENV", "FORK_WORKER", "GATE_LIB", "MANIFEST_TOOL", "RELEASE_REPORT_MAIN", "REPORT_LIB", "python_tool_args", "run_python_tool")
 load("//tools/private:providers.bzl", "ModelWeightsInfo", "ReceiptInfo", "ReleaseInfo")
 
-def _bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs, bundle_sources):
-    """Declares the action that binds the receipts to the build and writes the bundle's manifest,
-    with each file's blake3 beside the sha256 the gate recorded (read once: the sha256 is checked
-    in the same pass; modelgate.digests). `bundle_sources`: the bundle's files but the receipts.
+def _write_manifest(ctx, *, info, gate_verdict, bundle, bundle_sources):
+    """Declares the ReleaseManifest action: the bundle's manifest.json, written once
+    (modelgate.manifest) from the export's record, the gate's verdict and the test receipts, which
+    it binds to the build and writes into the bundle. Each file's sha256 comes from the export's
+    record (the blake3 is computed here, once); `bundle_sources`: the files the bundle ships, by
+    their names there, but the receipts.
 
     Returns (manifest File, [receipt Files in the bundle]). The action fails, naming the model, the
     receipt and the failing tests, unless every receipt that ran passed and is bound to the build
@@ -16,23 +23,22 @@ def _bind_receipts(ctx, *, model, gate_manifest, bundle, build_outputs, bundle_s
     infos = [t[ReceiptInfo] for t in ctx.attr.tests]
     bundled = [ctx.actions.declare_file("%s/receipt.%s.json" % (bundle, i.label.split(":")[-1])) for i in infos]
     args = ctx.actions.args()
-    args.add("bind")
-    args.add("--model", model)
-    args.add("--gate-manifest", gate_manifest)
+    args.add("--model", info.model)
+    args.add("--export", info.export_manifest)
+    args.add("--gate", gate_verdict)
     args.add("--out", manifest)
     for i in infos:
         args.add("--receipt", i.receipt)
-    for short_path, name in sorted(build_outputs.items()):
-        args.add("--build-output", "%s=%s" % (short_path, name))
     for f in bundle_sources:
-        args.add("--file", "%s=%s" % (f.basename, f.path))
+        # NAME=WORKSPACE_PATH=PATH: the workspace path is how the export's record names an input.
+        args.add("--file", "%s=%s=%s" % (f.basename, f.short_path, f.path))
     ctx.actions.run(
-        executable = ctx.executable._receipt_tool,
+        executable = ctx.executable._manifest_tool,
         arguments = [args],
-        inputs = [gate_manifest] + [i.receipt for i in infos] + bundle_sources,
+        inputs = [info.export_manifest, gate_verdict] + [i.receipt for i in infos] + bundle_sources,
         outputs = [manifest] + bundled,
-        mnemonic = "ReleaseReceipts",
-        progress_message = "Checking %s's test receipts against its build" % model,
+        mnemonic = "ReleaseManifest",
+        progress_message = "Writing %s's release manifest (test receipts bound to its build)" % info.model,
     )
     return manifest, bundled
 
@@ -68,9 +74,9 @@ def _review_page(ctx, info, bundle, manifest, golden_dir, golden):
 def _model_release_impl(ctx):
     info = ctx.attr.weights[ModelWeightsInfo]
     bundle = ctx.attr.name
-    # The gate's verdict; the bundle's manifest.json is it plus the test receipts, bound to the
-    # build by a second action (_bind_receipts), so that a test-only change re-runs the receipt
-    # check, not the gate.
+    # The gate's verdict (modelgate.manifest.GATE_SCHEMA); the bundle's manifest.json is written
+    # by a second action (_write_manifest), so that a test-only change re-runs the receipt check,
+    # not the gate.
     gated = ctx.actions.declare_file(bundle + ".gate.json")
     golden = info.golden.to_list()
     golden_dir = golden[0].dirname if golden else "golden/" + info.model
@@ -104,12 +110,11 @@ def _model_release_impl(ctx):
         mnemonic = "ReleaseGate",
         progress_message = "Gating %s release (golden, ONNX parity, metrics)" % info.model,
     )
-    manifest, receipts = _bind_receipts(
+    manifest, receipts = _write_manifest(
         ctx,
-        model = info.model,
-        gate_manifest = gated,
+        info = info,
+        gate_verdict = gated,
         bundle = bundle,
-        build_outputs = {info.weights.short_path: info.weights.basename, info.onnx.short_path: info.onnx.basename},
         bundle_sources = [info.weights, info.onnx] + golden + extra,
     )
     files = [manifest] + receipts + [_review_page(ctx, info, bundle, manifest, golden_dir, golden)]
@@ -133,7 +138,7 @@ _model_release = rule(
         "tests": attr.label_list(providers = [ReceiptInfo], doc = "receipt runs (model_test variants) the release needs"),
         "weights": attr.label(mandatory = True, providers = [ModelWeightsInfo]),
         "_fork_worker": attr.label(default = FORK_WORKER, executable = True, cfg = "exec"),
-        "_receipt_tool": attr.label(default = RECEIPT_TOOL, executable = True, cfg = "exec"),
+        "_manifest_tool": attr.label(default = MANIFEST_TOOL, executable = True, cfg = "exec"),
         "report_tool": attr.label(mandatory = True, executable = True, cfg = "exec", doc = "the model's review page tool (model_release declares it)"),
     },
     provides = [ReleaseInfo],

@@ -1,7 +1,7 @@
 """Implementation of model_test and model_test_suites. Use //tools:defs.bzl."""
 
 load("@pip//:requirements.bzl", "requirement")
-load("//tools/private:common.bzl", "CHECKS_LIB", "CUDA_ENV", "PYTEST_MAIN", "RECEIPTS_LIB", "RECEIPT_RUNNER_MAIN")
+load("//tools/private:common.bzl", "CHECKS_LIB", "CUDA_ENV", "FORK_WORKER_MAIN", "PYTEST_MAIN", "RECEIPTS_LIB", "RECEIPT_RUNNER_MAIN")
 load("//tools/private:pytest.bzl", "check_pytest_srcs")
 load("//tools/private:receipts.bzl", "gpu_runs_here", "receipt_run", "receipt_test", "timeout_seconds")
 
@@ -43,7 +43,7 @@ VARIANTS = [
     ),
 ]
 
-def _receipt_variant(*, name, srcs, deps, data, env, variant, enabled, disabled_by, size, tags, **kwargs):
+def _receipt_variant(*, name, srcs, deps, data, records, env, variant, enabled, disabled_by, size, tags, **kwargs):
     """`name`: a receipt_test whose pytest run is a cached build action (tools/private/receipts.bzl)."""
     testonly = kwargs.pop("testonly", False)
     if variant.exec_properties != None:
@@ -51,7 +51,7 @@ def _receipt_variant(*, name, srcs, deps, data, env, variant, enabled, disabled_
     runner = "_%s_runner" % name
     native.py_binary(
         name = runner,
-        srcs = [RECEIPT_RUNNER_MAIN, PYTEST_MAIN] + srcs,
+        srcs = [RECEIPT_RUNNER_MAIN, PYTEST_MAIN, FORK_WORKER_MAIN] + srcs,
         main = RECEIPT_RUNNER_MAIN,
         deps = deps + [RECEIPTS_LIB, requirement("pytest")],
         python_version = "PY3",
@@ -71,6 +71,7 @@ def _receipt_variant(*, name, srcs, deps, data, env, variant, enabled, disabled_
         srcs = srcs,
         deps = deps,
         data = data,
+        records = records,
         env = env,
         pytest_args = variant.pytest_args,
         variant = variant.name,
@@ -92,7 +93,7 @@ def _receipt_variant(*, name, srcs, deps, data, env, variant, enabled, disabled_
         **kwargs
     )
 
-def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", tags = [], gpu = True, **kwargs):
+def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", tags = [], gpu = True, records = [], **kwargs):
     """Model-logic tests: one pytest run per variant, from one call, each leaving a receipt.
 
     Declares one target per entry of VARIANTS: `<name>_cpu` (tests not marked `gpu`) and
@@ -114,6 +115,8 @@ def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", ta
         It also bounds the pytest run (small 60 s, medium 300 s, large 900 s).
       tags: extra tags for both variants.
       gpu: whether the `_gpu` variant is enabled (False: declared, tagged manual, disabled).
+      records: export records (a model_weights target's export.json) of files among `data`: the
+        receipt takes their sha256 from the record instead of hashing them again.
       **kwargs: passed to both test targets.
     """
     check_pytest_srcs("model_test", name, srcs)
@@ -128,6 +131,7 @@ def model_test(*, name, srcs, deps = [], data = [], env = {}, size = "small", ta
             srcs = srcs,
             deps = deps + [CHECKS_LIB],
             data = data,
+            records = records,
             env = env,
             variant = variant,
             enabled = enabled.get(variant.name, True),

@@ -22,7 +22,9 @@ the interpreter, data such as exported weights and golden files) and the lock en
 test's pip closure, not a build hash. The release binds it to its build when every file the
 receipt shares with the build (an input of the build hash or an exported file) has the build's
 digest. A golden-data-only change re-keys the export and the golden test, not the model-logic
-tests; a receipt of other code or other weights is refused.
+tests; a receipt of other code or other weights is refused. A file that an export record in
+`records` lists (a golden test's weights) takes the sha256 that record holds: the export hashed
+those very bytes in this build, so the test action does not hash them again.
 
 Not carried over from py_test: --test_env, --test_arg, --test_filter, --runs_per_test and
 --cache_test_results=no act on the reporting step, not on the pytest run; the pytest run is
@@ -108,6 +110,8 @@ def _receipt_run_impl(ctx):
             args.add("--test-file", "%s=%s" % (f.short_path, f.path))
         for f in sorted(lock_entries, key = _short_path):
             args.add("--lock-entry", f.path)
+        for f in ctx.files.records:
+            args.add("--record", "%s=%s" % (f.short_path, f.path))
         args.add_all(env_flags)
         args.add("--")
         args.add_all(ctx.attr.pytest_args)
@@ -122,7 +126,7 @@ def _receipt_run_impl(ctx):
             tool = runner,
             tool_runfiles = runner_runfiles,
             args = args,
-            inputs = depset(hashed.values() + ctx.files.data + lock_entries),
+            inputs = depset(hashed.values() + ctx.files.data + ctx.files.records + lock_entries),
             outputs = [receipt, log, xml, outputs_dir],
             env = env,
             mnemonic = "ModelTest",
@@ -148,6 +152,7 @@ receipt_run = rule(
         "srcs": attr.label_list(allow_files = [".py"]),
         "deps": attr.label_list(providers = [PyInfo], aspects = [pip_lock_entries_aspect]),
         "data": attr.label_list(allow_files = True),
+        "records": attr.label_list(allow_files = [".json"], doc = "export records (export.json) whose sha256s of the files they list the receipt carries instead of hashing those files"),
         "env": attr.string_dict(),
         "pytest_args": attr.string_list(),
         "variant": attr.string(values = ["cpu", "gpu"], mandatory = True),

@@ -12,5 +12,6 @@ Layers, each importing only from the ones below it (never up):
                                              Cloud Storage) and the one scheme table of registry URIs and
                                              checkpoint sources
 Beside them, used by any layer above: modelgate.errors, modelgate.formats (names, schemas,
-canonical JSON, the file hasher).
+canonical JSON, the file hasher), modelgate.manifest (the release manifest's one check, which
+bundle reads and records apply) and modelgate.digests (sha256 addresses, blake3 verifies).
 """

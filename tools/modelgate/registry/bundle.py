@@ -1,15 +1,15 @@
-"""Release bundles: what a model's `release` target produces and promote uploads.
+"""Release bundles: what a model's `release` target produces and promote uploads, and a
+release's identity.
 
-A bundle is a directory holding manifest.json and the files it lists:
-    {"schema": RELEASE_SCHEMA, "model": ..., "build_hash": <64 hex>,
-     "files": {"weights.safetensors": {"sha256": ..., "blake3": ..., "size": ...}, ...},
-     "inputs": {...}, "toolchain": {...}, "config": {...}, "metrics": {...},
-     "metric_gates": {"accuracy": {"floor": ..., "max_regression": ..., "higher_is_better": true}},
-     "gate": {"passed": true, "checks": [...]}}
+A bundle is a directory holding manifest.json and the files it lists (the manifest's schema,
+writer and check: modelgate.manifest). Each file's sha256 is its address in the registry
+(blobs/sha256/<hex>); its blake3, where the manifest lists one, is what promote checks the file's
+bytes against, in the pass that copies them (`verify_files` for those it does not copy); a
+manifest without blake3 is checked by sha256.
 
-Each file's sha256 is its address in the registry (blobs/sha256/<hex>); its blake3, where the
-release action recorded one (modelgate.digests), is what promote checks the file's bytes against,
-in the pass that copies them; a manifest without blake3 is checked by sha256.
+A release is a build with its gate results and test receipts, named by the sha256 of its
+manifest (`release_id`); every release of one build hash must list the same bytes for what the
+build made (`differing_artifacts`, `same_files`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from pathlib import Path
 from modelgate import digests
 from modelgate.errors import BundleError, UsageError
 from modelgate.formats import RELEASE_MANIFEST as MANIFEST
-from modelgate.formats import RELEASE_SCHEMA, canonical_json
-
-from . import tags
+from modelgate.formats import canonical_json
+from modelgate.manifest import check, read_json
 
 
 @dataclass(frozen=True)
@@ -70,64 +69,11 @@ class Bundle:
 def read(directory: Path) -> Bundle:
     """Reads and checks a bundle's manifest (not yet its files' bytes: see `verify_files`)."""
     directory = Path(directory)
-    path = directory / MANIFEST
-    where = str(directory)
     if not directory.is_dir():
-        raise UsageError(f"release bundle {where} is not a directory")
-    try:
-        manifest = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise BundleError(f"release bundle {where} has no {MANIFEST}") from None
-    except (OSError, ValueError) as e:
-        raise BundleError(f"release bundle {where}: cannot read {MANIFEST}: {e}") from None
-    check_manifest(manifest, where)
+        raise UsageError(f"release bundle {directory} is not a directory")
+    manifest = read_json(directory / MANIFEST, f"release bundle {directory}: {MANIFEST}", BundleError)
+    check(manifest, str(directory))
     return Bundle(directory, manifest)
-
-
-def check_manifest(manifest, where: str) -> None:
-    """Raises BundleError unless `manifest` is a promotable release manifest."""
-    if not isinstance(manifest, dict):
-        raise BundleError(f"release bundle {where}: {MANIFEST} is not a JSON object")
-    schema = manifest.get("schema")
-    if schema != RELEASE_SCHEMA:
-        raise BundleError(f"release bundle {where}: unknown schema {schema!r} (this promote reads {RELEASE_SCHEMA})")
-    try:
-        tags.check_model_name(manifest.get("model"))
-        tags.check_build_hash(manifest.get("build_hash"))
-    except UsageError as e:
-        raise BundleError(f"release bundle {where}: {e}") from None
-    gate = manifest.get("gate")
-    if not isinstance(gate, dict) or gate.get("passed") is not True:
-        failed = [c.get("name") for c in (gate or {}).get("checks", []) if isinstance(c, dict) and not c.get("passed")]
-        detail = f" (failed checks: {', '.join(map(str, failed))})" if failed else ""
-        raise BundleError(f"release bundle {where}: its release gate did not pass{detail}; refusing to promote it")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"release bundle {where}: 'files' must list at least one file")
-    for name, spec in files.items():
-        try:
-            tags.check_file_name(name)
-        except UsageError as e:
-            raise BundleError(f"release bundle {where}: {e}") from None
-        if (
-            not isinstance(spec, dict)
-            or not isinstance(spec.get("sha256"), str)
-            or not tags.BUILD_HASH.fullmatch(spec["sha256"])
-            or not isinstance(spec.get("size"), int)
-            or spec["size"] < 0
-        ):
-            raise BundleError(f"release bundle {where}: files[{name!r}] needs a hex 'sha256' and an integer 'size'")
-        if "blake3" in spec and (not isinstance(spec["blake3"], str) or not digests.HEX.fullmatch(spec["blake3"])):
-            raise BundleError(f"release bundle {where}: files[{name!r}]: 'blake3' must be 64 lowercase hex digits")
-    for field in ("metrics", "metric_gates"):
-        if not isinstance(manifest.get(field, {}), dict):
-            raise BundleError(f"release bundle {where}: '{field}' must be an object")
-    for name, value in manifest.get("metrics", {}).items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise BundleError(f"release bundle {where}: metric {name!r} is not a finite number")
-    for name, gate_spec in manifest.get("metric_gates", {}).items():
-        if not isinstance(gate_spec, dict) or not isinstance(gate_spec.get("max_regression"), (int, float)):
-            raise BundleError(f"release bundle {where}: metric_gates[{name!r}] needs a numeric 'max_regression'")
 
 
 def verify_files(bundle: Bundle, skip: set[str] | frozenset[str] = frozenset()) -> None:

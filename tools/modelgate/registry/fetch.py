@@ -1,5 +1,6 @@
 """Fetch: download a build by tag or build hash, every byte checked against its signed manifest
-(each file's blake3, or its sha256 in a build recorded without blake3: modelgate.digests)."""
+(each file's blake3, or its sha256 in a build recorded without blake3: modelgate.digests), the
+manifest checked as every stored build is (records.check_build: modelgate.manifest.check)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from modelgate.errors import BundleError, UsageError, VerificationError
+from modelgate.errors import UsageError, VerificationError
 from modelgate.formats import MANIFEST_SIGNATURE, RELEASE_MANIFEST
 
 from . import bundle as bundles
-from . import leftovers, signing, tags, transfer
+from . import leftovers, records, signing, tags, transfer
 from .inspect import _no_tag_message
 from .registry import Registry
 
@@ -96,14 +97,9 @@ def fetch(
         if doc is None:
             raise VerificationError(f"{model} {build_hash[:12]}: release {release[:12]}, which the history names, is missing from {registry.uri}")
     signing.verify(doc, public_key)
-    if doc.get("model") != model or doc.get("build_hash") != build_hash:
-        raise VerificationError(f"the manifest stored as {model}/{build_hash[:12]} describes another build")
+    records.check_build(doc, f"the manifest stored as {model}/{build_hash[:12]}", model=model, build_hash=build_hash)
     if release is not None and bundles.release_id(doc) != release:
         raise VerificationError(f"the manifest stored as release {release[:12]} of {model}/{build_hash[:12]} is another release")
-    try:
-        bundles.check_manifest(doc, f"{model}/{build_hash[:12]}")
-    except BundleError as e:
-        raise VerificationError(str(e)) from None
 
     out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -192,13 +192,14 @@ def check_pointer(doc, what: str, *, model: str, tag: str) -> dict:
 
 
 def check_build(doc, what: str, *, model: str, build_hash: str) -> dict:
-    """A stored build manifest: the release manifest's schema plus the registry's own fields."""
-    from .bundle import check_manifest
+    """A stored build manifest: the release manifest's schema (modelgate.manifest.check) plus the
+    registry's own fields, for the build `model`/`build_hash` it is stored as."""
     from modelgate.errors import BundleError
+    from modelgate.manifest import check
 
     c = _Checker(doc, what)
     try:
-        check_manifest(doc, what)
+        check(doc, what)
     except BundleError as e:
         raise RegistryContentError(str(e).replace(f"release bundle {what}", what, 1)) from None
     if doc["model"] != model or doc["build_hash"] != build_hash:

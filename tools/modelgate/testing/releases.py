@@ -7,9 +7,9 @@ import json
 import random
 from pathlib import Path
 
-from modelgate import digests
+from modelgate import manifest as manifests
 from modelgate import receipts as receipts_lib
-from modelgate.formats import RELEASE_SCHEMA
+from modelgate.formats import EXPORT_SCHEMA, RELEASE_SCHEMA
 
 GATES = {
     "accuracy": {"floor": 0.5, "max_regression": 0.02, "higher_is_better": True},
@@ -34,12 +34,15 @@ def make_bundle(
     test_source: str = "synthetic",
     directory: Path | None = None,
 ) -> Path:
-    """Writes a release bundle directory like the Bazel release rule's and returns it.
+    """Writes a release bundle directory as the Bazel release rule does (modelgate.manifest, from an
+    export record and a gate verdict made up here) and returns it.
 
     Different seeds give different weights (and build hashes); shared_onnx keeps model.onnx equal
     across seeds, as when only the weights change. blake3=False: a manifest from before blake3
     was recorded (its files listed by sha256 and size only). test_source: what the receipt's test
     file holds (another one: the same build tested by other tests, another release of it).
+    gate_passed=False and another `schema` make bundles no release action writes, for promote to
+    refuse.
     """
     rng = random.Random(f"{model}/{seed}")
     contents = {
@@ -53,8 +56,8 @@ def make_bundle(
         (directory / name).write_bytes(data)
         files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     inputs = {f"models/{model}/model.py": hashlib.sha256(f"{model}/{seed}".encode()).hexdigest()}
-    manifest = {
-        "schema": schema,
+    export = {
+        "schema": EXPORT_SCHEMA,
         "model": model,
         "build_hash": hashlib.sha256(json.dumps([files, inputs], sort_keys=True).encode()).hexdigest(),
         "files": files,
@@ -63,19 +66,24 @@ def make_bundle(
         "config": {"seed": seed},
         "metrics": {"accuracy": accuracy, "loss": loss},
         "metric_gates": GATES,
-        "gate": {"passed": gate_passed, "checks": [{"name": "golden", "passed": gate_passed, "detail": "synthetic"}]},
     }
+    checks = [{"name": "golden", "passed": True, "detail": "synthetic"}]
+    verdict = manifests.verdict(export, checks, dict(export["metrics"]), None)
+    manifest = manifests.compose(export, verdict, [manifests.BundleFile(name, directory / name) for name in files])
     if receipts:
         manifest = passing_receipts(directory, manifest, test_source)
-    if blake3:  # as the release action lists them (modelgate.receipt_tool)
-        manifest["files"] = digests.add_blake3(manifest["files"], {name: directory / name for name in manifest["files"]})
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if not gate_passed:
+        manifest["gate"] = {"passed": False, "checks": [dict(checks[0], passed=False)]}
+    manifest["schema"] = schema
+    if not blake3:
+        manifest["files"] = {name: {k: v for k, v in spec.items() if k != "blake3"} for name, spec in manifest["files"].items()}
+    (directory / "manifest.json").write_text(manifests.dumps(manifest))
     return directory
 
 
 def passing_receipts(directory: Path, manifest: dict, test_source: str = "synthetic") -> dict:
     """The manifest with a passing CPU test receipt bound to its build, written into `directory`
-    as the release rule writes it (modelgate.receipts)."""
+    as the release rule writes it (modelgate.manifest.add_receipts)."""
     model = manifest["model"]
     doc = {
         "schema": receipts_lib.RECEIPT_SCHEMA, "target": f"//models/{model}:model_test_cpu", "variant": "cpu",
@@ -83,8 +91,7 @@ def passing_receipts(directory: Path, manifest: dict, test_source: str = "synthe
         "failures": [], "inputs": dict(manifest["inputs"]), "packages": {},
         "test_files": {f"models/{model}/model_test.py": hashlib.sha256(test_source.encode()).hexdigest()},
     }  # fmt: skip
-    section, bundled = receipts_lib.bind(model, manifest, [doc], {})
-    return receipts_lib.attach(directory, manifest, section, bundled)
+    return manifests.add_receipts(directory, manifest, [doc], {})
 
 
 def build_hash(bundle_dir: Path) -> str:
