@@ -2,7 +2,7 @@
 service's first check, at 10, 1,000 and 10,000 history events, on file:// and fake-gcs-server.
 
     PYTHONPATH=<clone>:<clone>/tools python tools/bench/history_bench.py --work=DIR [--sizes=10,1000,10000]
-        [--backends=file,gcs] [--reps=3] [--json=OUT]
+        [--backends=file,gcs] [--reps=3] [--json=OUT] [--same-bucket-size]
 
 Each operation runs on a fresh Registry (nothing cached, as a new process or replica would), and
 its registry requests are counted by wrapping the Storage (one call, one request on GCS). Long
@@ -10,6 +10,12 @@ histories are written through the Registry API (modelgate.testing.history: signe
 events), not by thousands of promotes. "service first check" is what a fresh service's first
 check reads: Registry.tag_state(strict=True) with the public key (Deployment._check), without the
 rollout that follows it. Best of --reps for seconds; requests are the same every repetition.
+
+--same-bucket-size (fake-gcs-server): before each size, other objects are written into the same
+bucket (under other/, never read) up to the largest size, so that every column runs against a
+bucket of the same size, as a team's bucket is. The emulator answers some requests more slowly as
+its bucket grows (a missing object, a conditional create); this holds that apart from the history's
+length, which is what the columns compare.
 """
 
 from __future__ import annotations
@@ -57,6 +63,20 @@ def keys(directory: Path) -> tuple[str, str]:
     private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return str(private), str(public)
+
+
+def fill(uri: str, count: int) -> float:
+    """`count` small objects under other/ in the registry's bucket (8 threads); seconds taken."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    bucket = storage.Client(credentials=AnonymousCredentials(), project="bench").bucket(uri[len("gs://") :].split("/")[0])
+    t = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: bucket.blob(f"other/{i:010d}").upload_from_string(b"x"), range(count)))
+    return time.perf_counter() - t
 
 
 def run_size(uri: str, size: int, work: Path, private: str, public: str, reps: int) -> dict:
@@ -118,6 +138,7 @@ def main() -> int:
     p.add_argument("--backends", default="file,gcs")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--json", type=Path)
+    p.add_argument("--same-bucket-size", action="store_true", help="fill each GCS bucket with other objects up to the largest size")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     private, public = keys(args.work)
@@ -140,10 +161,18 @@ def main() -> int:
                     from google.auth.credentials import AnonymousCredentials
                     from google.cloud import storage
 
+                    if args.same_bucket_size:  # a fresh emulator for each size: the same server state
+                        gcs.stop()
+                        gcs = FakeGCS()
+                        os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
                     bucket = f"mg-{uuid.uuid4().hex[:20]}"
                     storage.Client(credentials=AnonymousCredentials(), project="bench").create_bucket(bucket)
                     uri = f"gs://{bucket}/registry"
-                result = {"backend": backend, **run_size(uri, size, work, private, public, args.reps)}
+                extra = {}
+                if backend == "gcs" and args.same_bucket_size:
+                    others = max(int(x) for x in args.sizes.split(",")) - size
+                    extra = {"other_objects": others, "fill_s": round(fill(uri, others), 1)}
+                result = {"backend": backend, **extra, **run_size(uri, size, work, private, public, args.reps)}
                 results.append(result)
                 print(json.dumps(result), flush=True)
                 shutil.rmtree(work, ignore_errors=True)
