@@ -4,7 +4,7 @@
 
 For every model: the pinned checkpoint where it has one (tools/bin/checkpoint_tool.py fetch, from
 this machine's checkpoint store), export (train or load, safetensors, ONNX: tools/bin/model_tool.py
-export), the release gate (model_tool.py gate, with the files the bundle ships), the golden test
+export), the release gate (gate_tool.py, with the files the bundle ships), the golden test
 (pytest tools/bin/golden_test.py on the exported weights) and each of the model's test files
 (pytest models/<m>/*_test.py, CPU only), as `bazel test //models/...` runs them. Each step is a fresh Python process in
 this venv, with the environment Bazel gives its actions and tests (one thread, fixed hash seed,
@@ -105,7 +105,7 @@ def main() -> int:
             "MODELGATE_WEIGHTS": str(out / "weights.safetensors"),
             "MODELGATE_GOLDEN_DIR": f"golden/{model}",
         }
-        gate = [*tool, "gate", "--model", model, "--export-dir", str(out), "--golden-dir", f"golden/{model}",
+        gate = [python, "tools/bin/gate_tool.py", "--model", model, "--export-dir", str(out), "--golden-dir", f"golden/{model}",
                 "--out", str(out / "manifest.json"), *bundle_files(root, model)]  # fmt: skip
         return [
             pool.submit(step, f"gate {model}", gate),

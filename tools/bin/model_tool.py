@@ -1,9 +1,9 @@
-"""The per-model build tool behind model_weights, model_release and golden_update.
+"""The per-model build tool behind model_weights, golden_update and model_train. In every build
+hash (it runs the export); the release gate has its own main (tools/bin/gate_tool.py), outside it.
 
   export         train deterministically (or load the pinned checkpoint), write weights.safetensors,
                  model.onnx, export.json
   train          train outside the build, upload the checkpoint, rewrite the pin (bazel run :train)
-  gate           validate the exported files; write the release manifest only if they pass
   golden-update  regenerate golden/<model>/ from the exported weights (bazel run :golden_update)
 
 Errors go through the one runner (modelgate.runner): one line on stderr, `<command> <model>: ...`
@@ -63,23 +63,6 @@ def cmd_train(args) -> int:
     if not workspace:
         raise UsageError(f"run me with: bazel run //models/{args.model}:train")
     return train_and_pin.run(_spec(args.model, args.hparams), Path(workspace), args)
-
-
-def cmd_gate(args) -> int:
-    from modelgate import gate
-
-    spec = _spec(args.model, args.hparams)
-    export_dir = Path(args.export_dir)
-    export_manifest = json.loads((export_dir / "export.json").read_text())
-    bundle_files = dict(f.split("=", 1) for f in args.bundle_file)
-    checks, metrics = gate.run_gate(spec, export_dir, export_manifest, Path(args.golden_dir), bundle_files)
-    if not all(c.passed for c in checks):
-        print(gate.failure_text(args.model, checks), file=sys.stderr)
-        return 1
-    manifest = gate.release_manifest(export_manifest, checks, metrics, Path(args.golden_dir), bundle_files)
-    Path(args.out).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    print(f"release gate passed for {args.model} build {manifest['build_hash'][:12]}")
-    return 0
 
 
 def cmd_golden_update(args) -> int:
@@ -154,14 +137,6 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--source", action="append", default=[], help="extra source URI to list in the pin (e.g. a public https mirror)")
     p.add_argument("--dry-run", action="store_true", help="train and print the metric change; upload and rewrite nothing")
     p.set_defaults(run=cmd_train)
-    p = sub.add_parser("gate")
-    p.add_argument("--model", required=True)
-    p.add_argument("--export-dir", required=True)
-    p.add_argument("--golden-dir", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--hparams", default="{}")
-    p.add_argument("--bundle-file", action="append", default=[], help="NAME=PATH: a file the bundle ships (a tokenizer)")
-    p.set_defaults(run=cmd_gate)
     p = sub.add_parser("golden-update")
     p.add_argument("--model", required=True)
     p.add_argument("--weights", required=True)

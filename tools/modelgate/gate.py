@@ -25,6 +25,7 @@ outside the sandbox, naming it in the error's first line.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,16 +361,55 @@ def verdict(export_manifest: dict, checks: list[Check], metrics: dict) -> dict:
     return manifest.verdict(export_manifest, [c.as_dict() for c in checks], metrics, serving)
 
 
-def release_manifest(export_manifest: dict, checks: list[Check], metrics: dict, golden_dir=None, bundle_files=None) -> dict:
-    """`verdict`, under the name tools/bin/model_tool.py's `gate` calls it by (model_tool.py is in
-    every build hash: renaming the call there re-keys every model). The golden data and bundle
-    files are listed by the release action, not here."""
-    return verdict(export_manifest, checks, metrics)
-
-
 def failure_text(model: str, checks: list[Check]) -> str:
     report = next((c.data["path"] for c in checks if c.name == "report" and c.data), None)
     lines = [f"release gate failed for {model}" + (f" (report: {report})" if report else "") + ":"]
     for c in checks:
         lines.append(f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
     return "\n".join(lines)
+
+
+# ---- the gate action's main (tools/bin/gate_tool.py, with the model's library) ---------------
+
+
+def _main(argv: list[str] | None) -> int:
+    import argparse
+    import json
+
+    from modelgate.errors import ModelgateError
+    from modelgate.spec import load_spec
+
+    parser = argparse.ArgumentParser(prog="gate_tool", fromfile_prefix_chars="@", description="The release gate of one exported build.")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--export-dir", required=True)
+    parser.add_argument("--golden-dir", required=True)
+    parser.add_argument("--out", required=True, help="where the verdict goes (modelgate.manifest.GATE_SCHEMA), only if every check passes")
+    parser.add_argument("--hparams", default="{}")
+    parser.add_argument("--bundle-file", action="append", default=[], help="NAME=PATH: a file the bundle ships (a tokenizer)")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.model).with_config(json.loads(args.hparams or "{}"))
+    except (LookupError, ValueError) as e:  # no such model or hyperparameter
+        raise ModelgateError(f"gate {args.model}: {e}") from None
+    export_dir = Path(args.export_dir)
+    export_manifest = json.loads((export_dir / "export.json").read_text())
+    bundle_files = dict(f.split("=", 1) for f in args.bundle_file)
+    try:
+        checks, metrics = run_gate(spec, export_dir, export_manifest, Path(args.golden_dir), bundle_files)
+    except ModelgateError as e:
+        e.args = (f"gate {args.model}: {e}",)
+        raise
+    if not all(c.passed for c in checks):
+        print(failure_text(args.model, checks), file=sys.stderr)
+        return 1
+    doc = verdict(export_manifest, checks, metrics)
+    Path(args.out).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"release gate passed for {args.model} build {doc['build_hash'][:12]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The gate action: one line on stderr and a non-zero exit for bad input (modelgate.runner)."""
+    from modelgate.runner import run
+
+    return run(None, _main, argv)  # each error names the model

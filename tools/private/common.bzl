@@ -4,6 +4,8 @@ default model name."""
 
 # The tooling's labels. The mains Bazel runs, and the libraries every model target brings.
 MODEL_TOOL_MAIN = "//tools/bin:model_tool.py"
+# The release gate's main (modelgate.gate.main), built like the model tool with a model's library.
+GATE_TOOL_MAIN = "//tools/bin:gate_tool.py"
 GOLDEN_TEST_MAIN = "//tools/bin:golden_test.py"
 PYTEST_MAIN = "//tools/bin:pytest_main.py"
 RECEIPT_RUNNER_MAIN = "//tools/bin:receipt_runner.py"

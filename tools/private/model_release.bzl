@@ -82,7 +82,6 @@ def _model_release_impl(ctx):
     golden_dir = golden[0].dirname if golden else "golden/" + info.model
 
     args = python_tool_args(ctx, info.gate_tool, info.gate_tool_runfiles)
-    args.add("gate")
     args.add("--model", info.model)
     args.add("--export-dir", info.weights.dirname)
     args.add("--golden-dir", golden_dir)
@@ -100,7 +99,7 @@ def _model_release_impl(ctx):
     run_python_tool(
         ctx,
         worker = ctx.attr._fork_worker[DefaultInfo].files_to_run,
-        # The model tool the weights were exported with, with the gate (ModelWeightsInfo).
+        # The gate's main with the model's library (ModelWeightsInfo.gate_tool).
         tool = info.gate_tool,
         tool_runfiles = info.gate_tool_runfiles,
         args = args,

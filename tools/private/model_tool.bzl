@@ -3,13 +3,14 @@ run, and its `bazel run` front ends golden_update and model_train. Use //tools:d
 
 load("//tools/private:common.bzl", "MODEL_TOOL_MAIN", "RUNNER_LIB", "TRAIN_LIB", "model_name")
 
-def model_tool(*, name, deps, args = [], data = [], visibility = None, tags = []):
-    """A py_binary of the model tool with `deps` (a model_weights target, or the model's library)
-    and the one runner its errors go through."""
+def model_tool(*, name, deps, args = [], data = [], visibility = None, tags = [], main = MODEL_TOOL_MAIN):
+    """A py_binary of the model tool (or, with `main`, another per-model main: the gate's) with
+    `deps` (a model_weights target, or the model's library) and the one runner its errors go
+    through."""
     native.py_binary(
         name = name,
-        srcs = [MODEL_TOOL_MAIN],
-        main = MODEL_TOOL_MAIN,
+        srcs = [main],
+        main = main,
         args = args,
         data = data,
         deps = deps + [RUNNER_LIB],

@@ -1,6 +1,6 @@
 """Implementation of model_weights: the export as a hermetic build action. Use //tools:defs.bzl."""
 
-load("//tools/private:common.bzl", "EXPORT_ENV", "EXPORT_LIB", "FORK_WORKER", "GATE_LIB", "INTERPRETER", "MODEL_TOOL_MAIN", "model_name", "python_tool_args", "run_python_tool")
+load("//tools/private:common.bzl", "EXPORT_ENV", "EXPORT_LIB", "FORK_WORKER", "GATE_LIB", "GATE_TOOL_MAIN", "INTERPRETER", "MODEL_TOOL_MAIN", "model_name", "python_tool_args", "run_python_tool")
 load("//tools/private:model_tool.bzl", "model_tool")
 load("//tools/private:pip_closure.bzl", "pip_lock_entries_aspect")
 load("//tools/private:providers.bzl", "CheckpointInfo", "ModelWeightsInfo", "PipLockEntriesInfo")
@@ -158,7 +158,7 @@ def model_weights(*, name, deps, model = None, golden = None, hparams = {}, chec
     # so that the gate's code is neither in the build hash nor an input of the export action:
     # editing a gate check re-runs every gate and no export.
     gate_tool = "_%s_gate_tool" % name
-    model_tool(name = gate_tool, deps = deps + [GATE_LIB], visibility = ["//visibility:private"], tags = tags)
+    model_tool(name = gate_tool, deps = deps + [GATE_LIB], visibility = ["//visibility:private"], tags = tags, main = GATE_TOOL_MAIN)
     _model_weights(
         name = name,
         model = model,

@@ -19,7 +19,7 @@ of a py_binary or test for the model's code and the export tooling, and OutputGr
         "hparams": "dict of hyperparameter overrides",
         "tool": "FilesToRunProvider: the model tool (tools/bin/model_tool.py with the model's library), built for the exec configuration; the export and gate actions run it",
         "tool_runfiles": "runfiles of `tool` (run_python_tool passes them to the fork worker as plain inputs)",
-        "gate_tool": "FilesToRunProvider: the model tool with the release gate (//tools/modelgate:gate), which the gate action runs; not in the build hash",
+        "gate_tool": "FilesToRunProvider: the release gate's main (tools/bin/gate_tool.py, //tools/modelgate:gate) with the model's library, which the gate action runs; not in the build hash",
         "gate_tool_runfiles": "runfiles of `gate_tool`",
         "library": "PyInfo: the model's library and the export tooling (what the tool imports)",
     },
