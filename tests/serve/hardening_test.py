@@ -44,6 +44,18 @@ def _grow(uri: str, keys, builds: tuple[str, str], count: int) -> int:
     return history.grow(signed, M, "canary", builds, count)
 
 
+def _stable_v1_then_history(request, backend, releases, keys):
+    """stable promoted to v1 (event 1), then canary moved HISTORY_MOVES times (events 2..k): the
+    registry the history attacks start from. Returns (uri, registry, v1, v2, h1, h2, k)."""
+    uri = request.getfixturevalue(f"{backend}_registry")
+    v1, v2 = releases["v1"], releases["v2"]
+    h1, h2 = build_hash(v1), build_hash(v2)
+    registry = harness.open_registry(uri)
+    harness.promote(uri, v1, keys["signer"])
+    k = _grow(uri, keys, (h1, h1), HISTORY_MOVES)
+    return uri, registry, v1, v2, h1, h2, k
+
+
 def _storage(uri: str):
     return harness.open_registry(uri).storage
 
@@ -76,12 +88,7 @@ def _wait_refused(server: harness.Server, words: str, checks_before: int) -> dic
 
 @pytest.mark.parametrize("backend", ["local", "gcs"])
 def test_a_rolled_back_tag_state_is_refused_and_a_real_rollback_is_served(request, backend, releases, keys, servers):
-    uri = request.getfixturevalue(f"{backend}_registry")
-    v1, v2 = releases["v1"], releases["v2"]
-    h1, h2 = build_hash(v1), build_hash(v2)
-    registry = harness.open_registry(uri)
-    harness.promote(uri, v1, keys["signer"])
-    k = _grow(uri, keys, (h1, h1), HISTORY_MOVES)  # events 2..k: canary, a long history
+    uri, registry, v1, v2, h1, h2, k = _stable_v1_then_history(request, backend, releases, keys)
     pointer_key, event2_key = registry.tag_key(M, "stable"), registry.history_key(M, k + 1)
     v1_pointer = registry.storage.read(pointer_key)  # validly signed, seq 1
     v1_head = registry.storage.read(registry.head_key(M))  # the signed head then: replayed with the pointer
@@ -172,12 +179,7 @@ def test_edited_forged_and_deleted_events_are_refused_by_a_running_service(reque
     from modelgate.formats import canonical_json
     from modelgate.registry.signing import RecordSigner
 
-    uri = request.getfixturevalue(f"{backend}_registry")
-    v1, v2 = releases["v1"], releases["v2"]
-    h1, h2 = build_hash(v1), build_hash(v2)
-    registry = harness.open_registry(uri)
-    harness.promote(uri, v1, keys["signer"])
-    k = _grow(uri, keys, (h1, h1), HISTORY_MOVES)
+    uri, registry, v1, v2, h1, h2, k = _stable_v1_then_history(request, backend, releases, keys)
     server = servers(uri, keys["signer_public"])
     server.wait_serving(h1, ROLLOUT_TIMEOUT_S)
     harness.promote(uri, v2, keys["signer"], notify_urls=[server.notify_url])  # event k + 1
@@ -365,12 +367,7 @@ def deploy_factory(local_registry, keys):
 
 @pytest.mark.parametrize("backend", ["local", "gcs"])
 def test_allow_rollback_is_the_operators_way_past_the_protection(request, backend, releases, keys, tmp_path):
-    uri = request.getfixturevalue(f"{backend}_registry")
-    v1, v2 = releases["v1"], releases["v2"]
-    h1, h2 = build_hash(v1), build_hash(v2)
-    registry = harness.open_registry(uri)
-    harness.promote(uri, v1, keys["signer"])
-    k = _grow(uri, keys, (h1, h1), HISTORY_MOVES)  # events 2..k: canary, a long history
+    uri, registry, v1, v2, h1, h2, k = _stable_v1_then_history(request, backend, releases, keys)
     v1_pointer = registry.storage.read(registry.tag_key(M, "stable"))
     v1_head = registry.storage.read(registry.head_key(M))
     harness.promote(uri, v2, keys["signer"])  # event k + 1
