@@ -20,6 +20,7 @@ from modelgate.registry.signing import RecordSigner, RecordVerifier
 from modelgate.registry.storage import open_storage
 from modelgate.registry.uri import parse
 from modelgate.testing import history
+from modelgate.testing.counting import Counting
 from modelgate.testing.cli import one_line_error, overwrite, promote_ok, run
 from modelgate.testing.releases import build_hash, make_bundle
 
@@ -28,22 +29,6 @@ M = "tiny_transformer"
 # same checks at 10,000 events (about 7 s of setup on file://, 60 s on fake-gcs-server).
 MOVES = int(os.environ.get("MODELGATE_HISTORY_MOVES", "300"))
 EVENTS = MOVES + 2
-
-
-class Counting:
-    """A Storage whose every call is counted (one call, one request on GCS)."""
-
-    def __init__(self, storage):
-        self._s, self.calls = storage, []
-
-    def __getattr__(self, name):
-        attr = getattr(self._s, name)
-        if name in ("read", "read_versioned", "exists", "create", "swap", "list", "list_dirs", "read_into", "read_hashed_into", "put_file"):
-            def counted(*a, **k):
-                self.calls.append((name, a[0] if a else None))
-                return attr(*a, **k)
-            return counted
-        return attr
 
 
 def _fetch_requests(uri, keys, out, tag="canary"):

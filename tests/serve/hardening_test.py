@@ -10,6 +10,7 @@ Real `serve` processes over real registries (a local directory and fake-gcs-serv
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -19,8 +20,13 @@ from urllib.parse import urlparse
 import pytest
 
 from modelgate import notify
+from modelgate.formats import canonical_json
 from modelgate.registry.registry import Registry
+from modelgate.registry.signing import RecordSigner
+from modelgate.registry.storage import open_storage
+from modelgate.registry.uri import parse
 from modelgate.serve.deployment import Deployment
+from modelgate.testing import history
 from tests.serve import harness
 from tests.serve.bundles import build_hash
 from tests.serve.e2e_test import ROLLOUT_TIMEOUT_S, assert_answers_like, golden_request
@@ -33,11 +39,6 @@ HISTORY_MOVES = int(os.environ.get("MODELGATE_HISTORY_MOVES", "4"))
 
 def _grow(uri: str, keys, builds: tuple[str, str], count: int) -> int:
     """canary moved `count` times between two builds (signed, chained events): a long history."""
-    from modelgate.registry.signing import RecordSigner
-    from modelgate.registry.storage import open_storage
-    from modelgate.registry.uri import parse
-    from modelgate.testing import history
-
     if not count:
         return harness.open_registry(uri).head_view(M).seq
     signed = Registry(open_storage(parse(uri)), signer=RecordSigner(str(keys["signer"])))
@@ -174,11 +175,6 @@ def test_edited_forged_and_deleted_events_are_refused_by_a_running_service(reque
     accepted are kept in memory, as they are create-only: editing one later changes nothing it
     serves. Events far from the tag's, the middle of the history, are the audit's, `registry
     verify`, tests/registry/bounded_test.py: a reader checks the chain next to what it reads.)"""
-    import json
-
-    from modelgate.formats import canonical_json
-    from modelgate.registry.signing import RecordSigner
-
     uri, registry, v1, v2, h1, h2, k = _stable_v1_then_history(request, backend, releases, keys)
     server = servers(uri, keys["signer_public"])
     server.wait_serving(h1, ROLLOUT_TIMEOUT_S)

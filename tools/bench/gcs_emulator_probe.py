@@ -29,7 +29,7 @@ def t(fn, n=200):
 small = bucket("small", 10, 9990)
 big = bucket("big", 10000, 0)
 for name, b, nxt in (("10 events + 9,990 other", small, 11), ("10,000 events", big, 10001)):
-    miss = t(lambda: b.blob(f"models/m/history/{nxt:010d}.json").download_as_bytes() if False else b.get_blob(f"models/m/history/{nxt:010d}.json"))
+    miss = t(lambda: b.get_blob(f"models/m/history/{nxt:010d}.json"))
     hit = t(lambda: b.get_blob("models/m/head.json"))
     ev = t(lambda: b.get_blob(f"models/m/history/{nxt-1:010d}.json"))
     print(f"{name:28s} missing GET {miss:.2f} ms  head GET {hit:.2f} ms  newest event GET {ev:.2f} ms (median of 200)")

@@ -30,28 +30,6 @@ import uuid
 from pathlib import Path
 
 M = "tiny_transformer"
-COUNTED = ("read", "read_versioned", "exists", "create", "swap", "list", "list_dirs", "read_into", "read_hashed_into", "put_file", "put_staged")
-
-
-class Counting:
-    """Counts the storage's calls (one call, one request on GCS) and the time spent inside them
-    (waiting on the registry), so that what modelgate itself does is the rest."""
-
-    def __init__(self, storage):
-        self._s, self.calls, self.waited = storage, 0, 0.0
-
-    def __getattr__(self, name):
-        attr = getattr(self._s, name)
-        if name in COUNTED:
-            def counted(*a, **k):
-                self.calls += 1
-                t = time.perf_counter()
-                try:
-                    return attr(*a, **k)
-                finally:
-                    self.waited += time.perf_counter() - t
-            return counted
-        return attr
 
 
 def keys(directory: Path) -> tuple[str, str]:
@@ -86,6 +64,7 @@ def run_size(uri: str, size: int, work: Path, private: str, public: str, reps: i
     from modelgate.registry.storage import open_storage
     from modelgate.registry.uri import parse
     from modelgate.testing import history
+    from modelgate.testing.counting import Counting
     from modelgate.testing.releases import build_hash, make_bundle
 
     def fresh(sign: bool = False):
@@ -112,7 +91,7 @@ def run_size(uri: str, size: int, work: Path, private: str, public: str, reps: i
             took = time.perf_counter() - t
             if best is None or took < best:
                 best, own = took, took - storage.waited
-            requests = storage.calls
+            requests = len(storage.calls)
         # own: the best run's time outside registry requests (modelgate's reading, checking and
         # signing); the rest is the registry's (or the emulator's) time to answer.
         rows[name] = {"seconds": round(best, 4), "requests": requests, "own_s": round(own, 4)}
